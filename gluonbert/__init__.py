@@ -1,0 +1,25 @@
+"""gluonbert: BERT on Apache MXNet Gluon, for learning and for fine-tuning.
+
+Import order matters for speed: gluonbert sets MXNet's OpenMP thread count before
+MXNet is first imported (see :mod:`gluonbert._env`).
+"""
+import sys
+
+if sys.version_info < (3, 8) or sys.version_info >= (3, 12):
+    raise ImportError(
+        f'gluonbert supports Python 3.8 to 3.11 (MXNet 1.9.1 does not run on newer Pythons); '
+        f'this is Python {sys.version_info.major}.{sys.version_info.minor}')
+
+from . import _env  # noqa: E402  (thread defaults, before mxnet is imported)
+
+_env.require_mxnet()
+
+from .config import BERTConfig, PRESETS  # noqa: E402
+from .layers import (PositionalEncoding, LearnedPositionalEncoding, MultiHeadAttention,  # noqa: E402
+                     AddNorm, PositionWiseFFN, EncoderBlock, Activation)
+from .heads import MLMDecoder, NSClassifier  # noqa: E402
+from .model import BERTEncoder, BERTModel, BERTClassifier, BERTForPretraining  # noqa: E402
+from .convert import from_gluonnlp  # noqa: E402
+from .params import count_parameters  # noqa: E402
+
+__version__ = '0.1.0'

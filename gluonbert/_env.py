@@ -1,0 +1,78 @@
+"""Process environment: OpenMP thread defaults and a clear message when MXNet is missing.
+
+MXNet sizes its OpenMP pool from ``OMP_NUM_THREADS`` when it is first imported and
+otherwise uses half of the logical CPUs, which halves throughput on a 2-core machine.
+gluonbert therefore sets ``OMP_NUM_THREADS`` to the number of physical cores available
+to this process, before importing MXNet, unless the user has set it. If MXNet was
+imported first, the pool is resized through MXNet's ``MXSetNumOMPThreads``.
+Set ``OMP_NUM_THREADS`` yourself to override; ``GLUONBERT_NO_THREAD_DEFAULTS=1`` leaves
+MXNet's own default alone.
+"""
+import os
+import sys
+
+__all__ = ['physical_cores', 'default_num_threads', 'apply_thread_defaults', 'require_mxnet']
+
+INSTALL_HINT = ("install gluonbert with an MXNet flavour: pip install 'gluonbert[cpu]' "
+                "(or 'gluonbert[cu112]' / 'gluonbert[cu117]' for CUDA 11.2 / 11.7 GPUs)")
+
+
+def physical_cores():
+    """Physical cores among the CPUs this process may run on (hyper-threads counted once)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return max(1, (os.cpu_count() or 2) // 2)
+    cores = set()
+    for cpu in cpus:
+        base = f'/sys/devices/system/cpu/cpu{cpu}/topology/'
+        try:
+            with open(base + 'physical_package_id') as f:
+                package = f.read().strip()
+            with open(base + 'core_id') as f:
+                core = f.read().strip()
+            cores.add((package, core))
+        except OSError:
+            cores.add(('cpu', cpu))
+    return max(1, len(cores))
+
+
+def default_num_threads():
+    """The OpenMP thread count gluonbert uses: OMP_NUM_THREADS if set, else physical cores."""
+    value = os.environ.get('OMP_NUM_THREADS', '').strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    return physical_cores()
+
+
+def apply_thread_defaults():
+    """Set the OpenMP thread count (see module docstring). Returns the count in effect."""
+    if os.environ.get('GLUONBERT_NO_THREAD_DEFAULTS') == '1':
+        return None
+    threads = default_num_threads()
+    if sys.modules.get('mxnet') is None:
+        os.environ.setdefault('OMP_NUM_THREADS', str(threads))
+    elif 'OMP_NUM_THREADS' not in os.environ:
+        # MXNet already sized its pool from its own default: resize it.
+        import ctypes
+        from mxnet.base import _LIB
+        _LIB.MXSetNumOMPThreads(ctypes.c_int(threads))
+        os.environ['OMP_NUM_THREADS'] = str(threads)
+    return threads
+
+
+def require_mxnet():
+    """Import MXNet or raise one ImportError that says what to install."""
+    try:
+        import mxnet  # noqa: F401
+    except ImportError as err:
+        raise ImportError(f'gluonbert needs MXNet 1.9.1, which is not installed: '
+                          f'{INSTALL_HINT}') from err
+    except AttributeError as err:
+        if 'numpy' in str(err) or "'bool'" in str(err):
+            raise ImportError('MXNet 1.9.1 does not work with numpy 1.24 or newer: '
+                              'pip install "numpy<1.24"') from err
+        raise
+
+
+apply_thread_defaults()

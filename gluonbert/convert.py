@@ -1,0 +1,184 @@
+"""Weight interchange with GluonNLP 0.x BERT models."""
+import re
+
+import mxnet as mx
+
+from .config import BERTConfig
+from .model import BERTForPretraining, BERTModel
+from .params import named_parameters
+
+__all__ = ['from_gluonnlp', 'assign_parameters']
+
+# GluonNLP structural name -> gluonbert structural name (relative to the BERTModel).
+_GLUONNLP_RULES = [
+    (r'word_embed\.0\.weight', 'encoder.word_embed.weight'),
+    (r'token_type_embed\.0\.weight', 'encoder.segment_embed.weight'),
+    (r'encoder\.position_weight', 'encoder.position_embed.weight'),
+    (r'encoder\.layer_norm\.(gamma|beta)', r'encoder.embed_norm.\1'),
+    (r'encoder\.transformer_cells\.(\d+)\.attention_cell\.proj_(query|key|value)\.(weight|bias)',
+     r'encoder.layers.\1.attention.\2.\3'),
+    (r'encoder\.transformer_cells\.(\d+)\.proj\.(weight|bias)',
+     r'encoder.layers.\1.attention.out_proj.\2'),
+    (r'encoder\.transformer_cells\.(\d+)\.layer_norm\.(gamma|beta)',
+     r'encoder.layers.\1.attention_norm.norm.\2'),
+    (r'encoder\.transformer_cells\.(\d+)\.ffn\.(ffn_1|ffn_2)\.(weight|bias)',
+     r'encoder.layers.\1.ffn.\2.\3'),
+    (r'encoder\.transformer_cells\.(\d+)\.ffn\.layer_norm\.(gamma|beta)',
+     r'encoder.layers.\1.ffn_norm.norm.\2'),
+    (r'pooler\.(weight|bias)', r'pooler.\1'),
+    # heads (destination relative to BERTForPretraining, marked with '^')
+    (r'classifier\.(weight|bias)', r'^ns_classifier.dense.\1'),
+    (r'decoder\.0\.(weight|bias)', r'^mlm_decoder.transform.\1'),
+    (r'decoder\.2\.(gamma|beta)', r'^mlm_decoder.norm.\1'),
+    (r'decoder\.3\.bias', r'^mlm_decoder.output_bias'),
+]
+
+
+def _map_name(name):
+    for pattern, replacement in _GLUONNLP_RULES:
+        if re.fullmatch(pattern, name):
+            return re.sub(pattern, replacement, name)
+    return None
+
+
+def assign_parameters(target, arrays, *, source='checkpoint', allow_missing=()):
+    """Copy ``{structural_name: array}`` into ``target``'s parameters, checking every key.
+
+    Every target parameter must be given (unless listed in ``allow_missing``), every given
+    array must be used, and every shape must match; otherwise a ValueError lists the
+    offending names. Target parameters must already be initialized.
+    """
+    params = named_parameters(target)
+    missing = [n for n in params if n not in arrays and n not in allow_missing]
+    unused = [n for n in arrays if n not in params]
+    mismatched = [f'{n}: {tuple(arrays[n].shape)} vs {params[n].shape}'
+                  for n in arrays if n in params and tuple(arrays[n].shape) != params[n].shape]
+    problems = []
+    if missing:
+        problems.append(f'missing from {source}: {", ".join(missing)}')
+    if unused:
+        problems.append(f'not used from {source}: {", ".join(unused)}')
+    if mismatched:
+        problems.append(f'shape mismatch ({source} vs model): {"; ".join(mismatched)}')
+    if problems:
+        raise ValueError('cannot load weights: ' + ' | '.join(problems))
+    for name, value in arrays.items():
+        params[name].set_data(mx.nd.array(value, dtype=params[name].dtype)
+                              if not isinstance(value, mx.nd.NDArray) else value)
+
+
+def _activation_name(ffn):
+    act = ffn.activation
+    kind = type(act).__name__
+    if kind == 'GELU':
+        return 'gelu_tanh' if getattr(act, '_approximate', False) else 'gelu'
+    if kind == 'Activation':
+        return act._act_type  # pylint: disable=protected-access
+    raise ValueError(f'unsupported GluonNLP FFN activation {act!r}')
+
+
+def _config_from_gluonnlp(nlp_model, arrays):
+    encoder = nlp_model.encoder
+    cells = list(encoder.transformer_cells)
+    if not cells:
+        raise ValueError('the GluonNLP model has no transformer cells')
+    cell = cells[0]
+    return BERTConfig(
+        vocab_size=arrays['word_embed.0.weight'].shape[0],
+        units=encoder._units,  # pylint: disable=protected-access
+        hidden_size=arrays['encoder.transformer_cells.0.ffn.ffn_1.weight'].shape[0],
+        num_heads=cell.attention_cell._num_heads,  # pylint: disable=protected-access
+        num_layers=len(cells),
+        max_length=encoder._max_length,  # pylint: disable=protected-access
+        type_vocab_size=arrays['token_type_embed.0.weight'].shape[0],
+        dropout=encoder._dropout,  # pylint: disable=protected-access
+        attention_dropout=encoder._dropout,  # pylint: disable=protected-access
+        layer_norm_eps=encoder._layer_norm_eps,  # pylint: disable=protected-access
+        activation=_activation_name(cell.ffn))
+
+
+def _finish_deferred_init(nlp_model):
+    """Run one tiny forward so deferred parameter shapes become known."""
+    ctx = list(nlp_model.collect_params().values())[0].list_ctx()[0]
+    words = mx.nd.zeros((1, 2), ctx=ctx)
+    args = [words, words, mx.nd.array([2], ctx=ctx)]
+    if getattr(nlp_model, '_use_decoder', False):
+        args.append(mx.nd.zeros((1, 1), ctx=ctx))
+    nlp_model(*args)
+
+
+def from_gluonnlp(nlp_model, *, ctx=None, with_heads=None):
+    """Convert a ``gluonnlp.model.BERTModel`` into a gluonbert model with the same weights.
+
+    Parameters
+    ----------
+    nlp_model : gluonnlp.model.BERTModel
+        Initialized (e.g. from ``gluonnlp.model.get_model('bert_12_768_12', ...)``).
+        It must have token-type embeddings and a pooler.
+    ctx : Context or list of Context, optional
+        Where the new model lives; defaults to the source model's context.
+    with_heads : bool or None
+        True returns a :class:`BERTForPretraining` with the source's MLM decoder and NSP
+        classifier weights (fresh initialisation for a head the source lacks); False returns
+        a :class:`BERTModel` and ignores the heads; None (default) means True exactly when
+        the source has both heads.
+
+    Returns
+    -------
+    BERTModel or BERTForPretraining
+        Every source parameter is used and every target parameter is set, shapes checked.
+    """
+    try:
+        import gluonnlp
+    except ImportError as err:
+        raise ImportError('from_gluonnlp needs gluonnlp==0.10.0') from err
+    if not isinstance(nlp_model, gluonnlp.model.BERTModel) or \
+            type(nlp_model).__name__ != 'BERTModel':
+        raise TypeError(f'expected a gluonnlp.model.BERTModel, got {type(nlp_model).__name__}')
+    if not nlp_model._use_token_type_embed or not nlp_model._use_pooler:  # pylint: disable=protected-access
+        raise ValueError('the GluonNLP model must have token type embeddings and a pooler '
+                         '(use_token_type_embed=True, use_pooler=True)')
+    if nlp_model.encoder._output_all_encodings:  # pylint: disable=protected-access
+        raise ValueError('convert a model built with output_all_encodings=False')
+    source = nlp_model._collect_params_with_prefix()  # pylint: disable=protected-access
+    if any(p.shape is None or 0 in p.shape for p in source.values()):
+        _finish_deferred_init(nlp_model)
+    arrays = {name: p.data().copyto(mx.cpu()) for name, p in source.items()}
+    src_ctx = list(source.values())[0].list_ctx()
+    ctx = src_ctx if ctx is None else ctx
+
+    has_decoder = any(n.startswith('decoder.') for n in arrays)
+    has_classifier = any(n.startswith('classifier.') for n in arrays)
+    if with_heads is None:
+        with_heads = has_decoder and has_classifier
+    if has_decoder:
+        tied = source['decoder.3.weight'] is source['word_embed.0.weight']
+        if not tied:
+            raise ValueError('the GluonNLP MLM decoder output weight is not tied to the word '
+                             'embedding; only tied decoders are supported')
+        del arrays['decoder.3.weight']
+
+    config = _config_from_gluonnlp(nlp_model, arrays)
+    mapped, ignored = {}, []
+    for name, value in arrays.items():
+        target = _map_name(name)
+        if target is None:
+            raise ValueError(f'unexpected GluonNLP parameter {name!r}: no mapping')
+        if target.startswith('^'):
+            if with_heads:
+                mapped[target[1:]] = value
+            else:
+                ignored.append(name)
+        else:
+            mapped[('bert.' if with_heads else '') + target] = value
+
+    bert = BERTModel(config)
+    model = BERTForPretraining(bert=bert) if with_heads else bert
+    model.initialize(ctx=ctx)
+    allow_missing = ()
+    if with_heads:
+        head_names = [n for n in named_parameters(model)
+                      if n.startswith(('mlm_decoder.', 'ns_classifier.'))]
+        allow_missing = [n for n in head_names if n not in mapped]
+    assign_parameters(model, mapped, source='the GluonNLP model', allow_missing=allow_missing)
+    return model

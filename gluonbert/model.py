@@ -1,0 +1,304 @@
+"""BERT: the encoder, the model with pooler, and task wrappers.
+
+Inputs everywhere (legend in :mod:`gluonbert.config`):
+
+- ``words``: ``(B, L)`` WordPiece ids, padded with the vocabulary's pad id.
+- ``segments``: ``(B, L)`` segment (token type) ids, 0 for sentence A and padding, 1 for B.
+- ``valid_length``: ``(B,)`` number of real tokens per example, or None for no padding.
+"""
+import numpy as np
+import mxnet as mx
+from mxnet.gluon import HybridBlock, nn
+
+from .config import BERTConfig
+from .heads import MLMDecoder, NSClassifier
+from .layers import WEIGHT_INIT, EncoderBlock, LearnedPositionalEncoding, PositionalEncoding
+
+__all__ = ['BERTEncoder', 'BERTModel', 'BERTClassifier', 'BERTForPretraining']
+
+
+def check_inputs(words, segments, valid_length, *, max_length, vocab_size=None,
+                 type_vocab_size=None, masked_positions=None):
+    """Raise a clear TypeError/ValueError for malformed model inputs (imperative calls only).
+
+    The value checks read small index arrays back to the host; mistakes here would otherwise
+    be silent (MXNet's Embedding clips out-of-range ids) or crash deep inside a kernel.
+    """
+    for name, value in (('words', words), ('segments', segments)):
+        if not isinstance(value, mx.nd.NDArray):
+            raise TypeError(f'{name} must be an mxnet NDArray of shape (batch, seq_len), '
+                            f'got {type(value).__name__}')
+    if words.ndim != 2:
+        raise ValueError(f'words must have shape (batch, seq_len), got {words.shape}')
+    if segments.shape != words.shape:
+        raise ValueError(f'words and segments must have the same shape, '
+                         f'got {words.shape} and {segments.shape}')
+    batch, seq_len = words.shape
+    if seq_len > max_length:
+        raise ValueError(f'sequence length {seq_len} exceeds the model max_length {max_length}; '
+                         f'truncate the input (e.g. max_len={max_length})')
+    if vocab_size is not None:
+        ids = words.asnumpy()
+        if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+            raise ValueError(f'word ids must be in [0, {vocab_size}), got range '
+                             f'[{ids.min():g}, {ids.max():g}]')
+    if type_vocab_size is not None:
+        seg = segments.asnumpy()
+        if seg.size and (seg.min() < 0 or seg.max() >= type_vocab_size):
+            raise ValueError(f'segment ids must be in [0, {type_vocab_size}), got range '
+                             f'[{seg.min():g}, {seg.max():g}] (pad segments with 0, '
+                             f'not the pad id)')
+    if valid_length is not None:
+        if not isinstance(valid_length, mx.nd.NDArray):
+            raise TypeError(f'valid_length must be an mxnet NDArray of shape (batch,) or None, '
+                            f'got {type(valid_length).__name__}')
+        if valid_length.shape != (batch,):
+            raise ValueError(f'valid_length must have shape ({batch},), got {valid_length.shape}')
+        lengths = valid_length.asnumpy()
+        if (lengths < 1).any() or (lengths > seq_len).any():
+            raise ValueError(f'valid_length values must be in [1, {seq_len}] (the sequence '
+                             f'length), got {np.unique(lengths).tolist()[:8]}')
+    if masked_positions is not None:
+        if not isinstance(masked_positions, mx.nd.NDArray) or masked_positions.ndim != 2 \
+                or masked_positions.shape[0] != batch:
+            raise ValueError(f'masked_positions must be an NDArray of shape ({batch}, '
+                             f'num_masked), got {getattr(masked_positions, "shape", None)}')
+        positions = masked_positions.asnumpy()
+        if positions.size and (positions.min() < 0 or positions.max() >= seq_len):
+            raise ValueError(f'masked_positions must be in [0, {seq_len}), got range '
+                             f'[{positions.min():g}, {positions.max():g}]')
+
+
+class BERTEncoder(HybridBlock):
+    """Embeddings plus a stack of post-LayerNorm Transformer encoder blocks.
+
+    ``x = LayerNorm(word_embed(words) + segment_embed(segments) + position(L))``, dropout,
+    then ``num_layers`` :class:`EncoderBlock` s. Outputs at padded positions are zero.
+
+    Parameters
+    ----------
+    vocab_size, units, hidden_size, num_heads, num_layers : int
+    dropout : float
+    max_length : int, default 512
+    type_vocab_size : int, default 2
+    attention_dropout : float or None (defaults to ``dropout``)
+    layer_norm_eps : float, default 1e-12
+    activation : str, default 'gelu'
+    position_embedding : {'learned', 'sinusoidal'}, default 'learned'
+
+    Inputs:
+        - **words**: ``(B, L)``
+        - **segments**: ``(B, L)``
+        - **valid_length**: ``(B,)`` or None
+
+    Outputs:
+        - **sequence_output**: ``(B, L, U)``
+    """
+
+    def __init__(self, *, vocab_size, units, hidden_size, num_heads, num_layers, dropout,
+                 max_length=512, type_vocab_size=2, attention_dropout=None,
+                 layer_norm_eps=1e-12, activation='gelu', position_embedding='learned',
+                 prefix=None, params=None):
+        super().__init__(prefix=prefix, params=params)
+        # Validates every argument with a clear message.
+        self.config = BERTConfig(
+            vocab_size=vocab_size, units=units, hidden_size=hidden_size, num_heads=num_heads,
+            num_layers=num_layers, max_length=max_length, type_vocab_size=type_vocab_size,
+            dropout=dropout, attention_dropout=dropout if attention_dropout is None
+            else attention_dropout, layer_norm_eps=layer_norm_eps, activation=activation,
+            position_embedding=position_embedding)
+        cfg = self.config
+        with self.name_scope():
+            self.word_embed = nn.Embedding(vocab_size, units, weight_initializer=WEIGHT_INIT,
+                                           prefix='word_embed_')
+            self.segment_embed = nn.Embedding(type_vocab_size, units,
+                                              weight_initializer=WEIGHT_INIT,
+                                              prefix='segment_embed_')
+            position_cls = (LearnedPositionalEncoding if position_embedding == 'learned'
+                            else PositionalEncoding)
+            # Dropout comes after the LayerNorm (BERT's order), not inside the position block.
+            self.position_embed = position_cls(units=units, max_length=max_length, dropout=0.0,
+                                               layout='TNC', prefix='position_embed_')
+            self.embed_norm = nn.LayerNorm(in_channels=units, epsilon=layer_norm_eps)
+            self.embed_dropout = nn.Dropout(dropout)
+            self.layers = nn.HybridSequential(prefix='layers_')
+            for _ in range(num_layers):
+                self.layers.add(EncoderBlock(
+                    units=units, hidden_size=hidden_size, num_heads=num_heads, dropout=dropout,
+                    attention_dropout=cfg.attention_dropout, layer_norm_eps=layer_norm_eps,
+                    activation=activation, layout='TNC'))
+
+    def __call__(self, words, segments, valid_length=None):  # pylint: disable=arguments-differ
+        if not isinstance(words, mx.sym.Symbol):
+            cfg = self.config
+            check_inputs(words, segments, valid_length, max_length=cfg.max_length,
+                         vocab_size=cfg.vocab_size, type_vocab_size=cfg.type_vocab_size)
+        return super().__call__(words, segments, valid_length)
+
+    def hybrid_forward(self, F, words, segments, valid_length=None):
+        # pylint: disable=arguments-differ
+        # Work time-major inside: the fused attention kernels want (L, B, U).
+        x = self.word_embed(F.transpose(words)) + self.segment_embed(F.transpose(segments))
+        x = self.position_embed(x)                                  # (L, B, U)
+        x = self.embed_dropout(self.embed_norm(x))
+        for layer in self.layers:
+            x = layer(x, valid_length)
+        if valid_length is not None:
+            x = F.SequenceMask(x, sequence_length=valid_length, use_sequence_length=True,
+                               axis=0)
+        return F.transpose(x, axes=(1, 0, 2))                       # (B, L, U)
+
+
+class BERTModel(HybridBlock):
+    """BERT encoder plus pooler (tanh Dense on the [CLS] encoding).
+
+    Parameters
+    ----------
+    config : BERTConfig
+
+    Inputs:
+        - **words**: ``(B, L)``
+        - **segments**: ``(B, L)``
+        - **valid_length**: ``(B,)`` or None
+
+    Outputs:
+        - **sequence_output**: ``(B, L, U)``
+        - **pooled_output**: ``(B, U)``
+    """
+
+    def __init__(self, config, prefix=None, params=None):
+        super().__init__(prefix=prefix, params=params)
+        if not isinstance(config, BERTConfig):
+            raise TypeError(f'BERTModel takes a BERTConfig (e.g. BERTConfig.from_preset('
+                            f'"bert_12_768_12")), got {type(config).__name__}')
+        self.config = config
+        fields = config.to_dict()
+        with self.name_scope():
+            self.encoder = BERTEncoder(prefix='encoder_', **fields)
+            self.pooler = nn.Dense(config.units, in_units=config.units, flatten=False,
+                                   activation='tanh', weight_initializer=WEIGHT_INIT,
+                                   prefix='pooler_')
+
+    def forward(self, words, segments, valid_length=None):  # pylint: disable=arguments-differ
+        if not isinstance(words, mx.sym.Symbol) and self._active:
+            # hybridized: the encoder's own check does not run, so check here
+            cfg = self.config
+            check_inputs(words, segments, valid_length, max_length=cfg.max_length,
+                         vocab_size=cfg.vocab_size, type_vocab_size=cfg.type_vocab_size)
+        return super().forward(words, segments, valid_length)
+
+    def hybrid_forward(self, F, words, segments, valid_length=None):
+        # pylint: disable=arguments-differ
+        sequence = self.encoder(words, segments, valid_length)          # (B, L, U)
+        cls = F.slice_axis(sequence, axis=1, begin=0, end=1).reshape((-1, self.config.units))
+        return sequence, self.pooler(cls)                               # (B, U)
+
+
+class BERTClassifier(HybridBlock):
+    """Sentence (pair) classifier: dropout and a Dense layer on BERT's pooled output.
+
+    Parameters
+    ----------
+    bert : BERTModel
+    num_classes : int, default 2
+    dropout : float, default 0.1
+
+    Inputs:
+        - **words**: ``(B, L)``
+        - **segments**: ``(B, L)``
+        - **valid_length**: ``(B,)`` or None
+
+    Outputs:
+        - **logits**: ``(B, num_classes)``
+    """
+
+    def __init__(self, bert, num_classes=2, dropout=0.1, prefix=None, params=None):
+        super().__init__(prefix=prefix, params=params)
+        if not isinstance(bert, BERTModel):
+            raise TypeError(f'BERTClassifier wraps a gluonbert BERTModel, got '
+                            f'{type(bert).__name__}; convert GluonNLP models with '
+                            f'gluonbert.from_gluonnlp')
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f'num_classes must be an integer >= 2, got {num_classes!r}')
+        self.num_classes = num_classes
+        self.bert = bert
+        with self.name_scope():
+            self.classifier = nn.HybridSequential(prefix='classifier_')
+            with self.classifier.name_scope():
+                self.classifier.add(nn.Dropout(dropout))
+                self.classifier.add(nn.Dense(num_classes, in_units=bert.config.units,
+                                             weight_initializer=WEIGHT_INIT))
+
+    @property
+    def config(self):
+        return self.bert.config
+
+    def forward(self, words, segments, valid_length=None):  # pylint: disable=arguments-differ
+        if not isinstance(words, mx.sym.Symbol) and self._active:
+            cfg = self.config
+            check_inputs(words, segments, valid_length, max_length=cfg.max_length,
+                         vocab_size=cfg.vocab_size, type_vocab_size=cfg.type_vocab_size)
+        return super().forward(words, segments, valid_length)
+
+    def hybrid_forward(self, F, words, segments, valid_length=None):
+        # pylint: disable=arguments-differ
+        _, pooled = self.bert(words, segments, valid_length)
+        return self.classifier(pooled)
+
+
+class BERTForPretraining(HybridBlock):
+    """BERT with its masked-LM and next-sentence heads (MLM output tied to the word embedding).
+
+    Parameters
+    ----------
+    config : BERTConfig
+    bert : BERTModel or None
+        An existing model to add heads to (e.g. a pretrained one); None builds a new one.
+
+    Inputs:
+        - **words**, **segments**: ``(B, L)``
+        - **valid_length**: ``(B,)`` or None
+        - **masked_positions**: ``(B, M)``
+
+    Outputs:
+        - **sequence_output**: ``(B, L, U)``
+        - **pooled_output**: ``(B, U)``
+        - **mlm_logits**: ``(B, M, V)``
+        - **nsp_logits**: ``(B, 2)``
+    """
+
+    def __init__(self, config=None, bert=None, prefix=None, params=None):
+        super().__init__(prefix=prefix, params=params)
+        if bert is None:
+            if config is None:
+                raise TypeError('BERTForPretraining needs a config or a bert model')
+            bert = BERTModel(config)
+        elif config is not None and config != bert.config:
+            raise ValueError('config does not match the given bert model')
+        self.config = bert.config
+        self.bert = bert
+        cfg = self.config
+        with self.name_scope():
+            self.mlm_decoder = MLMDecoder(vocab_size=cfg.vocab_size, units=cfg.units,
+                                          activation=cfg.activation,
+                                          layer_norm_eps=cfg.layer_norm_eps,
+                                          embedding_weight=bert.encoder.word_embed.weight,
+                                          prefix='mlm_decoder_')
+            self.ns_classifier = NSClassifier(units=cfg.units, prefix='ns_classifier_')
+
+    def forward(self, words, segments, valid_length, masked_positions):
+        # pylint: disable=arguments-differ
+        if not isinstance(words, mx.sym.Symbol):
+            cfg = self.config
+            # when not hybridized the encoder checks words/segments itself
+            full = dict(vocab_size=cfg.vocab_size, type_vocab_size=cfg.type_vocab_size) \
+                if self._active else {}
+            check_inputs(words, segments, valid_length, max_length=cfg.max_length,
+                         masked_positions=masked_positions, **full)
+        return super().forward(words, segments, valid_length, masked_positions)
+
+    def hybrid_forward(self, F, words, segments, valid_length, masked_positions):
+        # pylint: disable=arguments-differ
+        sequence, pooled = self.bert(words, segments, valid_length)
+        return (sequence, pooled, self.mlm_decoder(sequence, masked_positions),
+                self.ns_classifier(pooled))

@@ -1,0 +1,61 @@
+"""Parameter counting, overall and per component."""
+import collections
+
+import numpy as np
+
+__all__ = ['count_parameters', 'parameter_counts', 'named_parameters']
+
+
+def named_parameters(block):
+    """``{structural_name: Parameter}`` with each shared Parameter listed once (first name wins).
+
+    Structural names follow the attribute path, e.g. ``encoder.layers.0.attention.query.weight``.
+    """
+    seen, named = set(), collections.OrderedDict()
+    for name, param in block._collect_params_with_prefix().items():  # pylint: disable=protected-access
+        if id(param) not in seen:
+            seen.add(id(param))
+            named[name] = param
+    return named
+
+
+def _size(param):
+    if param.shape is None or any(dim == 0 for dim in param.shape):
+        raise ValueError(f'parameter {param.name} has an unknown shape {param.shape}; '
+                         f'run one forward pass first')
+    return int(np.prod(param.shape))
+
+
+def count_parameters(block, trainable_only=False):
+    """Number of scalar parameters in ``block`` (shared parameters counted once).
+
+    ``trainable_only`` skips parameters with ``grad_req='null'`` (constants, frozen weights).
+    """
+    return sum(_size(p) for p in named_parameters(block).values()
+               if not (trainable_only and p.grad_req == 'null'))
+
+
+def _component(name):
+    parts = name.split('.')
+    if parts[0] == 'bert':           # wrappers: BERTClassifier, BERTForPretraining
+        parts = parts[1:]
+    if parts[0] == 'encoder':
+        if parts[1] == 'layers':
+            return f'encoder.layers.{parts[2]}'
+        return 'embeddings'
+    return parts[0]
+
+
+def parameter_counts(block):
+    """Trainable and frozen parameter counts per component, in model order.
+
+    Components: ``embeddings`` (word, segment, position, their LayerNorm),
+    ``encoder.layers.<i>``, ``pooler``, and any heads (``classifier``, ``mlm_decoder``,
+    ``ns_classifier``). A tied MLM output weight is counted once, with the embeddings.
+    """
+    counts = collections.OrderedDict()
+    for name, param in named_parameters(block).items():
+        if param.grad_req == 'null' and param.name.endswith('table'):
+            continue  # the sinusoidal table is a constant, not a parameter
+        counts[_component(name)] = counts.get(_component(name), 0) + _size(param)
+    return counts

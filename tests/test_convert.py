@@ -1,0 +1,107 @@
+"""Parity with GluonNLP's BERT: random GluonNLP weights, converted, same outputs."""
+import numpy as np
+import mxnet as mx
+import gluonnlp as nlp
+import pytest
+
+import gluonbert
+from conftest import make_batch
+
+
+def _gluonnlp_bert(config, use_decoder=True, use_classifier=True, dropout=0.1):
+    encoder = nlp.model.BERTEncoder(
+        num_layers=config.num_layers, units=config.units, hidden_size=config.hidden_size,
+        max_length=config.max_length, num_heads=config.num_heads, dropout=dropout,
+        output_attention=False, output_all_encodings=False,
+        layer_norm_eps=config.layer_norm_eps)
+    model = nlp.model.BERTModel(encoder, vocab_size=config.vocab_size,
+                                token_type_vocab_size=config.type_vocab_size,
+                                units=config.units, embed_size=config.units, use_pooler=True,
+                                use_decoder=use_decoder, use_classifier=use_classifier)
+    # wide weights so that differences would show
+    model.initialize(mx.init.Normal(0.3))
+    return model
+
+
+def _assert_parity(source, converted, words, segments, valid_length, positions, hybridize):
+    if hybridize:
+        source.hybridize(static_alloc=True)
+        converted.hybridize(static_alloc=True)
+    for _ in range(2 if hybridize else 1):
+        seq_a, pooled_a, nsp_a, mlm_a = source(words, segments, valid_length, positions)
+        seq_b, pooled_b, mlm_b, nsp_b = converted(words, segments, valid_length, positions)
+        for name, a, b in [('sequence', seq_a, seq_b), ('pooled', pooled_a, pooled_b),
+                           ('nsp', nsp_a, nsp_b), ('mlm', mlm_a, mlm_b)]:
+            diff = np.abs(a.asnumpy() - b.asnumpy()).max()
+            assert diff <= 1e-5, f'{name} differs by {diff}'
+
+
+@pytest.mark.parametrize('hybridize', [False, True])
+def test_tiny_parity_with_gluonnlp(hybridize):
+    config = gluonbert.BERTConfig.from_preset('tiny')
+    source = _gluonnlp_bert(config)
+    converted = gluonbert.from_gluonnlp(source)
+    assert isinstance(converted, gluonbert.BERTForPretraining)
+    assert converted.config.layer_norm_eps == config.layer_norm_eps
+    words, segments, valid_length = make_batch(valid=(10, 7, 3))
+    positions = mx.nd.array([[1, 2, 3], [0, 6, 1], [2, 0, 1]])
+    _assert_parity(source, converted, words, segments, valid_length, positions, hybridize)
+
+
+def test_bert_base_parity_with_gluonnlp():
+    config = gluonbert.BERTConfig.from_preset('bert_12_768_12')
+    source = _gluonnlp_bert(config)
+    # GluonNLP's zoo models use LayerNorm eps 1e-5; the converter must carry it over.
+    for cell in source.encoder.transformer_cells:
+        assert cell.layer_norm._kwargs['eps'] == 1e-12
+    source.initialize(mx.init.Normal(0.02), force_reinit=True)
+    converted = gluonbert.from_gluonnlp(source)
+    words, segments, valid_length = make_batch(vocab_size=30522, batch=3, seq_len=16,
+                                               valid=(16, 9, 4), split=6)
+    positions = mx.nd.array([[1, 2, 15], [0, 8, 3], [2, 0, 1]])
+    _assert_parity(source, converted, words, segments, valid_length, positions, False)
+    _assert_parity(source, converted, words, segments, valid_length, positions, True)
+
+
+def test_converter_carries_eps_activation_and_skips_heads():
+    config = gluonbert.BERTConfig.from_preset('tiny')
+    encoder = nlp.model.BERTEncoder(num_layers=1, units=32, hidden_size=64, max_length=64,
+                                    num_heads=4, dropout=0.0, output_attention=False,
+                                    output_all_encodings=False, layer_norm_eps=1e-5,
+                                    activation='relu')
+    source = nlp.model.BERTModel(encoder, vocab_size=99, token_type_vocab_size=2, units=32,
+                                 embed_size=32, use_pooler=True, use_decoder=False,
+                                 use_classifier=False)
+    source.initialize(mx.init.Normal(0.3))
+    converted = gluonbert.from_gluonnlp(source)
+    assert isinstance(converted, gluonbert.BERTModel)
+    assert converted.config.layer_norm_eps == 1e-5
+    assert converted.config.activation == 'relu'
+    words, segments, valid_length = make_batch()
+    seq_a, pooled_a = source(words, segments, valid_length)
+    seq_b, pooled_b = converted(words, segments, valid_length)
+    np.testing.assert_allclose(seq_a.asnumpy(), seq_b.asnumpy(), atol=1e-5)
+    np.testing.assert_allclose(pooled_a.asnumpy(), pooled_b.asnumpy(), atol=1e-5)
+    # a model with heads can be converted without them
+    with_heads = _gluonnlp_bert(config)
+    assert isinstance(gluonbert.from_gluonnlp(with_heads, with_heads=False),
+                      gluonbert.BERTModel)
+    del config
+
+
+def test_converter_rejects_wrong_input():
+    with pytest.raises(TypeError, match='gluonnlp.model.BERTModel'):
+        gluonbert.from_gluonnlp(mx.gluon.nn.Dense(3))
+
+
+def test_assign_parameters_reports_every_problem():
+    from gluonbert.convert import assign_parameters
+    model = gluonbert.BERTModel(gluonbert.BERTConfig.from_preset('tiny'))
+    model.initialize()
+    with pytest.raises(ValueError) as info:
+        assign_parameters(model, {'pooler.bias': np.zeros(3), 'bogus.weight': np.zeros(1)},
+                          source='test')
+    message = str(info.value)
+    assert 'missing from test: encoder.word_embed.weight' in message
+    assert 'not used from test: bogus.weight' in message
+    assert 'pooler.bias: (3,) vs (32,)' in message

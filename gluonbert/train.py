@@ -1,0 +1,420 @@
+"""Fine-tuning loop: ``train_loop(net, train_data, test_data, num_epoch, lr, ctx, loss_fn)``.
+
+Batches are ``(words, valid_length, segments, label)`` as produced by
+:func:`gluonbert.data.make_dataloader` (and the seed tutorial's batchify).
+"""
+import contextlib
+import json
+import math
+import os
+import random
+import tempfile
+import time
+
+import numpy as np
+import mxnet as mx
+from mxnet import autograd, gluon
+
+__all__ = ['train_loop', 'evaluate_accuracy', 'AdamW', 'make_trainer', 'LinearWarmupSchedule',
+           'plot_history', 'History', 'atomic_write']
+
+DTYPES = ('float32', 'float16', 'bfloat16')
+NO_DECAY_SUFFIXES = ('gamma', 'beta', 'bias')
+
+
+def _import_bertadam():
+    from gluonnlp.optimizer import BERTAdam  # registers 'bertadam'
+    return BERTAdam
+
+
+@mx.optimizer.register
+class AdamW(_import_bertadam()):
+    """Adam with decoupled weight decay (Loshchilov & Hutter 2019), registered as 'adamw'.
+
+    GluonNLP's ``bertadam`` is the same update without Adam's bias correction; here the
+    correction ``sqrt(1 - beta2^t) / (1 - beta1^t)`` is folded into the step size, the
+    usual fused formulation.
+    """
+
+    def _get_lrs(self, indices):
+        lrs = super()._get_lrs(indices)
+        corrected = []
+        for index, lr in zip(indices, lrs):
+            step = self._index_update_count[index]
+            corrected.append(lr * math.sqrt(1 - self.beta2 ** step) / (1 - self.beta1 ** step))
+        return corrected
+
+
+class LinearWarmupSchedule:
+    """Learning rate: linear warm-up from 0 to ``lr`` over ``warmup_steps``, then linear decay
+    to 0 at ``total_steps``."""
+
+    def __init__(self, lr, total_steps, warmup_ratio=0.1):
+        if not 0 <= warmup_ratio < 1:
+            raise ValueError(f'warmup_ratio must be in [0, 1), got {warmup_ratio}')
+        self.lr = lr
+        self.total_steps = max(1, int(total_steps))
+        self.warmup_steps = int(self.total_steps * warmup_ratio)
+
+    def __call__(self, step):
+        """Learning rate for update number ``step`` (1-based)."""
+        if step <= self.warmup_steps:
+            return self.lr * step / max(1, self.warmup_steps)
+        remaining = self.total_steps - self.warmup_steps
+        return self.lr * max(0.0, (self.total_steps - step) / max(1, remaining))
+
+
+def _trainable(net):
+    return [p for p in net.collect_params().values() if p.grad_req != 'null']
+
+
+def make_trainer(net, *, optimizer='bertadam', lr=5e-5, weight_decay=0.01, kvstore='device',
+                 epsilon=1e-6):
+    """A ``gluon.Trainer`` over the trainable parameters only, without weight decay on
+    LayerNorm parameters and biases."""
+    if optimizer not in ('bertadam', 'adamw', 'adam', 'sgd'):
+        raise ValueError(f"optimizer must be 'bertadam', 'adamw', 'adam' or 'sgd', "
+                         f"got {optimizer!r}")
+    params = _trainable(net)
+    if not params:
+        raise ValueError('the network has no trainable parameters')
+    for param in params:
+        if param.name.endswith(NO_DECAY_SUFFIXES):
+            param.wd_mult = 0.0
+    options = {'learning_rate': lr, 'wd': weight_decay}
+    if optimizer in ('bertadam', 'adamw', 'adam'):
+        options['epsilon'] = epsilon
+    # update_on_kvstore=False: gradients are all-reduced, clipped, then applied locally.
+    return gluon.Trainer(params, optimizer, options, kvstore=kvstore, update_on_kvstore=False)
+
+
+def atomic_write(path, write):
+    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.',
+                               suffix='.tmp')
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _write_text(path, text):
+    def write(tmp):
+        with open(tmp, 'w', encoding='utf-8') as f:
+            f.write(text)
+    atomic_write(path, write)
+
+
+def _as_contexts(ctx):
+    contexts = list(ctx) if isinstance(ctx, (list, tuple)) else [ctx]
+    if not contexts or not all(isinstance(c, mx.Context) for c in contexts):
+        raise TypeError(f'ctx must be an mx.Context or a list of them, got {ctx!r}')
+    return contexts
+
+
+def _split(batch, contexts):
+    """Split each field of a batch across contexts: [(words, valid_length, segments, label)]."""
+    fields = [gluon.utils.split_and_load(x, contexts, even_split=False) for x in batch]
+    return list(zip(*fields))
+
+
+def evaluate_accuracy(net, data, ctx):
+    """Exact accuracy over every example of ``data`` (not a mean of batch means)."""
+    contexts = _as_contexts(ctx)
+    correct = total = 0
+    for batch in data:
+        for words, valid_length, segments, label in _split(batch, contexts):
+            logits = net(words, segments, valid_length)
+            predicted = logits.argmax(axis=1).astype('int64').asnumpy()
+            correct += int((predicted == label.astype('int64').asnumpy()).sum())
+            total += int(label.shape[0])
+    if total == 0:
+        raise ValueError('evaluation data is empty')
+    return correct / total
+
+
+class History(list):
+    """Per-epoch records (dicts) with ``epoch``, ``train_loss``, ``train_accuracy``,
+    ``test_accuracy``, ``seconds``, ``samples_per_second`` and ``lr``."""
+
+    @property
+    def best(self):
+        scored = [r for r in self if r.get('test_accuracy') is not None]
+        return max(scored, key=lambda r: r['test_accuracy']) if scored else None
+
+
+def plot_history(history, path):
+    """Save loss and accuracy curves as a PNG (needs matplotlib)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    epochs = [r['epoch'] + 1 for r in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax_loss.plot(epochs, [r['train_loss'] for r in history], 'o-', label='train loss')
+    ax_loss.set_xlabel('epoch')
+    ax_loss.set_ylabel('loss')
+    ax_loss.legend()
+    ax_acc.plot(epochs, [r['train_accuracy'] for r in history], 'o-', label='train')
+    if any(r.get('test_accuracy') is not None for r in history):
+        ax_acc.plot(epochs, [r.get('test_accuracy') for r in history], 's-', label='test')
+    ax_acc.set_xlabel('epoch')
+    ax_acc.set_ylabel('accuracy')
+    ax_acc.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format='png', dpi=100))
+    plt.close(fig)
+
+
+def _seed_epoch(seed, epoch, train_data):
+    """Derive every RNG from (seed, epoch), so a resumed run replays the same randomness.
+
+    MXNet's RNG state cannot be saved, so it is re-seeded at each epoch boundary instead.
+    """
+    if seed is None:
+        return
+    mx.random.seed(seed * 1000 + epoch)
+    np.random.seed((seed * 1000 + epoch) % (2 ** 32))
+    random.seed(seed * 1000 + epoch)
+    sampler = getattr(train_data, 'batch_sampler', None) or getattr(train_data, '_batch_sampler',
+                                                                     None)
+    if hasattr(sampler, 'set_epoch'):
+        sampler.set_epoch(epoch)
+
+
+def _setup_amp(dtype, contexts):
+    if dtype == 'float32':
+        return None
+    from mxnet.contrib import amp
+    if dtype == 'float16':
+        if any(c.device_type != 'gpu' for c in contexts):
+            raise ValueError('dtype float16 (AMP) needs GPU contexts; use bfloat16 on CPU')
+        amp.init(target_dtype='float16')
+    else:
+        if any(c.device_type != 'cpu' for c in contexts):
+            raise ValueError('dtype bfloat16 is for CPU contexts; use float16 on GPU')
+        # The fused attention kernels have no bf16 version: keep them in fp32.
+        amp.init(target_dtype='bfloat16',
+                 fp32_ops=['_contrib_interleaved_matmul_selfatt_qk',
+                           '_contrib_interleaved_matmul_selfatt_valatt'])
+    return amp
+
+
+def _checkpoint_paths(checkpoint_dir):
+    return {name: os.path.join(checkpoint_dir, name) for name in
+            ('last.params', 'last.states', 'last.json', 'best.params')}
+
+
+def _save_checkpoint(checkpoint_dir, net, trainer, state, is_best):
+    paths = _checkpoint_paths(checkpoint_dir)
+    atomic_write(paths['last.params'], net.save_parameters)
+    atomic_write(paths['last.states'], trainer.save_states)
+    if is_best:
+        atomic_write(paths['best.params'], net.save_parameters)
+    # written last: its presence means the params and states above are complete
+    _write_text(paths['last.json'], json.dumps(state, indent=2))
+
+
+def _load_checkpoint(checkpoint_dir, net, trainer, contexts):
+    paths = _checkpoint_paths(checkpoint_dir)
+    if not os.path.exists(paths['last.json']):
+        return None
+    with open(paths['last.json'], encoding='utf-8') as f:
+        state = json.load(f)
+    net.load_parameters(paths['last.params'], ctx=contexts)
+    trainer.load_states(paths['last.states'])
+    return state
+
+
+def train_loop(net, train_data, test_data, num_epoch, lr, ctx, loss_fn=None, *,
+               optimizer='bertadam', weight_decay=0.01, warmup_ratio=0.1, max_grad_norm=1.0,
+               accumulate=1, dtype='float32', kvstore='device', seed=0,
+               checkpoint_dir=None, resume=False, early_stop=None, metrics_path=None,
+               plot_path=None, progress=True, on_epoch_end=None):
+    """Fine-tune ``net`` and evaluate it after every epoch.
+
+    Parameters
+    ----------
+    net : BERTClassifier (or any block ``net(words, segments, valid_length) -> logits``)
+    train_data, test_data : iterables of ``(words, valid_length, segments, label)`` batches
+        ``test_data`` may be None.
+    num_epoch : int
+    lr : float
+        Peak learning rate.
+    ctx : mx.Context or list of mx.Context
+        Several contexts train data-parallel (batches split with ``split_and_load``).
+    loss_fn : gluon Loss, default ``SoftmaxCrossEntropyLoss()``
+    optimizer : {'bertadam', 'adamw', 'adam', 'sgd'}
+        LayerNorm parameters and biases get no weight decay.
+    weight_decay, warmup_ratio, max_grad_norm : float
+        Linear warm-up over ``warmup_ratio`` of the updates, then linear decay to 0;
+        gradients clipped to global norm ``max_grad_norm`` (None or 0 disables).
+    accumulate : int
+        Batches whose gradients are summed per update.
+    dtype : {'float32', 'float16', 'bfloat16'}
+        float16 is AMP on GPU; bfloat16 is AMP on CPU. AMP changes MXNet process-wide.
+    kvstore : str
+        Passed to ``gluon.Trainer``.
+    seed : int or None
+        Seeds MXNet, numpy and Python per epoch, so resumed runs replay the same randomness.
+    checkpoint_dir : str, optional
+        Writes ``last.*`` every epoch and ``best.params`` (best test accuracy), atomically.
+    resume : bool
+        Continue from ``checkpoint_dir``'s last checkpoint (model, trainer, epoch, history).
+    early_stop : int, optional
+        Stop after this many epochs without a better test accuracy.
+    metrics_path : str, optional
+        Appends one JSON line per epoch.
+    plot_path : str, optional
+        PNG of the loss and accuracy curves, rewritten every epoch.
+    progress : bool
+        tqdm progress bar with loss and samples/s.
+    on_epoch_end : callable(record), optional
+
+    Returns
+    -------
+    History
+        One dict per epoch: ``epoch, train_loss, train_accuracy, test_accuracy, seconds,
+        samples_per_second, lr``.
+    """
+    contexts = _as_contexts(ctx)
+    if dtype not in DTYPES:
+        raise ValueError(f'dtype must be one of {DTYPES}, got {dtype!r}')
+    if not isinstance(num_epoch, int) or num_epoch < 1:
+        raise ValueError(f'num_epoch must be a positive integer, got {num_epoch!r}')
+    if not lr > 0:
+        raise ValueError(f'lr must be > 0, got {lr!r}')
+    if not isinstance(accumulate, int) or accumulate < 1:
+        raise ValueError(f'accumulate must be a positive integer, got {accumulate!r}')
+    if resume and not checkpoint_dir:
+        raise ValueError('resume=True needs a checkpoint_dir')
+    try:
+        batches_per_epoch = len(train_data)
+    except TypeError as err:
+        raise TypeError('train_data must have a length (e.g. a gluon DataLoader)') from err
+    if batches_per_epoch == 0:
+        raise ValueError('train_data is empty')
+    loss_fn = loss_fn or gluon.loss.SoftmaxCrossEntropyLoss()
+    amp = _setup_amp(dtype, contexts)
+    all_params = net.collect_params()
+    if any(set(p.list_ctx()) != set(contexts) for p in all_params.values()):
+        all_params.reset_ctx(contexts)  # data parallel: a copy of every parameter per context
+
+    trainer = make_trainer(net, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
+                           kvstore=kvstore)
+    if amp is not None and dtype == 'float16':
+        amp.init_trainer(trainer)
+    params = _trainable(net)
+    if accumulate > 1:
+        for param in params:
+            param.grad_req = 'add'
+    updates_per_epoch = math.ceil(batches_per_epoch / accumulate)
+    schedule = LinearWarmupSchedule(lr, num_epoch * updates_per_epoch, warmup_ratio)
+
+    history, start_epoch, step, best_accuracy, stale_epochs = History(), 0, 0, -1.0, 0
+    if resume:
+        state = _load_checkpoint(checkpoint_dir, net, trainer, contexts)
+        if state is not None:
+            history = History(state['history'])
+            start_epoch, step = state['epoch'] + 1, state['step']
+            best_accuracy, stale_epochs = state['best_accuracy'], state['stale_epochs']
+
+    for epoch in range(start_epoch, num_epoch):
+        if early_stop and stale_epochs >= early_stop:
+            break
+        _seed_epoch(seed, epoch, train_data)
+        record = _train_one_epoch(net, train_data, contexts, loss_fn, trainer, params, schedule,
+                                  step, accumulate, max_grad_norm, amp, epoch, num_epoch,
+                                  progress)
+        step = record.pop('step')
+        record['test_accuracy'] = (evaluate_accuracy(net, test_data, contexts)
+                                   if test_data is not None else None)
+        history.append(record)
+        score = record['test_accuracy'] if test_data is not None else -record['train_loss']
+        is_best = score > best_accuracy
+        if is_best:
+            best_accuracy, stale_epochs = score, 0
+        else:
+            stale_epochs += 1
+        if progress:
+            test = (f", test acc {record['test_accuracy']:.4f}"
+                    if record['test_accuracy'] is not None else '')
+            print(f"epoch {epoch + 1}/{num_epoch}: loss {record['train_loss']:.4f}, "
+                  f"train acc {record['train_accuracy']:.4f}{test}, "
+                  f"{record['samples_per_second']:.1f} samples/s", flush=True)
+        if metrics_path:
+            os.makedirs(os.path.dirname(os.path.abspath(metrics_path)), exist_ok=True)
+            with open(metrics_path, 'a', encoding='utf-8') as f:
+                f.write(json.dumps(record) + '\n')
+        if plot_path:
+            plot_history(history, plot_path)
+        if checkpoint_dir:
+            _save_checkpoint(checkpoint_dir, net, trainer,
+                             {'epoch': epoch, 'step': step, 'history': list(history),
+                              'best_accuracy': best_accuracy, 'stale_epochs': stale_epochs,
+                              'seed': seed}, is_best)
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+    return history
+
+
+def _train_one_epoch(net, train_data, contexts, loss_fn, trainer, params, schedule, step,
+                     accumulate, max_grad_norm, amp, epoch, num_epoch, progress):
+    from tqdm.auto import tqdm
+    loss_scaling = amp is not None and hasattr(trainer, '_amp_loss_scaler')
+    total_loss = 0.0
+    correct = seen = 0
+    batches = len(train_data)
+    start = time.perf_counter()
+    bar = tqdm(total=batches, desc=f'epoch {epoch + 1}/{num_epoch}', unit='batch',
+               disable=not progress, leave=False, dynamic_ncols=True)
+    pending = []  # (loss sum, correct count) NDArrays not yet read back
+    for index, batch in enumerate(train_data):
+        # each update averages the mean losses of its `accumulate` batches
+        group = min(accumulate, batches - index // accumulate * accumulate)
+        normaliser = int(batch[0].shape[0]) * group
+        parts = _split(batch, contexts)
+        with autograd.record():
+            losses = []
+            for words, valid_length, segments, label in parts:
+                logits = net(words, segments, valid_length)
+                loss_sum = loss_fn(logits, label).sum()
+                losses.append(loss_sum / normaliser)
+                pending.append((loss_sum,
+                                (logits.argmax(axis=1) == label.astype(logits.dtype)).sum()))
+        if loss_scaling:
+            with amp.scale_loss(losses, trainer) as scaled:
+                autograd.backward(scaled)
+        else:
+            autograd.backward(losses)
+        seen += int(batch[0].shape[0])
+        if (index + 1) % accumulate == 0 or index + 1 == batches:
+            step += 1
+            trainer.set_learning_rate(schedule(step))
+            trainer.allreduce_grads()
+            if max_grad_norm:
+                for c in contexts:
+                    gluon.utils.clip_global_norm([p.grad(c) for p in params], max_grad_norm,
+                                                 check_isfinite=False)
+            trainer.update(1)
+            if accumulate > 1:
+                for param in params:
+                    param.zero_grad()
+        # read metrics back every few batches only, so the engine stays asynchronous
+        if len(pending) >= 8 * len(contexts) or index + 1 == batches:
+            for loss_sum, hits in pending:
+                total_loss += float(loss_sum.asscalar())
+                correct += int(hits.asscalar())
+            pending = []
+            elapsed = time.perf_counter() - start
+            bar.set_postfix(loss=f'{total_loss / seen:.4f}', samples_s=f'{seen / elapsed:.1f}')
+        bar.update(1)
+    bar.close()
+    seconds = time.perf_counter() - start
+    return {'epoch': epoch, 'train_loss': total_loss / seen, 'train_accuracy': correct / seen,
+            'seconds': seconds, 'samples_per_second': seen / seconds,
+            'lr': trainer.learning_rate, 'step': step}

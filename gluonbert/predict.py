@@ -1,0 +1,125 @@
+"""Sentiment prediction: ``predict_sentiment`` for one text, ``predict`` for many."""
+import dataclasses
+
+import numpy as np
+import mxnet as mx
+
+__all__ = ['Prediction', 'predict_sentiment', 'predict', 'label_names_of']
+
+DEFAULT_MAX_LEN = 128
+
+
+@dataclasses.dataclass
+class Prediction:
+    """A classifier's answer for one text."""
+    text: str
+    label: str            # e.g. 'positive' / 'negative', or the dataset's label names
+    probability: float    # probability of ``label``
+    label_id: int
+    probabilities: dict   # label name -> probability
+
+    def to_dict(self):
+        return {'text': self.text, 'label': self.label,
+                'probability': round(self.probability, 6),
+                'probabilities': {k: round(v, 6) for k, v in self.probabilities.items()}}
+
+    def __str__(self):
+        return f'{self.label} ({self.probability:.3f})'
+
+
+def label_names_of(net):
+    """The class names a classifier was trained with (``negative``/``positive`` for 2)."""
+    names = getattr(net, 'label_names', None)
+    if names:
+        return list(names)
+    num_classes = getattr(net, 'num_classes', 2)
+    return ['negative', 'positive'] if num_classes == 2 else [str(i) for i in range(num_classes)]
+
+
+def _check_text(text, index=None):
+    where = '' if index is None else f' (item {index})'
+    if text is None:
+        raise TypeError(f'text{where} is None; expected a non-empty string')
+    if not isinstance(text, str):
+        raise TypeError(f'text{where} must be a string, got {type(text).__name__}')
+    if not text.strip():
+        raise ValueError(f'text{where} is empty or whitespace only; nothing to classify')
+
+
+def _encode(text, vocabulary, tokenizer, max_len):
+    """[CLS] tokens [SEP] ids, head-truncated to max_len (long text is still predicted)."""
+    tokens = tokenizer(text)[:max_len - 2]
+    return [vocabulary.cls_id] + vocabulary[tokens] + [vocabulary.sep_id]
+
+
+def _max_len(net, max_len):
+    if max_len is None:
+        max_len = getattr(net, 'extra', {}).get('max_len', DEFAULT_MAX_LEN)
+    config = getattr(net, 'config', None)
+    if config is not None:
+        max_len = min(max_len, config.max_length)
+    if max_len < 3:
+        raise ValueError(f'max_len must be at least 3, got {max_len}')
+    return max_len
+
+
+def _run(net, ctx, id_lists, pad_id):
+    """Probabilities (len(id_lists), num_classes) for one padded batch."""
+    longest = max(len(ids) for ids in id_lists)
+    words = np.full((len(id_lists), longest), pad_id, dtype=np.float32)
+    for row, ids in enumerate(id_lists):
+        words[row, :len(ids)] = ids
+    valid_length = mx.nd.array([len(ids) for ids in id_lists], ctx=ctx)
+    words = mx.nd.array(words, ctx=ctx)
+    logits = net(words, mx.nd.zeros_like(words), valid_length)
+    return mx.nd.softmax(logits.astype('float32'), axis=-1).asnumpy()
+
+
+def _prediction(text, probabilities, names):
+    label_id = int(np.argmax(probabilities))
+    return Prediction(text=text, label=names[label_id],
+                      probability=float(probabilities[label_id]), label_id=label_id,
+                      probabilities={n: float(p) for n, p in zip(names, probabilities)})
+
+
+def predict_sentiment(net, ctx, vocabulary, tokenizer, sentence, max_len=None):
+    """Classify one text; the seed tutorial's call.
+
+    Returns
+    -------
+    Prediction
+        ``.label`` (``'positive'``/``'negative'`` or the model's label names) and
+        ``.probability``.
+    """
+    _check_text(sentence)
+    names = label_names_of(net)
+    ids = _encode(sentence, vocabulary, tokenizer, _max_len(net, max_len))
+    return _prediction(sentence, _run(net, ctx, [ids], vocabulary.pad_id)[0], names)
+
+
+def predict(net, ctx, vocabulary, tokenizer, texts, batch_size=32, max_len=None):
+    """Classify many texts, batching texts of similar length together.
+
+    Returns a list of :class:`Prediction` in the order of ``texts``; identical to calling
+    :func:`predict_sentiment` on each.
+    """
+    if isinstance(texts, str):
+        raise TypeError('texts must be a list of strings; use predict_sentiment for one text')
+    texts = list(texts)
+    if not texts:
+        return []
+    if batch_size < 1:
+        raise ValueError(f'batch_size must be >= 1, got {batch_size}')
+    for index, text in enumerate(texts):
+        _check_text(text, index)
+    names = label_names_of(net)
+    limit = _max_len(net, max_len)
+    encoded = [_encode(text, vocabulary, tokenizer, limit) for text in texts]
+    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+    results = [None] * len(texts)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        probabilities = _run(net, ctx, [encoded[i] for i in chunk], vocabulary.pad_id)
+        for i, row in zip(chunk, probabilities):
+            results[i] = _prediction(texts[i], row, names)
+    return results

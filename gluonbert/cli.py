@@ -1,0 +1,421 @@
+"""Command-line tools: ``gluonbert-finetune`` and ``gluonbert-predict``.
+
+Errors the user can fix (bad flags, missing files, bad data, offline downloads) print one
+line and exit with status 2; nothing prints a traceback for them.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+__all__ = ['finetune_main', 'predict_main', 'pretrain_main', 'build_finetune_parser']
+
+PROG_FINETUNE = 'gluonbert-finetune'
+PROG_PREDICT = 'gluonbert-predict'
+
+
+class UsageError(Exception):
+    """A problem with the user's input; reported as one line."""
+
+
+def _fail(prog, message):
+    if os.environ.get('GLUONBERT_DEBUG') == '1':
+        raise  # pylint: disable=misplaced-bare-raise  (re-raise the error being handled)
+    print(f'{prog}: error: {message}', file=sys.stderr)
+    return 2
+
+
+def _user_errors():
+    """Exception types whose message is meant for the user."""
+    from .data import DataError
+    from .pretrained import PretrainedError
+    return (UsageError, DataError, PretrainedError, FileNotFoundError, NotADirectoryError,
+            PermissionError, ValueError, TypeError)
+
+
+def _contexts(gpus):
+    import mxnet as mx
+    if gpus is None or gpus.strip() == '':
+        return [mx.cpu()]
+    try:
+        ids = [int(g) for g in gpus.split(',') if g.strip()]
+    except ValueError as err:
+        raise UsageError(f'--gpus takes comma-separated GPU ids, e.g. 0 or 0,1; got {gpus!r}') \
+            from err
+    available = mx.context.num_gpus()
+    missing = [i for i in ids if i >= available]
+    if missing:
+        raise UsageError(f'GPU {missing[0]} requested but this MXNet sees {available} GPU(s) '
+                         f'(is a CUDA build of MXNet, e.g. mxnet-cu117, installed?)')
+    return [mx.gpu(i) for i in ids]
+
+
+def build_finetune_parser():
+    parser = argparse.ArgumentParser(
+        prog=PROG_FINETUNE,
+        description='Fine-tune BERT for text classification. With no arguments: the embedded '
+                    'MiniLM on the bundled movie reviews, on CPU.')
+    model = parser.add_argument_group('model and data')
+    model.add_argument('--model', default='minilm',
+                       help="'minilm' (embedded), bert_12_768_12 / bert_24_1024_16 (GluonNLP "
+                            "zoo), a model directory, or a config preset such as 'tiny' "
+                            "(random initialisation, for smoke runs). Default: minilm")
+    model.add_argument('--dataset', default=None,
+                       help="'sample' (bundled reviews, default), 'imdb' (downloads), or an "
+                            "aclImdb directory")
+    model.add_argument('--train', help='training file (.csv, .tsv or .jsonl)')
+    model.add_argument('--test', help='test file (.csv, .tsv or .jsonl)')
+    model.add_argument('--text-column', default='text')
+    model.add_argument('--label-column', default='label')
+    model.add_argument('--labels', default=None,
+                       help='comma-separated label names, in id order, for other label sets')
+    seq = parser.add_argument_group('sequence')
+    seq.add_argument('--max-len', type=int, default=128)
+    seq.add_argument('--truncate', choices=('head', 'head+tail'), default='head')
+    opt = parser.add_argument_group('optimisation')
+    opt.add_argument('--batch-size', type=int, default=32)
+    opt.add_argument('--epochs', type=int, default=3)
+    opt.add_argument('--lr', type=float, default=None,
+                     help='peak learning rate (default 5e-5; 1e-4 for minilm; 1e-3 for a '
+                          'preset trained from scratch)')
+    opt.add_argument('--warmup-ratio', type=float, default=0.1)
+    opt.add_argument('--weight-decay', type=float, default=0.01)
+    opt.add_argument('--optimizer', choices=('bertadam', 'adamw'), default='bertadam')
+    opt.add_argument('--accumulate', type=int, default=1)
+    opt.add_argument('--dropout', type=float, default=0.1, help='classifier dropout')
+    opt.add_argument('--dtype', choices=('float32', 'float16', 'bfloat16'), default='float32')
+    dev = parser.add_argument_group('devices')
+    dev.add_argument('--gpus', default='', help='comma-separated GPU ids; empty means CPU')
+    run = parser.add_argument_group('run control')
+    run.add_argument('--output-dir', default='runs/finetune')
+    run.add_argument('--resume', action='store_true',
+                     help='continue from OUTPUT_DIR/checkpoints')
+    run.add_argument('--seed', type=int, default=0)
+    run.add_argument('--early-stop', type=int, default=None, metavar='N',
+                     help='stop after N epochs without a better test accuracy')
+    run.add_argument('--no-progress', action='store_true', help='no progress bar')
+    return parser
+
+
+def _validate_finetune_args(args):
+    if args.max_len < 3 or args.max_len > 512:
+        raise UsageError(f'--max-len must be in [3, 512], got {args.max_len}')
+    for flag in ('batch_size', 'epochs', 'accumulate'):
+        if getattr(args, flag) < 1:
+            raise UsageError(f'--{flag.replace("_", "-")} must be >= 1, got {getattr(args, flag)}')
+    if args.lr is not None and not args.lr > 0:
+        raise UsageError(f'--lr must be > 0, got {args.lr}')
+    if not 0 <= args.warmup_ratio < 1:
+        raise UsageError(f'--warmup-ratio must be in [0, 1), got {args.warmup_ratio}')
+    if bool(args.train) != bool(args.test):
+        raise UsageError('--train and --test go together')
+    if args.train and args.dataset:
+        raise UsageError('give either --train/--test or --dataset, not both')
+    for path in (args.train, args.test):
+        if path and not os.path.isfile(path):
+            raise UsageError(f'no such file: {path}')
+
+
+def _load_model(args, ctx):
+    """(bert, vocab, tokenizer, default lr) for --model."""
+    from .config import PRESETS, BERTConfig
+    from .model import BERTModel
+    from .pretrained import MINILM_NAME, load_pretrained
+    if args.model in PRESETS:
+        # a fresh model of that shape, with the embedded model's WordPiece vocabulary
+        _, vocab, tokenizer = load_pretrained(MINILM_NAME)
+        config = BERTConfig.from_preset(args.model, vocab_size=len(vocab))
+        bert = BERTModel(config)
+        bert.initialize(ctx=ctx)
+        return bert, vocab, tokenizer, 1e-3
+    model, vocab, tokenizer = load_pretrained(args.model, ctx=ctx)
+    # a pre-training or fine-tuning output directory: continue from its encoder
+    bert = getattr(model, 'bert', model)
+    return bert, vocab, tokenizer, 1e-4 if args.model == MINILM_NAME else 5e-5
+
+
+def _load_data(args):
+    from .data import load_dataset, read_table
+    labels = [s.strip() for s in args.labels.split(',')] if args.labels else None
+    if args.train:
+        options = dict(text_column=args.text_column, label_column=args.label_column,
+                       labels=labels)
+        return read_table(args.train, **options), read_table(args.test, **options)
+    name = args.dataset or 'sample'
+    return load_dataset(name, 'train'), load_dataset(name, 'test')
+
+
+def finetune(args):
+    """Run fine-tuning for parsed arguments; returns the metrics dict."""
+    import mxnet as mx
+    from .data import BERTTransform, make_dataloader
+    from .model import BERTClassifier
+    from .predict import predict_sentiment
+    from .pretrained import save_pretrained
+    from .train import train_loop
+
+    _validate_finetune_args(args)
+    contexts = _contexts(args.gpus)
+    started = time.perf_counter()
+    bert, vocab, tokenizer, default_lr = _load_model(args, contexts)
+    if args.max_len > bert.config.max_length:
+        raise UsageError(f'--max-len {args.max_len} exceeds the model max_length '
+                         f'{bert.config.max_length}')
+    train_set, test_set = _load_data(args)
+    if train_set.label_names != test_set.label_names:
+        raise UsageError(f'train labels {train_set.label_names} and test labels '
+                         f'{test_set.label_names} differ')
+    label_names = train_set.label_names
+    transform = BERTTransform(tokenizer, vocab, max_len=args.max_len, truncate=args.truncate)
+    round_to = 8 if contexts[0].device_type == 'gpu' else None
+    train_data = make_dataloader(train_set, transform, batch_size=args.batch_size, shuffle=True,
+                                 seed=args.seed, pad_id=vocab.pad_id, round_to=round_to)
+    test_data = make_dataloader(test_set, transform, batch_size=args.batch_size, shuffle=False,
+                                seed=args.seed, pad_id=vocab.pad_id, round_to=round_to)
+
+    mx.random.seed(args.seed)
+    net = BERTClassifier(bert, num_classes=len(label_names), dropout=args.dropout)
+    net.classifier.initialize(ctx=contexts)
+    net.label_names = label_names
+    net.hybridize(static_alloc=True)
+
+    output_dir = os.path.abspath(args.output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    lr = args.lr or default_lr
+    print(f'fine-tuning {args.model} on {len(train_set)} train / {len(test_set)} test examples '
+          f'({", ".join(label_names)}), {args.epochs} epochs, batch {args.batch_size}, '
+          f'lr {lr:g}, max_len {args.max_len}, {", ".join(map(str, contexts))}; padding waste '
+          f'{train_data.padding_waste:.1%} with length bucketing', flush=True)
+    history = train_loop(
+        net, train_data, test_data, args.epochs, lr, contexts,
+        optimizer=args.optimizer, weight_decay=args.weight_decay,
+        warmup_ratio=args.warmup_ratio, accumulate=args.accumulate, dtype=args.dtype,
+        seed=args.seed, checkpoint_dir=os.path.join(output_dir, 'checkpoints'),
+        resume=args.resume, early_stop=args.early_stop,
+        metrics_path=os.path.join(output_dir, 'metrics.jsonl'),
+        plot_path=os.path.join(output_dir, 'history.png'), progress=not args.no_progress)
+
+    best = history.best
+    best_params = os.path.join(output_dir, 'checkpoints', 'best.params')
+    if os.path.exists(best_params):
+        net.load_parameters(best_params, ctx=contexts)
+    model_dir = os.path.join(output_dir, 'model')
+    net.extra = {'max_len': args.max_len, 'truncate': args.truncate}
+    save_pretrained(net, vocab, tokenizer, model_dir,
+                    extra={'max_len': args.max_len, 'truncate': args.truncate,
+                           'base_model': args.model})
+    train_seconds = sum(r['seconds'] for r in history)
+    train_examples = sum(r['samples_per_second'] * r['seconds'] for r in history)
+    metrics = {
+        'test_accuracy': best['test_accuracy'] if best else None,
+        'best_epoch': best['epoch'] + 1 if best else None,
+        'final_test_accuracy': history[-1]['test_accuracy'] if history else None,
+        'epochs_run': len(history),
+        'train_seconds': train_seconds,
+        'train_samples_per_second': train_examples / train_seconds if train_seconds else None,
+        'wall_seconds': time.perf_counter() - started,
+        'model': args.model, 'train_examples': len(train_set), 'test_examples': len(test_set),
+        'label_names': label_names, 'max_len': args.max_len, 'batch_size': args.batch_size,
+        'lr': lr, 'dtype': args.dtype, 'padding_waste': train_data.padding_waste,
+        'model_dir': model_dir, 'history': list(history),
+    }
+    from .train import _write_text
+    _write_text(os.path.join(output_dir, 'metrics.json'), json.dumps(metrics, indent=2) + '\n')
+    example = 'this movie is so great'
+    prediction = predict_sentiment(net, contexts[0], vocab, tokenizer, example)
+    print(f"test accuracy {metrics['test_accuracy']:.4f} (epoch {metrics['best_epoch']}), "
+          f"{metrics['train_samples_per_second']:.1f} train samples/s, "
+          f"{metrics['wall_seconds']:.0f} s in all")
+    print(f'model saved to {model_dir}')
+    print(f'predict_sentiment({example!r}) -> {prediction.label} '
+          f'(p={prediction.probability:.3f})')
+    return metrics
+
+
+def finetune_main(argv=None):
+    """Entry point of ``gluonbert-finetune``."""
+    parser = build_finetune_parser()
+    args = parser.parse_args(argv)
+    try:
+        finetune(args)
+    except _user_errors() as err:
+        return _fail(PROG_FINETUNE, str(err))
+    except KeyboardInterrupt:
+        print(f'\n{PROG_FINETUNE}: interrupted; continue with --resume (checkpoints are in '
+              f'{os.path.join(args.output_dir, "checkpoints")})', file=sys.stderr)
+        return 130
+    return 0
+
+
+def build_predict_parser():
+    parser = argparse.ArgumentParser(
+        prog=PROG_PREDICT,
+        description='Classify texts with a fine-tuned model; one JSON line per text. Reads '
+                    'one text per line from stdin when no TEXT is given.')
+    parser.add_argument('--model-dir', required=True,
+                        help='directory written by gluonbert-finetune (OUTPUT_DIR/model)')
+    parser.add_argument('texts', nargs='*', metavar='TEXT')
+    parser.add_argument('--batch-size', type=int, default=32)
+    parser.add_argument('--max-len', type=int, default=None)
+    parser.add_argument('--gpus', default='')
+    return parser
+
+
+def predict_cli(args, stdin=None, stdout=None):
+    from .model import BERTClassifier
+    from .predict import predict
+    from .pretrained import load_pretrained
+    stdin = stdin or sys.stdin
+    stdout = stdout or sys.stdout
+    if not os.path.isdir(args.model_dir):
+        raise UsageError(f'no such model directory: {args.model_dir}')
+    contexts = _contexts(args.gpus)
+    net, vocab, tokenizer = load_pretrained(args.model_dir, ctx=contexts[0])
+    if not isinstance(net, BERTClassifier):
+        raise UsageError(f'{args.model_dir} holds a {type(net).__name__}, not a fine-tuned '
+                         f'classifier')
+    texts = args.texts or [line.rstrip('\n') for line in stdin if line.strip()]
+    if not texts:
+        raise UsageError('no text given (pass TEXT arguments or lines on stdin)')
+    net.hybridize(static_alloc=True)
+    for prediction in predict(net, contexts[0], vocab, tokenizer, texts,
+                              batch_size=args.batch_size, max_len=args.max_len):
+        stdout.write(json.dumps(prediction.to_dict(), ensure_ascii=False) + '\n')
+    stdout.flush()
+
+
+def predict_main(argv=None):
+    """Entry point of ``gluonbert-predict``."""
+    args = build_predict_parser().parse_args(argv)
+    try:
+        predict_cli(args)
+    except _user_errors() as err:
+        return _fail(PROG_PREDICT, str(err))
+    return 0
+
+
+# ------------------------------------------------------------------ gluonbert-pretrain
+PROG_PRETRAIN = 'gluonbert-pretrain'
+
+
+def build_pretrain_parser():
+    parser = argparse.ArgumentParser(
+        prog=PROG_PRETRAIN,
+        description='Pre-train BERT (masked LM + next sentence) on a text corpus, from '
+                    'scratch (a preset) or from pretrained weights (further pre-training).')
+    parser.add_argument('--corpus', required=True,
+                        help='.txt (one sentence per line, blank line between documents) or '
+                             '.csv/.tsv/.jsonl with one document per row')
+    parser.add_argument('--text-column', default='text', help='column of documents (csv/jsonl)')
+    parser.add_argument('--model', default='tiny',
+                        help="a preset (tiny, bert_12_768_12, ...) trained from scratch with "
+                             "the embedded WordPiece vocabulary, 'minilm', a GluonNLP zoo "
+                             "name, or a model directory. Default: tiny")
+    parser.add_argument('--max-len', type=int, default=128)
+    parser.add_argument('--max-predictions', type=int, default=20)
+    parser.add_argument('--batch-size', type=int, default=32)
+    parser.add_argument('--steps', type=int, default=1000)
+    parser.add_argument('--lr', type=float, default=None,
+                        help='peak learning rate (default 1e-3 from scratch, 5e-5 otherwise)')
+    parser.add_argument('--warmup-ratio', type=float, default=0.1)
+    parser.add_argument('--accumulate', type=int, default=1)
+    parser.add_argument('--log-interval', type=int, default=50)
+    parser.add_argument('--gpus', default='')
+    parser.add_argument('--output-dir', default='runs/pretrain')
+    parser.add_argument('--resume', action='store_true')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--no-progress', action='store_true')
+    return parser
+
+
+def _init_missing(block, ctx):
+    """Initialise only the parameters that have no value yet (e.g. new heads)."""
+    for param in block.collect_params().values():
+        if param._data is None and not param._deferred_init:  # pylint: disable=protected-access
+            param.initialize(ctx=ctx)
+
+
+def pretrain(args):
+    """Run pre-training for parsed arguments; returns the metrics dict."""
+    from .config import PRESETS, BERTConfig
+    from .model import BERTForPretraining
+    from .params import parameter_counts
+    from .pretrain import PretrainingData, evaluate_pretraining, pretrain_loop, read_corpus
+    from .pretrained import MINILM_NAME, load_pretrained, save_pretrained
+    from .train import _write_text
+
+    for flag in ('max_predictions', 'batch_size', 'steps', 'accumulate', 'log_interval'):
+        if getattr(args, flag) < 1:
+            raise UsageError(f'--{flag.replace("_", "-")} must be >= 1')
+    if not 5 <= args.max_len <= 512:
+        raise UsageError(f'--max-len must be in [5, 512], got {args.max_len}')
+    contexts = _contexts(args.gpus)
+    ctx = contexts[0]
+    documents = read_corpus(args.corpus, text_column=args.text_column)
+    if args.model in PRESETS:
+        _, vocab, tokenizer = load_pretrained(MINILM_NAME)
+        config = BERTConfig.from_preset(args.model, vocab_size=len(vocab),
+                                        max_length=max(args.max_len, 64))
+        model = BERTForPretraining(config)
+        model.initialize(ctx=ctx)
+        default_lr = 1e-3
+    else:
+        loaded, vocab, tokenizer = load_pretrained(args.model, ctx=ctx, with_heads=True)
+        model = loaded if isinstance(loaded, BERTForPretraining) else \
+            BERTForPretraining(bert=getattr(loaded, 'bert', loaded))
+        _init_missing(model, ctx)  # heads the checkpoint lacks (MiniLM has none)
+        default_lr = 5e-5
+    if args.max_len > model.config.max_length:
+        raise UsageError(f'--max-len {args.max_len} exceeds the model max_length '
+                         f'{model.config.max_length}')
+    held_out = max(2, len(documents) // 10) if len(documents) >= 6 else 0
+    train_docs = documents[:len(documents) - held_out] if held_out else documents
+    eval_docs = documents[len(documents) - held_out:] if held_out else documents
+    options = dict(max_len=args.max_len, max_predictions=args.max_predictions)
+    data = PretrainingData(train_docs, tokenizer, vocab, seed=args.seed, **options)
+    # with fewer than 6 documents the held-out batches are re-masked training documents
+    eval_data = PretrainingData(eval_docs, tokenizer, vocab, seed=args.seed + 1, **options)
+    output_dir = os.path.abspath(args.output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    lr = args.lr or default_lr
+    model.hybridize(static_alloc=True)
+    print(f'pre-training {args.model} on {len(train_docs)} documents ({len(data)} examples per '
+          f'epoch), {len(eval_docs)} held out; {args.steps} steps, batch {args.batch_size}, '
+          f'lr {lr:g}, max_len {args.max_len}', flush=True)
+    started = time.perf_counter()
+    records = pretrain_loop(
+        model, data, steps=args.steps, batch_size=args.batch_size, lr=lr, ctx=ctx,
+        eval_data=eval_data, warmup_ratio=args.warmup_ratio, accumulate=args.accumulate,
+        seed=args.seed, checkpoint_dir=os.path.join(output_dir, 'checkpoints'),
+        resume=args.resume, metrics_path=os.path.join(output_dir, 'metrics.jsonl'),
+        log_interval=args.log_interval, progress=not args.no_progress)
+    seconds = time.perf_counter() - started
+    final = evaluate_pretraining(model, eval_data.batches(args.batch_size, ctx=ctx))
+    model_dir = os.path.join(output_dir, 'model')
+    save_pretrained(model, vocab, tokenizer, model_dir,
+                    extra={'pretrained_from': args.model, 'steps': args.steps})
+    metrics = {**final, 'steps': args.steps, 'seconds': seconds,
+               'sequences_per_second': args.steps * args.batch_size * args.accumulate /
+               seconds, 'model_dir': model_dir, 'parameters': parameter_counts(model),
+               'records': records}
+    _write_text(os.path.join(output_dir, 'metrics.json'), json.dumps(metrics, indent=2) + '\n')
+    print(f"held-out: MLM accuracy {final['mlm_accuracy']:.4f}, MLM loss "
+          f"{final['mlm_loss']:.4f} (perplexity {final['mlm_perplexity']:.1f}), NSP accuracy "
+          f"{final['nsp_accuracy']:.4f}; {metrics['sequences_per_second']:.1f} sequences/s")
+    print(f'model saved to {model_dir} (fine-tune it with: gluonbert-finetune --model '
+          f'{model_dir})')
+    return metrics
+
+
+def pretrain_main(argv=None):
+    """Entry point of ``gluonbert-pretrain``."""
+    args = build_pretrain_parser().parse_args(argv)
+    try:
+        pretrain(args)
+    except _user_errors() as err:
+        return _fail(PROG_PRETRAIN, str(err))
+    except KeyboardInterrupt:
+        print(f'\n{PROG_PRETRAIN}: interrupted; continue with --resume', file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,159 @@
+"""The command-line tools, run in-process on tiny data, and the prediction API."""
+import json
+import os
+
+import numpy as np
+import mxnet as mx
+import pytest
+
+import gluonbert
+from gluonbert.cli import finetune_main, predict_main, pretrain_main
+from gluonbert.pretrained import load_pretrained
+
+POSITIVE = ['a wonderful, moving film', 'great acting and a lovely score',
+            'I loved it, brilliant', 'superb and charming from start to end',
+            'funny, warm and beautifully shot', 'an excellent story, well told']
+NEGATIVE = ['a boring, awful mess', 'terrible acting and a dull plot',
+            'I hated it, dreadful', 'poor writing and worse directing',
+            'tedious, ugly and far too long', 'a bad story, badly told']
+
+
+def write_csv(path, rows):
+    with open(path, 'w', encoding='utf-8') as f:
+        f.write('review,sentiment\n')
+        for text, label in rows:
+            f.write(f'"{text}",{label}\n')
+    return str(path)
+
+
+@pytest.fixture
+def tiny_files(tmp_path):
+    rows = [(t, 'positive') for t in POSITIVE] + [(t, 'negative') for t in NEGATIVE]
+    train = write_csv(tmp_path / 'train.csv', rows * 2)
+    test = write_csv(tmp_path / 'test.csv', rows)
+    return train, test
+
+
+def finetune_args(train, test, output_dir, *extra):
+    return ['--model', 'tiny', '--train', train, '--test', test, '--text-column', 'review',
+            '--label-column', 'sentiment', '--epochs', '2', '--batch-size', '8',
+            '--max-len', '32', '--output-dir', str(output_dir), '--no-progress', *extra]
+
+
+def test_finetune_then_predict(tiny_files, tmp_path, capsys, monkeypatch):
+    train, test = tiny_files
+    out = tmp_path / 'run'
+    assert finetune_main(finetune_args(train, test, out)) == 0
+    metrics = json.loads((out / 'metrics.json').read_text())
+    for key in ('test_accuracy', 'train_seconds', 'train_samples_per_second'):
+        assert isinstance(metrics[key], float)
+    assert len(metrics['history']) == 2
+    assert (out / 'history.png').exists() and (out / 'metrics.jsonl').exists()
+    printed = capsys.readouterr().out
+    assert 'test accuracy' in printed and "predict_sentiment('this movie is so great')" in printed
+
+    net, vocab, tokenizer = load_pretrained(str(out / 'model'))
+    assert isinstance(net, gluonbert.BERTClassifier)
+    assert net.label_names == ['negative', 'positive']
+
+    assert predict_main(['--model-dir', str(out / 'model'), 'a lovely film', 'awful']) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line['text'] for line in lines] == ['a lovely film', 'awful']
+    for line in lines:
+        assert line['label'] in ('negative', 'positive') and 0.5 <= line['probability'] <= 1
+
+    import io
+    monkeypatch.setattr('sys.stdin', io.StringIO('first review\n\nsecond review\n'))
+    assert predict_main(['--model-dir', str(out / 'model')]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+
+    # resuming a finished run trains no further epochs and keeps the history
+    assert finetune_main(finetune_args(train, test, out, '--resume')) == 0
+    assert len(json.loads((out / 'metrics.json').read_text())['history']) == 2
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--train', 'missing.csv', '--test', 'missing.csv'], 'no such file: missing.csv'),
+    (['--max-len', '0'], '--max-len must be in [3, 512]'),
+    (['--epochs', '0'], '--epochs must be >= 1'),
+    (['--gpus', 'zero'], '--gpus takes comma-separated GPU ids'),
+    (['--gpus', '7'], 'GPU 7 requested but this MXNet sees'),
+    (['--model', 'no_such_model'], "unknown model 'no_such_model'"),
+    (['--dataset', 'nowhere'], "unknown dataset 'nowhere'"),
+])
+def test_finetune_bad_input_is_one_line(flags, message, capsys):
+    assert finetune_main(['--no-progress', *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1 and 'Traceback' not in err
+
+
+def test_finetune_bad_data_names_file_and_line(tmp_path, capsys):
+    train = write_csv(tmp_path / 'train.csv', [('fine', 'positive'), ('odd', 'maybe')])
+    assert finetune_main(finetune_args(train, train, tmp_path / 'x')) == 2
+    err = capsys.readouterr().err
+    assert 'train.csv:3: unknown label' in err and "'maybe'" in err
+
+
+def test_predict_bad_input(tmp_path, capsys):
+    assert predict_main(['--model-dir', str(tmp_path / 'absent'), 'text']) == 2
+    assert 'no such model directory' in capsys.readouterr().err
+
+
+def test_pretrain_cli_output_feeds_finetuning(tmp_path, tiny_files, capsys):
+    corpus = tmp_path / 'corpus.txt'
+    docs = ['\n'.join(f'{t}.' for t in POSITIVE[i:i + 3]) for i in range(0, 6, 3)] + \
+        ['\n'.join(f'{t}.' for t in NEGATIVE[i:i + 3]) for i in range(0, 6, 3)]
+    corpus.write_text('\n\n'.join(docs) + '\n', encoding='utf-8')
+    out = tmp_path / 'pre'
+    assert pretrain_main(['--corpus', str(corpus), '--steps', '4', '--batch-size', '4',
+                          '--max-len', '32', '--log-interval', '2', '--output-dir', str(out),
+                          '--no-progress']) == 0
+    metrics = json.loads((out / 'metrics.json').read_text())
+    for key in ('mlm_accuracy', 'nsp_accuracy', 'mlm_loss'):
+        assert isinstance(metrics[key], float)
+    model, _, _ = load_pretrained(str(out / 'model'))
+    assert isinstance(model, gluonbert.BERTForPretraining)
+    train, test = tiny_files
+    run = tmp_path / 'fine'
+    args = finetune_args(train, test, run)
+    args[args.index('--model') + 1] = str(out / 'model')
+    assert finetune_main(args + ['--epochs', '1']) == 0
+
+    single = tmp_path / 'single.txt'
+    single.write_text('just one document.\n', encoding='utf-8')
+    capsys.readouterr()
+    assert pretrain_main(['--corpus', str(single), '--output-dir', str(tmp_path / 'y')]) == 2
+    assert 'needs at least 2' in capsys.readouterr().err
+
+
+@pytest.fixture(scope='module')
+def tiny_sentiment():
+    _, vocab, tokenizer = load_pretrained('minilm')
+    mx.random.seed(0)
+    config = gluonbert.BERTConfig.from_preset('tiny', vocab_size=len(vocab), max_length=128)
+    net = gluonbert.BERTClassifier(gluonbert.BERTModel(config))
+    net.initialize(mx.init.Normal(0.5))
+    return net, vocab, tokenizer
+
+
+def test_predict_sentiment_and_predict_agree(tiny_sentiment):
+    net, vocab, tokenizer = tiny_sentiment
+    texts = ['this movie is so great', 'dull', 'An uneven film. ' * 100, 'meh, it was ok']
+    batched = gluonbert.predict(net, mx.cpu(), vocab, tokenizer, texts, batch_size=3)
+    for text, prediction in zip(texts, batched):
+        single = gluonbert.predict_sentiment(net, mx.cpu(), vocab, tokenizer, text)
+        assert single.label == prediction.label
+        assert single.probability == pytest.approx(prediction.probability, abs=1e-5)
+        assert single.label in ('negative', 'positive')
+        assert sum(single.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize('bad, error', [('', ValueError), ('   \n', ValueError),
+                                        (None, TypeError), (42, TypeError)])
+def test_predict_rejects_bad_text(tiny_sentiment, bad, error):
+    net, vocab, tokenizer = tiny_sentiment
+    with pytest.raises(error, match='text'):
+        gluonbert.predict_sentiment(net, mx.cpu(), vocab, tokenizer, bad)
+    with pytest.raises(error, match=r'item 1'):
+        gluonbert.predict(net, mx.cpu(), vocab, tokenizer, ['fine', bad])

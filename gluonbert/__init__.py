@@ -23,6 +23,8 @@ from .convert import from_gluonnlp  # noqa: E402
 from .params import count_parameters, parameter_counts  # noqa: E402
 from .tokenizer import Vocab, BERTTokenizer  # noqa: E402
 from .pretrained import load_pretrained, save_pretrained  # noqa: E402
+from .lora import (LoRADense, apply_lora, merge_lora, save_lora, load_lora,  # noqa: E402
+                   lora_parameter_counts)
 from .data import BERTTransform, make_dataloader, load_dataset  # noqa: E402
 from .train import train_loop, evaluate_accuracy  # noqa: E402
 from .predict import predict_sentiment, predict, Prediction  # noqa: E402

@@ -75,16 +75,31 @@ def build_finetune_parser():
     seq.add_argument('--truncate', choices=('head', 'head+tail'), default='head')
     opt = parser.add_argument_group('optimisation')
     opt.add_argument('--batch-size', type=int, default=32)
-    opt.add_argument('--epochs', type=int, default=3)
+    opt.add_argument('--epochs', type=int, default=None,
+                     help='passes over the training data (default 3; 5 for minilm, whose '
+                          'bundled sample is small)')
     opt.add_argument('--lr', type=float, default=None,
-                     help='peak learning rate (default 5e-5; 1e-4 for minilm; 1e-3 for a '
-                          'preset trained from scratch)')
+                     help='peak learning rate (default 5e-5; 3e-4 for minilm; 5e-4 with '
+                          'LoRA; 1e-3 for a preset trained from scratch)')
     opt.add_argument('--warmup-ratio', type=float, default=0.1)
     opt.add_argument('--weight-decay', type=float, default=0.01)
-    opt.add_argument('--optimizer', choices=('bertadam', 'adamw'), default='bertadam')
+    opt.add_argument('--optimizer', choices=('adamw', 'bertadam'), default='adamw',
+                     help="adamw (default; bias-corrected) or GluonNLP's bertadam")
     opt.add_argument('--accumulate', type=int, default=1)
     opt.add_argument('--dropout', type=float, default=0.1, help='classifier dropout')
     opt.add_argument('--dtype', choices=('float32', 'float16', 'bfloat16'), default='float32')
+    lora = parser.add_argument_group(
+        'LoRA', 'train low-rank adapters and the head only; writes OUTPUT_DIR/adapter (small) '
+                'as well as the merged OUTPUT_DIR/model')
+    lora.add_argument('--lora-rank', type=int, default=None, metavar='R',
+                      help='enable LoRA with this rank (e.g. 8)')
+    lora.add_argument('--lora-alpha', type=float, default=None, metavar='A',
+                      help='update scale numerator: the update is scaled by A/R (default 16)')
+    lora.add_argument('--lora-targets', default=None, metavar='NAMES',
+                      help='comma-separated projections from query,key,value,out_proj,'
+                           'ffn_1,ffn_2 (default query,value)')
+    lora.add_argument('--lora-dropout', type=float, default=None, metavar='P',
+                      help='dropout on the LoRA branch input (default 0)')
     dev = parser.add_argument_group('devices')
     dev.add_argument('--gpus', default='', help='comma-separated GPU ids; empty means CPU')
     run = parser.add_argument_group('run control')
@@ -102,7 +117,7 @@ def _validate_finetune_args(args):
     if args.max_len < 3 or args.max_len > 512:
         raise UsageError(f'--max-len must be in [3, 512], got {args.max_len}')
     for flag in ('batch_size', 'epochs', 'accumulate'):
-        if getattr(args, flag) < 1:
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise UsageError(f'--{flag.replace("_", "-")} must be >= 1, got {getattr(args, flag)}')
     if args.lr is not None and not args.lr > 0:
         raise UsageError(f'--lr must be > 0, got {args.lr}')
@@ -115,6 +130,33 @@ def _validate_finetune_args(args):
     for path in (args.train, args.test):
         if path and not os.path.isfile(path):
             raise UsageError(f'no such file: {path}')
+    _validate_lora_args(args)
+
+
+LORA_DEFAULTS = {'lora_alpha': 16.0, 'lora_targets': 'query,value', 'lora_dropout': 0.0}
+
+
+def _validate_lora_args(args):
+    """Check the --lora-* flags and fill in the defaults of those not given."""
+    from .lora import _normalise_targets
+    if args.lora_rank is None:
+        given = [f'--{k.replace("_", "-")}' for k in LORA_DEFAULTS if getattr(args, k) is not None]
+        if given:
+            raise UsageError(f'{", ".join(given)} need(s) --lora-rank')
+        return
+    for key, value in LORA_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.lora_rank < 1:
+        raise UsageError(f'--lora-rank must be >= 1, got {args.lora_rank}')
+    if not args.lora_alpha > 0:
+        raise UsageError(f'--lora-alpha must be > 0, got {args.lora_alpha:g}')
+    if not 0 <= args.lora_dropout < 1:
+        raise UsageError(f'--lora-dropout must be in [0, 1), got {args.lora_dropout:g}')
+    try:
+        args.lora_targets = ','.join(_normalise_targets(args.lora_targets))
+    except ValueError as err:
+        raise UsageError(f'--lora-targets: {err}') from err
 
 
 def _load_model(args, ctx):
@@ -132,7 +174,7 @@ def _load_model(args, ctx):
     model, vocab, tokenizer = load_pretrained(args.model, ctx=ctx)
     # a pre-training or fine-tuning output directory: continue from its encoder
     bert = getattr(model, 'bert', model)
-    return bert, vocab, tokenizer, 1e-4 if args.model == MINILM_NAME else 5e-5
+    return bert, vocab, tokenizer, 3e-4 if args.model == MINILM_NAME else 5e-5
 
 
 def _load_data(args):
@@ -146,11 +188,43 @@ def _load_data(args):
     return load_dataset(name, 'train'), load_dataset(name, 'test')
 
 
+def _save_adapter(args, net, vocab, tokenizer, output_dir):
+    """Save LoRA adapters to OUTPUT_DIR/adapter, then merge them into ``net`` (in place).
+
+    The adapter names its base by ``--model``; a preset's random base cannot be rebuilt
+    from its name, so it is saved to OUTPUT_DIR/base first.
+    """
+    import mxnet as mx
+    from .config import PRESETS
+    from .convert import assign_parameters
+    from .lora import _lora_settings, base_parameters, merge_lora, save_lora
+    from .model import BERTModel
+    from .pretrained import save_pretrained
+    base_model = args.model
+    if args.model in PRESETS:
+        base = BERTModel(net.config)
+        base.initialize(ctx=mx.cpu())
+        assign_parameters(base, {name: p.data() for name, p in base_parameters(net.bert).items()},
+                          source='the frozen base')
+        base_model = save_pretrained(base, vocab, tokenizer, os.path.join(output_dir, 'base'),
+                                     extra={'base_model': args.model})
+    rank, alpha, dropout, targets = _lora_settings(net)
+    adapter_dir = save_lora(net, os.path.join(output_dir, 'adapter'), base_model=base_model,
+                            max_len=args.max_len,
+                            extra={'max_len': args.max_len, 'truncate': args.truncate})
+    adapter_bytes = sum(os.path.getsize(os.path.join(adapter_dir, f))
+                        for f in os.listdir(adapter_dir))
+    merge_lora(net)  # the merged model predicts at full speed with the usual tools
+    return {'adapter_dir': adapter_dir, 'adapter_bytes': adapter_bytes,
+            'lora': {'rank': rank, 'alpha': alpha, 'dropout': dropout, 'targets': targets}}
+
+
 def finetune(args):
     """Run fine-tuning for parsed arguments; returns the metrics dict."""
     import mxnet as mx
     from .data import BERTTransform, make_dataloader
     from .model import BERTClassifier
+    from .lora import apply_lora, lora_parameter_counts
     from .predict import predict_sentiment
     from .pretrained import save_pretrained
     from .train import train_loop
@@ -159,6 +233,9 @@ def finetune(args):
     contexts = _contexts(args.gpus)
     started = time.perf_counter()
     bert, vocab, tokenizer, default_lr = _load_model(args, contexts)
+    if args.epochs is None:
+        from .pretrained import MINILM_NAME
+        args.epochs = 5 if args.model == MINILM_NAME else 3
     if args.max_len > bert.config.max_length:
         raise UsageError(f'--max-len {args.max_len} exceeds the model max_length '
                          f'{bert.config.max_length}')
@@ -178,6 +255,18 @@ def finetune(args):
     net = BERTClassifier(bert, num_classes=len(label_names), dropout=args.dropout)
     net.classifier.initialize(ctx=contexts)
     net.label_names = label_names
+    if args.lora_rank is None:
+        counts = lora_parameter_counts(net)  # everything trainable
+    else:
+        try:
+            counts = apply_lora(net, rank=args.lora_rank, alpha=args.lora_alpha,
+                                dropout=args.lora_dropout, targets=args.lora_targets)
+        except ValueError as err:
+            raise UsageError(f'--lora-rank/--lora-targets: {err}') from err
+        if default_lr < 1e-3:
+            default_lr = 5e-4  # LoRA trains few parameters from zero: it wants a larger step
+        print(f'LoRA rank {args.lora_rank}, alpha {args.lora_alpha:g} on '
+              f'{args.lora_targets}: {counts}', flush=True)
     net.hybridize(static_alloc=True)
 
     output_dir = os.path.abspath(args.output_dir)
@@ -202,9 +291,12 @@ def finetune(args):
         net.load_parameters(best_params, ctx=contexts)
     model_dir = os.path.join(output_dir, 'model')
     net.extra = {'max_len': args.max_len, 'truncate': args.truncate}
+    lora = _save_adapter(args, net, vocab, tokenizer, output_dir) \
+        if args.lora_rank is not None else {}
     save_pretrained(net, vocab, tokenizer, model_dir,
                     extra={'max_len': args.max_len, 'truncate': args.truncate,
-                           'base_model': args.model})
+                           'base_model': args.model,
+                           **({'lora': lora['lora']} if lora else {})})
     train_seconds = sum(r['seconds'] for r in history)
     train_examples = sum(r['samples_per_second'] * r['seconds'] for r in history)
     metrics = {
@@ -217,8 +309,13 @@ def finetune(args):
         'wall_seconds': time.perf_counter() - started,
         'model': args.model, 'train_examples': len(train_set), 'test_examples': len(test_set),
         'label_names': label_names, 'max_len': args.max_len, 'batch_size': args.batch_size,
-        'lr': lr, 'dtype': args.dtype, 'padding_waste': train_data.padding_waste,
+        'lr': lr, 'optimizer': args.optimizer, 'epochs': args.epochs,
+        'dtype': args.dtype, 'padding_waste': train_data.padding_waste,
         'model_dir': model_dir, 'history': list(history),
+        'trainable_parameters': counts.trainable, 'total_parameters': counts.total,
+        'trainable_fraction': counts.fraction,
+        'adapter_dir': lora.get('adapter_dir'), 'adapter_bytes': lora.get('adapter_bytes'),
+        'lora': lora.get('lora'),
     }
     from .train import _write_text
     _write_text(os.path.join(output_dir, 'metrics.json'), json.dumps(metrics, indent=2) + '\n')
@@ -228,6 +325,8 @@ def finetune(args):
           f"{metrics['train_samples_per_second']:.1f} train samples/s, "
           f"{metrics['wall_seconds']:.0f} s in all")
     print(f'model saved to {model_dir}')
+    if lora:
+        print(f"LoRA adapter ({lora['adapter_bytes']:,} bytes) saved to {lora['adapter_dir']}")
     print(f'predict_sentiment({example!r}) -> {prediction.label} '
           f'(p={prediction.probability:.3f})')
     return metrics
@@ -254,7 +353,8 @@ def build_predict_parser():
         description='Classify texts with a fine-tuned model; one JSON line per text. Reads '
                     'one text per line from stdin when no TEXT is given.')
     parser.add_argument('--model-dir', required=True,
-                        help='directory written by gluonbert-finetune (OUTPUT_DIR/model)')
+                        help='directory written by gluonbert-finetune: OUTPUT_DIR/model, or '
+                             'OUTPUT_DIR/adapter for a LoRA adapter (its base is loaded too)')
     parser.add_argument('texts', nargs='*', metavar='TEXT')
     parser.add_argument('--batch-size', type=int, default=32)
     parser.add_argument('--max-len', type=int, default=None)
@@ -263,6 +363,7 @@ def build_predict_parser():
 
 
 def predict_cli(args, stdin=None, stdout=None):
+    from .lora import ADAPTER_MANIFEST, load_lora, merge_lora
     from .model import BERTClassifier
     from .predict import predict
     from .pretrained import load_pretrained
@@ -271,7 +372,11 @@ def predict_cli(args, stdin=None, stdout=None):
     if not os.path.isdir(args.model_dir):
         raise UsageError(f'no such model directory: {args.model_dir}')
     contexts = _contexts(args.gpus)
-    net, vocab, tokenizer = load_pretrained(args.model_dir, ctx=contexts[0])
+    if os.path.exists(os.path.join(args.model_dir, ADAPTER_MANIFEST)):
+        net, vocab, tokenizer = load_lora(args.model_dir, ctx=contexts[0])
+        merge_lora(net)  # same outputs, the speed of the plain model
+    else:
+        net, vocab, tokenizer = load_pretrained(args.model_dir, ctx=contexts[0])
     if not isinstance(net, BERTClassifier):
         raise UsageError(f'{args.model_dir} holds a {type(net).__name__}, not a fine-tuned '
                          f'classifier')

@@ -10,6 +10,7 @@ A batch is ``(input_ids, valid_length, segments, label)``:
 import csv
 import dataclasses
 import glob
+import hashlib
 import json
 import os
 import socket
@@ -189,24 +190,37 @@ def _reachable(host, port=443, timeout=3.0):
     return bool(result and result[0])
 
 
+# gluonnlp.data.IMDB's files and their sha1, as its downloader checks them.
+IMDB_SHA1 = {'train': '516a0ba06bca4e32ee11da2e129f4f871dff85dc',
+             'test': '7d59bd8899841afdc1c75242815260467495b64a'}
+
+
+def _sha1(path, chunk=1 << 20):
+    digest = hashlib.sha1()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(chunk), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def load_imdb(split='train', root=None):
     """IMDB through ``gluonnlp.data.IMDB`` (rating >= 5 is positive); needs the download or a
     cached copy. Fails within seconds, with instructions, when neither is available."""
     import gluonnlp
-    from gluonnlp.data import sentiment
     if split not in ('train', 'test'):
         raise DataError(f"split must be 'train' or 'test', got {split!r}")
     root = root or os.path.join(gluonnlp.base.get_home_dir(), 'datasets', 'imdb')
-    file_name, _ = sentiment.IMDB._data_file[split]  # pylint: disable=protected-access
+    file_name, sha1 = f'{split}.json', IMDB_SHA1[split]
     path = os.path.join(os.path.expanduser(root), file_name)
-    if not os.path.exists(path):
+    if not os.path.exists(path) or _sha1(path) != sha1:
         repo = os.environ.get('MXNET_GLUON_REPO',
                               'https://apache-mxnet.s3-accelerate.dualstack.amazonaws.com/')
         host = repo.split('//', 1)[-1].split('/', 1)[0]
         if not _reachable(host):
-            raise DataError(f'IMDB is not cached ({path} is missing) and its download host '
-                            f'{host} is not reachable. Put {file_name} in {root}, or use '
-                            f'--dataset /path/to/aclImdb or --train/--test CSV files')
+            raise DataError(f'IMDB is not cached ({path} is missing or damaged) and its '
+                            f'download host {host} is not reachable. Put {file_name} in '
+                            f'{root}, or use --dataset /path/to/aclImdb or --train/--test '
+                            f'CSV files')
     dataset = gluonnlp.data.IMDB(split, root=root)
     texts = [text for text, _ in dataset]
     ids = [1 if score >= 5 else 0 for _, score in dataset]

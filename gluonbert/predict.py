@@ -46,10 +46,13 @@ def _check_text(text, index=None):
         raise ValueError(f'text{where} is empty or whitespace only; nothing to classify')
 
 
-def _encode(text, vocabulary, tokenizer, max_len):
-    """[CLS] tokens [SEP] ids, head-truncated to max_len (long text is still predicted)."""
-    tokens = tokenizer(text)[:max_len - 2]
-    return [vocabulary.cls_id] + vocabulary[tokens] + [vocabulary.sep_id]
+def _encoder(net, vocabulary, tokenizer, max_len):
+    """text -> [CLS] tokens [SEP] ids, truncated as the model was trained (``net.extra``'s
+    ``truncate``, default head) so that very long text is still predicted."""
+    from .data import BERTTransform
+    truncate = getattr(net, 'extra', {}).get('truncate', 'head')
+    transform = BERTTransform(tokenizer, vocabulary, max_len=max_len, truncate=truncate)
+    return lambda text: transform(text)[0].tolist()
 
 
 def _max_len(net, max_len):
@@ -93,7 +96,7 @@ def predict_sentiment(net, ctx, vocabulary, tokenizer, sentence, max_len=None):
     """
     _check_text(sentence)
     names = label_names_of(net)
-    ids = _encode(sentence, vocabulary, tokenizer, _max_len(net, max_len))
+    ids = _encoder(net, vocabulary, tokenizer, _max_len(net, max_len))(sentence)
     return _prediction(sentence, _run(net, ctx, [ids], vocabulary.pad_id)[0], names)
 
 
@@ -114,7 +117,8 @@ def predict(net, ctx, vocabulary, tokenizer, texts, batch_size=32, max_len=None)
         _check_text(text, index)
     names = label_names_of(net)
     limit = _max_len(net, max_len)
-    encoded = [_encode(text, vocabulary, tokenizer, limit) for text in texts]
+    encode = _encoder(net, vocabulary, tokenizer, limit)
+    encoded = [encode(text) for text in texts]
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
     results = [None] * len(texts)
     for start in range(0, len(order), batch_size):

@@ -231,7 +231,7 @@ def _load_checkpoint(checkpoint_dir, net, trainer, contexts):
 
 
 def train_loop(net, train_data, test_data, num_epoch, lr, ctx, loss_fn=None, *,
-               optimizer='bertadam', weight_decay=0.01, warmup_ratio=0.1, max_grad_norm=1.0,
+               optimizer='adamw', weight_decay=0.01, warmup_ratio=0.1, max_grad_norm=1.0,
                accumulate=1, dtype='float32', kvstore='device', seed=0,
                checkpoint_dir=None, resume=False, early_stop=None, metrics_path=None,
                plot_path=None, progress=True, on_epoch_end=None):
@@ -248,8 +248,10 @@ def train_loop(net, train_data, test_data, num_epoch, lr, ctx, loss_fn=None, *,
     ctx : mx.Context or list of mx.Context
         Several contexts train data-parallel (batches split with ``split_and_load``).
     loss_fn : gluon Loss, default ``SoftmaxCrossEntropyLoss()``
-    optimizer : {'bertadam', 'adamw', 'adam', 'sgd'}
-        LayerNorm parameters and biases get no weight decay.
+    optimizer : {'adamw', 'bertadam', 'adam', 'sgd'}
+        ``adamw`` (default) is Adam with decoupled weight decay and bias correction;
+        ``bertadam`` is GluonNLP's BERTAdam (no bias correction). LayerNorm parameters
+        and biases get no weight decay.
     weight_decay, warmup_ratio, max_grad_norm : float
         Linear warm-up over ``warmup_ratio`` of the updates, then linear decay to 0;
         gradients clipped to global norm ``max_grad_norm`` (None or 0 disables).

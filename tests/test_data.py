@@ -1,0 +1,204 @@
+"""Data pipeline: readers and their errors, the bundled sample, the BERT transform, batching."""
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+
+from gluonbert import data
+from gluonbert.data import DataError, BERTTransform, BucketSampler, make_dataloader, padding_waste
+from stand_ins import WordVocab, whitespace_tokenizer
+
+WORDS = 'a b c d e f g h i j k l m n o p q r s t u v w x y z'.split()
+
+
+def write(path, text, mode='w'):
+    with open(path, mode) as f:
+        f.write(text)
+    return str(path)
+
+
+# ------------------------------------------------------------------------- readers
+def test_csv_tsv_jsonl_with_configurable_columns(tmp_path):
+    csv_path = write(tmp_path / 'r.csv', 'review,sentiment\n"good, really",positive\nbad,0\n')
+    tsv_path = write(tmp_path / 'r.tsv', 'review\tsentiment\ngood\t1\nbad\tnegative\n')
+    jsonl_path = write(tmp_path / 'r.jsonl', '{"review": "good", "sentiment": "pos"}\n\n'
+                                              '{"review": "bad", "sentiment": "neg"}\n')
+    for path in (csv_path, tsv_path, jsonl_path):
+        ds = data.read_table(path, text_column='review', label_column='sentiment')
+        assert ds.labels == [1, 0]
+        assert ds.label_names == ['negative', 'positive']
+    assert data.read_table(csv_path, text_column='review',
+                           label_column='sentiment').texts[0] == 'good, really'
+
+
+def test_declared_label_set_gives_more_classes(tmp_path):
+    path = write(tmp_path / 'r.csv', 'text,label\nx,meh\ny,great\nz,awful\n')
+    ds = data.read_csv(path, labels=['awful', 'meh', 'great'])
+    assert ds.labels == [1, 2, 0]
+    assert ds.label_names == ['awful', 'meh', 'great']
+
+
+@pytest.mark.parametrize('name, content, message', [
+    ('missing.csv', 'body,label\nx,1\n', "missing.csv:1: no column 'text'"),
+    ('label.csv', 'text,label\nx,1\ny,maybe\n', "label.csv:3: unknown label 'maybe'"),
+    ('label.jsonl', '{"text": "x", "label": 1}\n{"text": "y", "label": "so-so"}\n',
+     "label.jsonl:2: unknown label 'so-so'"),
+    ('field.jsonl', '{"text": "x", "label": 1}\n{"label": 0}\n', "field.jsonl:2: no field 'text'"),
+    ('json.jsonl', '{"text": "x", "label": 1}\n{oops\n', 'json.jsonl:2: invalid JSON'),
+    ('empty.csv', 'text,label\n', 'empty.csv: the dataset is empty'),
+    ('type.txt', 'whatever', "unsupported file type '.txt'"),
+])
+def test_bad_input_names_file_and_line(tmp_path, name, content, message):
+    path = write(tmp_path / name, content)
+    with pytest.raises(DataError, match=message.replace('(', r'\(').replace(')', r'\)')):
+        data.read_table(path)
+
+
+def test_undecodable_bytes_name_the_line(tmp_path):
+    path = write(tmp_path / 'bytes.csv', b'text,label\nfine,1\nbad \xff\xfe byte,0\n', mode='wb')
+    with pytest.raises(DataError, match=r'bytes\.csv:3: invalid UTF-8'):
+        data.read_csv(path)
+
+
+def test_missing_file_and_unknown_dataset(tmp_path):
+    with pytest.raises(DataError, match='no such file'):
+        data.read_table(str(tmp_path / 'nope.csv'))
+    with pytest.raises(DataError, match="unknown dataset 'reviewz'"):
+        data.load_dataset('reviewz')
+
+
+def make_aclimdb(root):
+    reviews = {'train': {'pos': ['A joy.', 'Loved it.'], 'neg': ['Awful.', 'Dull.', 'Bad.']},
+               'test': {'pos': ['Great fun.'], 'neg': ['Boring.']}}
+    for split, folders in reviews.items():
+        for folder, texts in folders.items():
+            os.makedirs(root / split / folder)
+            for i, text in enumerate(texts):
+                write(root / split / folder / f'{i}_{7 if folder == "pos" else 2}.txt', text)
+    return str(root)
+
+
+def test_aclimdb_directory_reader_without_network(tmp_path):
+    root = make_aclimdb(tmp_path / 'aclImdb')
+    train = data.load_dataset(root, 'train')
+    assert len(train) == 5 and sorted(train.labels) == [0, 0, 0, 1, 1]
+    assert dict(zip(train.texts, train.labels))['Loved it.'] == 1
+    test = data.read_aclimdb(root, 'test')
+    assert test.texts == ['Boring.', 'Great fun.'] and test.labels == [0, 1]
+    os.rename(os.path.join(root, 'test', 'neg'), os.path.join(root, 'test', 'negative'))
+    with pytest.raises(DataError, match='expected the aclImdb layout'):
+        data.read_aclimdb(root, 'test')
+
+
+def test_load_imdb_fails_fast_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv('GLUONBERT_OFFLINE', '1')
+    start = time.time()
+    with pytest.raises(DataError, match='IMDB is not cached'):
+        data.load_imdb('train', root=str(tmp_path))
+    assert time.time() - start < 5
+
+
+# ------------------------------------------------------------------ bundled sample
+def test_bundled_sample_is_balanced_disjoint_and_large_enough():
+    train, test = data.load_sample_reviews('train'), data.load_sample_reviews('test')
+    assert len(train) >= 300 and len(test) >= 100
+    for split in (train, test):
+        assert split.label_names == ['negative', 'positive']
+        assert sum(split.labels) * 2 == len(split)
+    assert not set(train.texts) & set(test.texts)
+    assert len(set(train.texts)) == len(train)
+    # written reviews, not a template: many distinct openings and lengths
+    assert len({t.split()[0].lower() for t in train.texts}) > 60
+    assert len({len(t.split()) for t in train.texts}) > 60
+
+
+# ------------------------------------------------------------------------ transform
+def test_transform_adds_cls_sep_and_segments():
+    vocab = WordVocab(WORDS)
+    ids, valid_length, segments = BERTTransform(whitespace_tokenizer, vocab, max_len=8)('a b c')
+    assert ids.tolist() == [vocab.cls_id] + vocab[['a', 'b', 'c']] + [vocab.sep_id]
+    assert valid_length == 5 and segments.tolist() == [0] * 5
+
+
+def test_head_and_head_plus_tail_truncation():
+    vocab = WordVocab(WORDS)
+    text = ' '.join(WORDS)  # 26 tokens
+    head = BERTTransform(whitespace_tokenizer, vocab, max_len=12)(text)[0]
+    assert head.tolist()[1:-1] == vocab[WORDS[:10]]
+    both = BERTTransform(whitespace_tokenizer, vocab, max_len=12, truncate='head+tail',
+                         head_tokens=4)(text)[0]
+    assert both.tolist()[1:-1] == vocab[WORDS[:4] + WORDS[-6:]]
+    assert both[0] == vocab.cls_id and both[-1] == vocab.sep_id
+    # BERT's default recipe: 128 head tokens + (max_len - 130) tail tokens
+    long_text = ' '.join(['a'] * 200 + ['z'] * 500)
+    ids = BERTTransform(whitespace_tokenizer, vocab, max_len=512, truncate='head+tail')(long_text)[0]
+    assert len(ids) == 512
+    assert ids.tolist()[1:129] == [vocab['a']] * 128 and ids.tolist()[129:-1] == [vocab['z']] * 382
+    with pytest.raises(ValueError, match='truncate'):
+        BERTTransform(whitespace_tokenizer, vocab, truncate='middle')
+
+
+def test_pair_transform_segments_and_budget():
+    vocab = WordVocab(WORDS)
+    ids, length, segments = BERTTransform(whitespace_tokenizer, vocab, max_len=9, pair=True)(
+        ('a b c d e', 'f g'))
+    assert length == 9 == len(ids)
+    assert segments.tolist() == [0] * 6 + [1] * 3
+    assert ids.tolist() == ([vocab.cls_id] + vocab[['a', 'b', 'c', 'd']] + [vocab.sep_id]
+                            + vocab[['f', 'g']] + [vocab.sep_id])
+
+
+# ------------------------------------------------------------------------- batching
+def test_batches_pad_words_with_pad_id_and_segments_with_zero():
+    vocab = WordVocab(WORDS, pad_first=False)
+    assert vocab.pad_id != 0
+    transform = BERTTransform(whitespace_tokenizer, vocab, max_len=16, pair=True)
+    pairs = [(('a b c', 'd e'), 1), (('a', 'b'), 0)]
+    loader = make_dataloader(pairs, transform, batch_size=2, shuffle=False, pad_id=vocab.pad_id)
+    words, valid_length, segments, labels = next(iter(loader))
+    by_length = np.argsort(valid_length.asnumpy())
+    short = by_length[0]
+    assert sorted(valid_length.asnumpy().tolist()) == [5.0, 8.0]
+    assert (words.asnumpy()[short, 5:] == vocab.pad_id).all()
+    assert (segments.asnumpy()[short, 5:] == 0).all()
+    assert segments.asnumpy()[short, :5].tolist() == [0, 0, 0, 1, 1]
+    assert sorted(labels.asnumpy().tolist()) == [0, 1]
+
+
+def test_bucket_sampler_is_deterministic_and_covers_everything():
+    rng = np.random.RandomState(0)
+    lengths = rng.randint(5, 200, size=257)
+    sampler = BucketSampler(lengths, 16, seed=3)
+    first = sampler.batches()
+    assert sampler.batches() == first
+    assert sorted(i for b in first for i in b) == list(range(257))
+    assert len(first) == len(sampler) == 17
+    sampler.set_epoch(1)
+    assert sampler.batches() != first
+    assert BucketSampler(lengths, 16, seed=3).batches() == first
+
+
+def test_bucketing_reduces_padding_waste():
+    rng = np.random.RandomState(0)
+    lengths = rng.randint(10, 128, size=1000)
+    plain = [list(range(i, min(i + 32, 1000))) for i in range(0, 1000, 32)]
+    bucketed = BucketSampler(lengths, 32, seed=0).batches()
+    assert padding_waste(lengths, bucketed) < padding_waste(lengths, plain) / 3
+
+
+def test_dataloader_reports_padding_waste_on_the_sample():
+    from gluonbert.tokenizer import BERTTokenizer, Vocab
+    from gluonbert.pretrained import _minilm_directory
+    vocab = Vocab.from_file(os.path.join(_minilm_directory(), 'vocab.txt'))
+    tokenizer = BERTTokenizer(vocab, lower=True)
+    train = data.load_sample_reviews('train')
+    loader = make_dataloader(train, BERTTransform(tokenizer, vocab, max_len=128), batch_size=32,
+                             pad_id=vocab.pad_id)
+    assert 0 <= loader.padding_waste < loader.padding_waste_unbucketed
+    batches = list(loader)
+    assert sum(b[0].shape[0] for b in batches) == len(train)
+    assert max(b[0].shape[1] for b in batches) <= 128
+    print(f'padding waste: bucketed {loader.padding_waste:.1%}, '
+          f'unbucketed {loader.padding_waste_unbucketed:.1%}')

@@ -1,0 +1,471 @@
+"""Inference fast paths for a fine-tuned :class:`~gluonbert.BERTClassifier` on CPU.
+
+- :func:`optimize`: hybridize with static memory (and optionally partition for a backend).
+- :func:`to_bfloat16`: mixed precision with oneDNN bfloat16 matrix products (AMP graph
+  conversion). Needs a CPU with AVX512-BF16 or AMX to be faster than float32.
+- :func:`quantize_int8`: post-training int8 quantization of the dense layers with oneDNN,
+  calibrated (naive min/max) on a few batches. Needs AVX512-VNNI / AMX to pay off.
+- :func:`prepare`: one of the above by name (``'float32'``, ``'bfloat16'``, ``'int8'``).
+
+``to_bfloat16`` and ``quantize_int8`` return an :class:`InferenceClassifier`: a
+``SymbolBlock`` that takes ``(words, segments, valid_length)`` like the original, returns
+float32 logits, and carries ``label_names``, ``num_classes``, ``config`` and ``extra``, so
+:func:`gluonbert.predict`, :func:`gluonbert.predict_sentiment` and
+:func:`gluonbert.evaluate_accuracy` accept it in place of the original. It can be
+exported (:func:`gluonbert.export.export_classifier`) and reloaded with plain MXNet.
+
+Only inference: the converted blocks have no gradients. For bfloat16 *training* pass
+``dtype='bfloat16'`` to :func:`gluonbert.train_loop` (AMP, see :func:`init_amp_bfloat16`).
+"""
+import contextlib
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+import mxnet as mx
+from mxnet.gluon import SymbolBlock
+
+__all__ = ['DTYPES', 'INTERLEAVED_ATTENTION_OPS', 'INT8_EXCLUDED_OPERATORS',
+           'patch_amp_lists', 'init_amp_bfloat16', 'optimize', 'to_bfloat16', 'quantize_int8',
+           'prepare', 'encode_batches', 'example_inputs', 'fold_constants',
+           'calibration_texts', 'calibration_batches',
+           'InferenceClassifier']
+
+DTYPES = ('float32', 'bfloat16', 'int8')
+
+# MXNet 1.9.1's AMP lists do not mention the fused self-attention kernels, which have no
+# bfloat16 implementation: declare them float32 (AMP then casts their inputs).
+INTERLEAVED_ATTENTION_OPS = ('_contrib_interleaved_matmul_selfatt_qk',
+                             '_contrib_interleaved_matmul_selfatt_valatt')
+
+# Operators kept in float32 by quantize_int8. The oneDNN int8 self-attention kernels
+# crash (segfault) on this graph in MXNet 1.9.1; an int8 embedding table only loses
+# accuracy (the lookup costs nothing), and the int8 residual adds feed float32 LayerNorms
+# (a dequantize each), so they save nothing either. Activation (the pooler's tanh) has
+# no int8 kernel (MXNet would exclude it itself, with a warning).
+INT8_EXCLUDED_OPERATORS = ('_sg_mkldnn_selfatt_qk', '_sg_mkldnn_selfatt_valatt', 'Embedding',
+                           'elemwise_add', 'Activation')
+
+INPUT_NAMES = ('data0', 'data1', 'data2')  # words, segments, valid_length (Gluon's names)
+
+
+# ------------------------------------------------------------------------------- AMP
+def patch_amp_lists():
+    """Add the fused attention kernels to AMP's bfloat16 float32 list (idempotent).
+
+    Must run before :func:`mxnet.contrib.amp.init` (training) and before
+    ``amp.convert_symbol`` (inference); both read the list.
+    """
+    from mxnet.contrib.amp.lists import symbol_bf16
+    for op in INTERLEAVED_ATTENTION_OPS:
+        if op not in symbol_bf16.FP32_FUNCS:
+            symbol_bf16.FP32_FUNCS.append(op)
+    return symbol_bf16.FP32_FUNCS
+
+
+def init_amp_bfloat16():
+    """Turn on process-wide AMP with bfloat16 (for training on CPU); returns ``amp``.
+
+    Dense layers then compute in bfloat16 while parameters, gradients and the other
+    operators stay float32. AMP cannot be turned off again in the same process.
+    """
+    from mxnet.contrib import amp
+    from mxnet.contrib.amp import amp as amp_impl
+    patch_amp_lists()
+    if amp_impl._amp_initialized:  # pylint: disable=protected-access
+        return amp
+    amp.init(target_dtype='bfloat16')
+    return amp
+
+
+# ------------------------------------------------------------------------- the block
+class InferenceClassifier(SymbolBlock):
+    """A converted classifier graph: ``(words, segments, valid_length) -> float32 logits``.
+
+    Holds the source model's ``config``, ``num_classes``, ``label_names`` and ``extra``
+    (training ``max_len`` and ``truncate``), so the prediction helpers treat it like a
+    :class:`~gluonbert.BERTClassifier`. ``dtype`` says how it computes.
+    """
+
+    def __init__(self, outputs, inputs, params=None, *, source=None, dtype='float32'):
+        super().__init__(outputs, inputs, params=params)
+        self.dtype = dtype
+        self.config = getattr(source, 'config', None)
+        self.num_classes = getattr(source, 'num_classes', None)
+        self.label_names = list(getattr(source, 'label_names', None) or []) or None
+        self.extra = dict(getattr(source, 'extra', None) or {})
+
+    def forward(self, words, segments, valid_length=None):  # pylint: disable=arguments-differ
+        if valid_length is None and isinstance(words, mx.nd.NDArray):
+            valid_length = mx.nd.full((words.shape[0],), words.shape[1], ctx=words.context)
+        if isinstance(words, mx.nd.NDArray) and self.config is not None:
+            from .model import check_inputs
+            cfg = self.config
+            check_inputs(words, segments, valid_length, max_length=cfg.max_length,
+                         vocab_size=cfg.vocab_size, type_vocab_size=cfg.type_vocab_size)
+        return super().forward(words, segments, valid_length)
+
+    def __repr__(self):
+        return (f'InferenceClassifier(dtype={self.dtype}, num_classes={self.num_classes}, '
+                f'config={self.config})')
+
+
+# ---------------------------------------------------------------------------- inputs
+def example_inputs(net, batch_size=2, seq_len=8, ctx=None):
+    """A small valid ``(words, segments, valid_length)`` batch for tracing ``net``."""
+    ctx = ctx or mx.cpu()
+    config = getattr(net, 'config', None)
+    vocab_size = config.vocab_size if config is not None else 2
+    seq_len = min(seq_len, config.max_length) if config is not None else seq_len
+    rng = np.random.RandomState(0)
+    words = mx.nd.array(rng.randint(0, vocab_size, (batch_size, seq_len)), ctx=ctx)
+    segments = mx.nd.zeros((batch_size, seq_len), ctx=ctx)
+    valid_length = mx.nd.array(np.linspace(seq_len, max(1, seq_len // 2), batch_size).round(),
+                               ctx=ctx)
+    return words, segments, valid_length
+
+
+def encode_batches(net, vocabulary, tokenizer, texts, batch_size=32, max_len=None, ctx=None):
+    """Texts -> list of ``(words, segments, valid_length)`` batches, encoded and truncated as
+    :func:`gluonbert.predict` does (for calibration and benchmarks)."""
+    from .predict import _encoder, _max_len
+    ctx = ctx or mx.cpu()
+    encode = _encoder(net, vocabulary, tokenizer, _max_len(net, max_len))
+    encoded = [encode(t) for t in texts]
+    batches = []
+    for start in range(0, len(encoded), batch_size):
+        chunk = encoded[start:start + batch_size]
+        longest = max(len(ids) for ids in chunk)
+        words = np.full((len(chunk), longest), vocabulary.pad_id, dtype=np.float32)
+        for row, ids in enumerate(chunk):
+            words[row, :len(ids)] = ids
+        batches.append((mx.nd.array(words, ctx=ctx), mx.nd.zeros((len(chunk), longest), ctx=ctx),
+                        mx.nd.array([len(ids) for ids in chunk], ctx=ctx)))
+    return batches
+
+
+def calibration_texts(path=None, limit=64):
+    """Up to ``limit`` texts for int8 calibration: one per non-empty line of ``path`` (UTF-8),
+    or, by default, the bundled movie reviews (training split)."""
+    if limit < 1:
+        raise ValueError(f'the calibration size must be >= 1, got {limit}')
+    if path is None:
+        from .data import load_sample_reviews
+        dataset = load_sample_reviews('train')
+        texts = [dataset[i][0] for i in range(len(dataset))]
+    else:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f'no such calibration file: {path}')
+        try:
+            with open(path, encoding='utf-8') as f:
+                texts = [line.strip() for line in f if line.strip()]
+        except UnicodeDecodeError as err:
+            raise ValueError(f'{path} is not UTF-8 text ({err.reason} at byte {err.start})') \
+                from err
+        if not texts:
+            raise ValueError(f'calibration file {path} has no text (one text per line)')
+    return texts[:limit]
+
+
+def calibration_batches(net, vocabulary, tokenizer, path=None, *, limit=64, batch_size=32,
+                        max_len=None, ctx=None):
+    """:func:`encode_batches` of :func:`calibration_texts` (for :func:`quantize_int8`)."""
+    return encode_batches(net, vocabulary, tokenizer, calibration_texts(path, limit),
+                          batch_size=batch_size, max_len=max_len, ctx=ctx)
+
+
+def _trace(net, inputs):
+    """Hybridize ``net`` if needed, run it once, return (input names, output symbol)."""
+    if isinstance(net, SymbolBlock):
+        data, sym = net._cached_graph  # pylint: disable=protected-access
+        return [d.name for d in data], sym
+    if not net._active:  # pylint: disable=protected-access
+        net.hybridize(static_alloc=True)
+    net(*inputs)
+    mx.nd.waitall()
+    data, sym = net._cached_graph  # pylint: disable=protected-access
+    return [d.name for d in data], sym
+
+
+def _param_values(net, sym):
+    """(arg_params, aux_params) of ``sym`` from ``net``'s parameters, on the CPU."""
+    args, aux = set(sym.list_arguments()), set(sym.list_auxiliary_states())
+    arg_params, aux_params = {}, {}
+    for param in net.collect_params().values():
+        value = param._reduce()  # pylint: disable=protected-access
+        if param.name in args:
+            arg_params[param.name] = value
+        elif param.name in aux:
+            aux_params[param.name] = value
+    return arg_params, aux_params
+
+
+def _inference_graph(net, example):
+    """(input names, symbol, arg_params, aux_params) of ``net`` traced on ``example``, with
+    its parameter-only subgraphs folded (:func:`fold_constants`)."""
+    _quiet_subgraph_logs()
+    names, sym = _trace(net, example)
+    arg_params, aux_params = _param_values(net, sym)
+    sym, arg_params, _ = fold_constants(sym, arg_params)
+    return names, sym, arg_params, aux_params
+
+
+def fold_constants(sym, arg_params):
+    """Precompute the parts of a graph that depend on parameters only.
+
+    gluonbert's attention builds its fused query/key/value weight from the three
+    projections on every call (a concat and reshapes); for inference that weight is a
+    constant. Each maximal parameter-only subgraph whose value feeds the rest of the graph
+    is evaluated once and replaced by a variable named ``<node>_folded`` (with a
+    ``_weight``/``_bias`` suffix when it is a dense layer's weight or bias).
+
+    Returns ``(folded symbol, its arg_params, names of the folded nodes)``.
+    The folded graph computes exactly the same values.
+    """
+    graph = json.loads(sym.tojson())
+    nodes = graph['nodes']
+    constant = []
+    for node in nodes:
+        if node['op'] == 'null':
+            constant.append(node['name'] in arg_params)
+        else:
+            constant.append(bool(node['inputs']) and
+                            all(constant[i] for i, _, _ in node['inputs']))
+    frontier = set()
+    uses, roles = {}, {}  # node -> output indices read; node -> how consumers use it
+    for node in nodes:
+        for position, (i, out, _) in enumerate(node['inputs']):
+            uses.setdefault(i, set()).add(out)
+            role = ({1: 'weight', 2: 'bias'}.get(position, 'value')
+                    if node['op'] in ('FullyConnected', 'Convolution') else 'value')
+            roles.setdefault(i, set()).add(role)
+    for idx, node in enumerate(nodes):
+        if constant[idx]:
+            continue
+        for i, _, _ in node['inputs']:
+            if constant[i] and nodes[i]['op'] != 'null':
+                frontier.add(i)
+    for i, _, _ in graph['heads']:
+        if constant[i] and nodes[i]['op'] != 'null':
+            frontier.add(i)
+    internals = sym.get_internals()
+    output_index = {name: k for k, name in enumerate(internals.list_outputs())}
+    params = dict(arg_params)
+    folded_names = []
+    for i in sorted(frontier):
+        node = nodes[i]
+        key = node['name'] + '_output'
+        if key not in output_index or uses.get(i, {0}) != {0}:
+            continue  # a multi-output node: leave it
+        part = internals[output_index[key]]
+        value = part.eval(ctx=mx.cpu(), **{n: arg_params[n] for n in part.list_arguments()})[0]
+        # MXNet's quantizer quantizes parameters named *weight / *bias offline
+        role = roles.get(i, {'value'})
+        name = node['name'] + ('_folded_' + role.pop() if len(role) == 1 and 'value' not in role
+                               else '_folded')
+        nodes[i] = {'op': 'null', 'name': name, 'inputs': []}
+        params[name] = value
+        folded_names.append(node['name'])
+    graph['arg_nodes'] = [i for i, node in enumerate(nodes) if node['op'] == 'null']
+    folded = mx.sym.load_json(json.dumps(graph))
+    used = set(folded.list_arguments())
+    return folded, {k: v for k, v in params.items() if k in used}, folded_names
+
+
+def _load_block(sym, names, arg_params, aux_params, source, dtype, ctx):
+    block = InferenceClassifier(sym, [mx.sym.var(n, dtype='float32') for n in names],
+                                source=source, dtype=dtype)
+    values = {f'arg:{k}': v for k, v in arg_params.items()}
+    values.update({f'aux:{k}': v for k, v in aux_params.items()})
+    with tempfile.TemporaryDirectory() as tmp:
+        # a round trip through a file, as SymbolBlock.imports loads: dtypes come from the values
+        path = os.path.join(tmp, 'params')
+        mx.nd.save(path, {k: v.as_in_context(mx.cpu()) for k, v in values.items()})
+        block.collect_params().load(path, ctx=ctx, cast_dtype=True, dtype_source='saved')
+    return block
+
+
+# -------------------------------------------------------------------------- converters
+def optimize(net, *, static_shape=True, backend=None, example=None):
+    """Hybridize ``net`` for inference with static memory planning; returns ``net``.
+
+    Parameters
+    ----------
+    static_shape : bool, default True
+        Also plan for fixed input shapes (best when batches repeat shapes, e.g. padded to
+        ``max_len``; a new shape re-plans once).
+    backend : str, optional
+        Partition the graph for a subgraph backend first, e.g. ``'MKLDNN'`` (oneDNN
+        operator fusion; MXNet 1.9.1 already applies it to hybridized CPU graphs, so it
+        usually changes little).
+    example : tuple of NDArray, optional
+        Inputs for ``backend`` partitioning (default :func:`example_inputs`).
+    """
+    if backend:
+        example = example or example_inputs(net)
+        net.optimize_for(*example, backend=backend, static_alloc=True,
+                         static_shape=static_shape)
+    else:
+        net.hybridize(static_alloc=True, static_shape=static_shape)
+    return net
+
+
+def to_bfloat16(net, *, ctx=None, example=None, static_shape=True, cast_params=True):
+    """A bfloat16 mixed-precision copy of ``net`` for CPU inference.
+
+    Dense layers (all but a few percent of BERT's arithmetic) run in bfloat16 through
+    oneDNN; embeddings, softmax, LayerNorm, GELU and the fused attention kernels stay
+    float32 (AMP's lists, with the attention kernels added by :func:`patch_amp_lists`).
+    Logits agree with float32 to about 1e-2 relative (bfloat16 has an 8-bit mantissa).
+
+    Returns an :class:`InferenceClassifier`, hybridized with static memory.
+    """
+    from mxnet.contrib import amp
+    ctx = ctx or mx.cpu()
+    if ctx.device_type != 'cpu':
+        raise ValueError('to_bfloat16 is for CPU inference; on GPU use float16 AMP')
+    patch_amp_lists()
+    names, sym, arg_params, aux_params = _inference_graph(
+        net, example or example_inputs(net, ctx=ctx))
+    sym, arg_params, aux_params = amp.convert_model(
+        sym, arg_params, aux_params, target_dtype='bfloat16',
+        cast_optional_params=cast_params)
+    # logits back to float32, so that callers can read them with .asnumpy()
+    sym = mx.sym.amp_cast(sym, dtype='float32', name='logits_float32')
+    block = _load_block(sym, names, arg_params, aux_params, net, 'bfloat16', ctx)
+    block.hybridize(static_alloc=True, static_shape=static_shape)
+    return block
+
+
+def quantize_int8(net, calib_batches, *, ctx=None, calib_mode='naive',
+                  granularity='channel-wise', exclude_operators=INT8_EXCLUDED_OPERATORS,
+                  exclude_layers=None, exclude_layers_match=None, static_shape=True):
+    """Post-training int8 quantization of ``net``'s dense layers with oneDNN (MXNet's
+    ``contrib.quantization``), calibrated on ``calib_batches``.
+
+    Parameters
+    ----------
+    net : BERTClassifier (or any HybridBlock ``(words, segments, valid_length)``)
+    calib_batches : list of ``(words, segments, valid_length)``
+        A few representative batches (e.g. :func:`calibration_batches`, 64 texts); shapes
+        may differ. ``valid_length`` and the word ids are never quantized: only the
+        outputs of float layers are.
+    calib_mode : {'naive', 'entropy'}
+        'naive' takes each layer's min/max over the batches; 'entropy' minimises the KL
+        divergence of the clipped distribution (needs scipy).
+    granularity : {'channel-wise', 'tensor-wise'}
+        Weight scales per output channel (default; on a fine-tuned MiniLM it halved the
+        probability error of 'tensor-wise' at the same speed) or one per tensor.
+    exclude_operators : sequence of str
+        Graph operators kept in float32 (default :data:`INT8_EXCLUDED_OPERATORS`).
+    exclude_layers : sequence of str, optional
+        Graph node names kept in float32.
+    exclude_layers_match : sequence of str, optional
+        Substrings: nodes whose name contains one are kept in float32. ``['ffn_2']`` keeps
+        the feed-forward output projections (whose GELU inputs have long tails) in float:
+        more accurate, about a sixth of the int8 speed-up given back.
+
+    Returns an :class:`InferenceClassifier`, hybridized with static memory.
+    """
+    from mxnet.contrib import quantization
+    ctx = ctx or mx.cpu()
+    if ctx.device_type != 'cpu':
+        raise ValueError('quantize_int8 uses oneDNN and runs on CPU only')
+    if calib_mode not in ('naive', 'entropy'):
+        raise ValueError(f"calib_mode must be 'naive' or 'entropy', got {calib_mode!r}")
+    if calib_mode == 'entropy':
+        try:
+            import scipy.stats  # noqa: F401  (MXNet's entropy calibration uses it)
+        except ImportError as err:
+            raise ValueError("calib_mode='entropy' needs scipy (pip install scipy); "
+                             "or use calib_mode='naive'") from err
+    if granularity not in ('channel-wise', 'tensor-wise'):
+        raise ValueError(f"granularity must be 'channel-wise' or 'tensor-wise', "
+                         f"got {granularity!r}")
+    calib_batches = [tuple(b) for b in calib_batches]
+    if not calib_batches:
+        raise ValueError('quantize_int8 needs at least one calibration batch')
+    if any(len(b) != 3 for b in calib_batches):
+        raise ValueError('calibration batches must be (words, segments, valid_length) tuples')
+    names, sym, arg_params, aux_params = _inference_graph(net, calib_batches[0])
+    fused = sym.get_backend_symbol('MKLDNN_QUANTIZE')
+    # Activation (tanh) has no int8 kernel: name its nodes, or MXNet logs that it skips them
+    excluded = list(exclude_layers or []) + [
+        node['name'] for node in json.loads(fused.tojson())['nodes']
+        if node['op'] == 'Activation']
+    for pattern in exclude_layers_match or []:
+        for graph in (sym, fused):
+            excluded += [node['name'] for node in json.loads(graph.tojson())['nodes']
+                         if pattern in node['name'] and node['op'] != 'null']
+    with _quiet_mxnet():
+        qsym, qarg_params, aux_params, collector = quantization.quantize_graph(
+            sym=fused, arg_params=arg_params, aux_params=aux_params, ctx=mx.cpu(),
+            excluded_sym_names=excluded,
+            excluded_op_names=list(exclude_operators or []), calib_mode=calib_mode,
+            quantized_dtype='int8', quantize_mode='full', quantize_granularity=granularity)
+        # Run the float graph over the calibration data and record every layer output.
+        module = mx.mod.Module(symbol=fused, context=mx.cpu(), data_names=names,
+                               label_names=None)
+        module.bind(for_training=False,
+                    data_shapes=[(n, x.shape) for n, x in zip(names, calib_batches[0])])
+        module.set_params(arg_params, aux_params, allow_missing=False, force_init=True)
+        bound = None
+        for batch in calib_batches:
+            shapes = [(n, x.shape) for n, x in zip(names, batch)]
+            if shapes != bound:
+                # a new shape rebinds the executor: (re)install the monitor on it
+                module.reshape(shapes)
+                executor = module._exec_group.execs[0]  # pylint: disable=protected-access
+                executor.set_monitor_callback(collector.collect, monitor_all=True)
+                bound = shapes
+            module.forward(mx.io.DataBatch(data=[x.as_in_context(mx.cpu()) for x in batch]),
+                           is_train=False)
+            for out in module.get_outputs():
+                out.wait_to_read()
+        qsym, qarg_params, aux_params = quantization.calib_graph(
+            qsym=qsym, arg_params=arg_params, aux_params=aux_params, collector=collector,
+            calib_mode=calib_mode, quantized_dtype='int8', logger=None)
+        qsym = qsym.get_backend_symbol('MKLDNN_QUANTIZE')
+    block = _load_block(qsym, names, qarg_params, aux_params, net, 'int8', ctx)
+    block.hybridize(static_alloc=True, static_shape=static_shape)
+    return block
+
+
+def _quiet_subgraph_logs():
+    """No "Subgraph backend MKLDNN is activated" line at every executor bind (MXNet reads the
+    setting once per process, at the first bind)."""
+    os.environ.setdefault('MXNET_SUBGRAPH_VERBOSE', '0')
+
+
+@contextlib.contextmanager
+def _quiet_mxnet():
+    """Hide MXNet's C++ notes on stderr while quantizing (e.g. that the pooler's tanh has no
+    int8 kernel and stays float32). Errors still raise, with their messages."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, 'w', encoding='utf-8') as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def prepare(net, dtype='float32', *, calib_batches=None, ctx=None, static_shape=False):
+    """``net`` ready for fast inference in ``dtype`` ('float32', 'bfloat16' or 'int8').
+
+    float32 hybridizes ``net`` in place (static memory) and returns it; the others return a
+    converted :class:`InferenceClassifier`. int8 needs ``calib_batches``.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f'dtype must be one of {DTYPES}, got {dtype!r}')
+    if dtype == 'float32':
+        return optimize(net, static_shape=static_shape)
+    if dtype == 'bfloat16':
+        return to_bfloat16(net, ctx=ctx, static_shape=static_shape)
+    if not calib_batches:
+        raise ValueError('int8 quantization needs calibration batches (calib_batches)')
+    return quantize_int8(net, calib_batches, ctx=ctx, static_shape=static_shape)

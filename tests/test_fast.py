@@ -1,0 +1,350 @@
+"""CPU inference fast paths (bfloat16, int8, graph folding), export, bf16 training, bench smoke.
+
+Tolerances (tiny model trained for a few epochs on synthetic, learnable data; logits of
+order 1, probabilities spread over [0, 1]):
+
+- bfloat16 vs float32: |logit difference| <= 0.05 * max(1, |logit|), probabilities within
+  0.02, same argmax wherever the float32 probability margin exceeds 0.05.
+- int8 vs float32: probabilities within 0.1, argmax agreement >= 90% overall and 100% where
+  the float32 probability margin exceeds 0.2.
+- exported files reloaded with plain MXNet: exactly the in-memory model's logits (float32:
+  exactly the original model's).
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import mxnet as mx
+import pytest
+
+import gluonbert
+from gluonbert import fast
+from gluonbert.export import export_classifier, export_main
+from gluonbert.cli import predict_main
+from gluonbert.tokenizer import BERTTokenizer, Vocab
+from gluonbert.train import evaluate_accuracy, train_loop
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPECIALS = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]']
+
+
+def synthetic_batches(n=64, batch_size=16, seq_len=12, seed=0):
+    """Bag-of-words sentiment: label 1 mostly uses ids 55-98, label 0 ids 10-54."""
+    rng = np.random.RandomState(seed)
+    batches = []
+    for start in range(0, n, batch_size):
+        size = min(batch_size, n - start)
+        labels = rng.randint(0, 2, size)
+        lengths = rng.randint(4, seq_len + 1, size)
+        own = np.where(labels[:, None] == 1, rng.randint(55, 99, (size, seq_len)),
+                       rng.randint(10, 55, (size, seq_len)))
+        other = np.where(labels[:, None] == 1, rng.randint(10, 55, (size, seq_len)),
+                         rng.randint(55, 99, (size, seq_len)))
+        words = np.where(rng.rand(size, seq_len) < 0.7, own, other)
+        words[:, 0] = 2
+        for row in range(size):
+            words[row, lengths[row]:] = 0
+        batches.append((mx.nd.array(words), mx.nd.array(lengths), mx.nd.zeros((size, seq_len)),
+                        mx.nd.array(labels)))
+    return batches
+
+
+class _Loader(list):
+    batch_sampler = None
+
+
+def model_inputs(batch):
+    words, valid_length, segments, _ = batch
+    return words, segments, valid_length
+
+
+@pytest.fixture(scope='module')
+def trained():
+    """(net, vocab, tokenizer, test batches): a tiny classifier that has learnt the task."""
+    mx.random.seed(0)
+    config = gluonbert.BERTConfig.from_preset('tiny', dropout=0.0, attention_dropout=0.0)
+    net = gluonbert.BERTClassifier(gluonbert.BERTModel(config), dropout=0.0)
+    net.initialize()
+    net.hybridize(static_alloc=True)
+    train_loop(net, _Loader(synthetic_batches(n=128)), None, 10, 3e-3, mx.cpu(), progress=False)
+    net.label_names = ['negative', 'positive']
+    net.extra = {'max_len': 16, 'truncate': 'head'}
+    vocab = Vocab(SPECIALS + [f'w{i}' for i in range(5, 99)])
+    tokenizer = BERTTokenizer(vocab)
+    return net, vocab, tokenizer, synthetic_batches(n=96, batch_size=32, seed=1)
+
+
+def logits_and_probs(net, batches):
+    logits = np.concatenate([net(*model_inputs(b)).asnumpy() for b in batches])
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return logits, exp / exp.sum(axis=1, keepdims=True)
+
+
+def margin(probabilities):
+    top = np.sort(probabilities, axis=1)
+    return top[:, -1] - top[:, -2]
+
+
+def test_patch_amp_lists_is_idempotent():
+    first = list(fast.patch_amp_lists())
+    second = list(fast.patch_amp_lists())
+    assert first == second
+    for op in fast.INTERLEAVED_ATTENTION_OPS:
+        assert second.count(op) == 1
+
+
+def test_fold_constants_is_exact(trained):
+    net, _, _, batches = trained
+    inputs = model_inputs(batches[0])
+    names, sym = fast._trace(net, inputs)
+    arg_params, _ = fast._param_values(net, sym)
+    folded, folded_params, folded_names = fast.fold_constants(sym, arg_params)
+    assert folded_names and len(folded.list_arguments()) < len(sym.list_arguments())
+    block = fast.InferenceClassifier(folded, [mx.sym.var(n, dtype='float32') for n in names],
+                                     source=net)
+    for name, param in block.collect_params().items():
+        param._load_init(folded_params[name], mx.cpu())
+    assert np.array_equal(block(*inputs).asnumpy(), net(*inputs).asnumpy())
+
+
+def test_bfloat16_close_to_float32(trained):
+    net, _, _, batches = trained
+    reference, ref_probs = logits_and_probs(net, batches)
+    assert np.abs(reference).max() > 0.5 and margin(ref_probs).max() > 0.5  # it has learnt
+    bf16 = fast.to_bfloat16(net)
+    assert isinstance(bf16, fast.InferenceClassifier) and bf16.dtype == 'bfloat16'
+    logits, probs = logits_and_probs(bf16, batches)
+    assert logits.dtype == np.float32
+    assert (np.abs(logits - reference) <= 0.05 * np.maximum(1, np.abs(reference))).all()
+    assert np.abs(probs - ref_probs).max() <= 0.02
+    clear = margin(ref_probs) > 0.05
+    assert (logits.argmax(1) == reference.argmax(1))[clear].all()
+    assert bf16.label_names == net.label_names and bf16.config == net.config
+
+
+def test_int8_close_to_float32(trained):
+    net, _, _, batches = trained
+    reference, ref_probs = logits_and_probs(net, batches)
+    calib = [model_inputs(b) for b in synthetic_batches(n=64, batch_size=16, seed=2)]
+    int8 = fast.quantize_int8(net, calib)
+    assert int8.dtype == 'int8'
+    logits, probs = logits_and_probs(int8, batches)
+    assert np.abs(probs - ref_probs).max() <= 0.1
+    agree = logits.argmax(1) == reference.argmax(1)
+    assert agree.mean() >= 0.9
+    assert agree[margin(ref_probs) > 0.2].all()
+    # accuracy on the task is kept
+    data = _Loader(batches)
+    assert evaluate_accuracy(int8, data, mx.cpu()) >= evaluate_accuracy(net, data, mx.cpu()) - 0.05
+
+
+def test_quantize_int8_argument_errors(trained):
+    net = trained[0]
+    with pytest.raises(ValueError, match='calibration batch'):
+        fast.quantize_int8(net, [])
+    with pytest.raises(ValueError, match='calib_mode'):
+        fast.quantize_int8(net, [fast.example_inputs(net)], calib_mode='percentile')
+    with pytest.raises(ValueError, match='dtype must be one of'):
+        fast.prepare(net, 'float16')
+    with pytest.raises(ValueError, match='calib'):
+        fast.prepare(net, 'int8')
+
+
+def test_fast_models_predict_like_float32(trained):
+    net, vocab, tokenizer, _ = trained
+    texts = ['w60 w70 w80 w90 w61', 'w10 w20 w30 w40 w11', 'w56 w57 w58 w59 w12',
+             'w13 w14 w15 w16 w97 w98 w99']
+    expected = gluonbert.predict(net, mx.cpu(), vocab, tokenizer, texts)
+    calib = fast.encode_batches(net, vocab, tokenizer, texts * 4, batch_size=8)
+    for model in (fast.to_bfloat16(net, static_shape=False),
+                  fast.quantize_int8(net, calib, static_shape=False)):
+        got = gluonbert.predict(model, mx.cpu(), vocab, tokenizer, texts)
+        for want, have in zip(expected, got):
+            assert have.label in ('negative', 'positive')
+            assert have.probability == pytest.approx(want.probability, abs=0.1)
+        single = gluonbert.predict_sentiment(model, mx.cpu(), vocab, tokenizer, texts[0])
+        assert single.label == got[0].label
+    assert fast.optimize(net, static_shape=False) is net
+
+
+IMPORT_WITHOUT_GLUONBERT = r'''
+import json, sys
+sys.modules['gluonbert'] = None  # importing gluonbert would fail
+import numpy as np
+import mxnet as mx
+prefix, inputs_path, output_path = sys.argv[1:4]
+with open(prefix + '-meta.json') as f:
+    meta = json.load(f)
+net = mx.gluon.SymbolBlock.imports(prefix + '-symbol.json', meta['input_names'],
+                                   prefix + '-0000.params')
+data = np.load(inputs_path)
+logits = net(*[mx.nd.array(data[role]) for role in ('words', 'segments', 'valid_length')])
+np.save(output_path, logits.asnumpy())
+assert not [m for m in sys.modules if m.startswith('gluonbert') and sys.modules[m] is not None]
+print('ok', meta['dtype'], logits.shape)
+'''
+
+
+def test_export_reloads_without_gluonbert(trained, tmp_path):
+    net, vocab, tokenizer, batches = trained
+    inputs = model_inputs(batches[0])
+    calib = [model_inputs(b) for b in synthetic_batches(n=32, batch_size=16, seed=3)]
+    np.savez(tmp_path / 'inputs.npz', words=inputs[0].asnumpy(), segments=inputs[1].asnumpy(),
+             valid_length=inputs[2].asnumpy())
+    reference = net(*inputs).asnumpy()
+    expected = {}
+    for dtype in ('float32', 'bfloat16', 'int8'):
+        prefix = str(tmp_path / 'out' / dtype)
+        meta = export_classifier(net, vocab, tokenizer, prefix, dtype=dtype,
+                                 calib_batches=calib if dtype == 'int8' else None,
+                                 check_batch=inputs)
+        for key in ('symbol', 'params', 'vocab', 'meta'):
+            assert os.path.exists(meta['paths'][key])
+        assert meta['check']['max_abs_diff_to_converted'] == 0.0
+        assert meta['label_names'] == ['negative', 'positive'] and meta['max_len'] == 16
+        assert meta['input_names'] == ['data0', 'data1', 'data2']
+        assert Vocab.from_file(meta['paths']['vocab']).idx_to_token == vocab.idx_to_token
+        expected[dtype] = meta
+    # one interpreter for the three reloads (each start costs seconds)
+    script = '\n'.join(f'sys.argv = [None, {str(tmp_path / "out" / d)!r}, '
+                       f'{str(tmp_path / "inputs.npz")!r}, {str(tmp_path / (d + ".npy"))!r}]\n'
+                       f'exec(BODY)' for d in expected)
+    code = f'import sys\nBODY = {IMPORT_WITHOUT_GLUONBERT!r}\n{script}'
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                            cwd=str(tmp_path), env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count('ok') == 3
+    for dtype in expected:
+        got = np.load(tmp_path / f'{dtype}.npy')
+        if dtype == 'float32':
+            assert np.array_equal(got, reference)
+        else:
+            scale = max(1, np.abs(reference).max())
+            assert np.abs(got - reference).max() <= {'bfloat16': 0.05, 'int8': 0.15}[dtype] * scale
+            assert (got.argmax(1) == reference.argmax(1)).mean() >= 0.9
+            assert np.abs(got - reference).max() == pytest.approx(
+                expected[dtype]['check']['max_abs_diff_to_float32'], abs=1e-6)
+
+
+@pytest.fixture(scope='module')
+def model_dir(trained, tmp_path_factory):
+    net, vocab, tokenizer, _ = trained
+    directory = tmp_path_factory.mktemp('fast') / 'model'
+    gluonbert.save_pretrained(net, vocab, tokenizer, str(directory),
+                              extra={'max_len': 16, 'truncate': 'head'})
+    return str(directory)
+
+
+def test_export_cli(model_dir, tmp_path, capsys):
+    prefix = str(tmp_path / 'exported' / 'clf')
+    assert export_main(['--model-dir', model_dir, '--output', prefix, '--dtype', 'int8',
+                        '--calib-size', '8']) == 0
+    out = capsys.readouterr().out
+    assert 'exported' in out and 'SymbolBlock.imports' in out
+    meta = json.loads(open(prefix + '-meta.json', encoding='utf-8').read())
+    assert meta['dtype'] == 'int8' and meta['calibration']['examples'] == 8
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--model-dir', '/nonexistent/model', '--output', 'x'], 'no such model directory'),
+    (['--output', 'x/'], 'file prefix'),
+    (['--output', 'x', '--calib-file', 'c.txt'], '--calib-file is for --dtype int8'),
+    (['--output', 'x', '--dtype', 'int8', '--calib-file', '/nonexistent.txt'],
+     'no such calibration file'),
+    (['--output', 'x', '--calib-size', '0'], '--calib-size must be >= 1'),
+])
+def test_export_cli_errors_are_one_line(model_dir, tmp_path, capsys, flags, message):
+    flags = [f if f not in ('x', 'x/') else os.path.join(str(tmp_path), f) for f in flags]
+    if '--model-dir' not in flags:
+        flags = ['--model-dir', model_dir] + flags
+    assert export_main(flags) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('gluonbert-export: error:') and message in err
+    assert len(err.splitlines()) == 1
+
+
+def test_predict_cli_fast_paths(model_dir, tmp_path, capsys):
+    texts = ['w60 w70 w80 w90', 'w10 w20 w30 w40']
+    assert predict_main(['--model-dir', model_dir, *texts]) == 0
+    reference = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    calib = tmp_path / 'calib.txt'
+    calib.write_text('w60 w61 w62\nw11 w12 w13 w14\n', encoding='utf-8')
+    for flags in (['--dtype', 'bfloat16'], ['--quantize', 'int8', '--calib-file', str(calib)]):
+        assert predict_main(['--model-dir', model_dir, *flags, *texts]) == 0
+        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [p['label'] for p in lines] == [p['label'] for p in reference]
+        for want, have in zip(reference, lines):
+            assert have['probability'] == pytest.approx(want['probability'], abs=0.1)
+    assert predict_main(['--model-dir', model_dir, '--dtype', 'bfloat16', '--quantize', 'int8',
+                         'w60']) == 2
+    err = capsys.readouterr().err
+    assert 'pick one' in err and len(err.strip().splitlines()) == 1
+
+
+BF16_TRAINING = r'''
+import sys
+sys.path.insert(0, {tests!r})
+import numpy as np, mxnet as mx
+import gluonbert
+from gluonbert.train import train_loop
+from test_fast import synthetic_batches, _Loader
+losses = {{}}
+for dtype in ('float32', 'bfloat16'):
+    mx.random.seed(0)
+    config = gluonbert.BERTConfig.from_preset('tiny', dropout=0.0, attention_dropout=0.0)
+    net = gluonbert.BERTClassifier(gluonbert.BERTModel(config), dropout=0.0)
+    net.initialize()
+    net.hybridize(static_alloc=True)
+    history = train_loop(net, _Loader(synthetic_batches(n=32)), None, 2, 3e-3, mx.cpu(),
+                         dtype=dtype, progress=False)
+    losses[dtype] = [r['train_loss'] for r in history]
+    assert all(p.data().dtype == np.float32 for p in net.collect_params().values())
+print(losses)
+'''
+
+
+def test_bfloat16_training_steps_are_finite_and_close_to_float32():
+    # AMP changes MXNet process-wide: run it in its own interpreter
+    code = BF16_TRAINING.format(tests=os.path.join(ROOT, 'tests'))
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert result.returncode == 0, result.stderr[-2000:]
+    losses = eval(result.stdout.strip().splitlines()[-1])  # pylint: disable=eval-used
+    assert all(np.isfinite(losses['bfloat16']))
+    assert np.allclose(losses['bfloat16'], losses['float32'], atol=0.05)
+
+
+def test_thread_default_applies_when_mxnet_was_imported_first():
+    # test_packaging covers import order gluonbert-first and OMP_NUM_THREADS set by the user
+    code = ('import os, mxnet, gluonbert\nfrom gluonbert._env import physical_cores\n'
+            'print(os.environ["OMP_NUM_THREADS"], physical_cores())')
+    env = {k: v for k, v in os.environ.items() if k != 'OMP_NUM_THREADS'}
+    env['PYTHONPATH'] = ROOT
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                            env=env, timeout=120)
+    threads, cores = result.stdout.split()
+    assert threads == cores
+
+
+def test_bench_suite_quick_smoke():
+    """The benchmark suite runs end to end on tiny sizes and prints a well-formed table."""
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'benchmarks', 'bench_suite.py'), '--quick',
+         '--hf-python', 'none'],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+        env=dict(os.environ, PYTHONPATH=ROOT))
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = [line for line in result.stdout.splitlines() if line.startswith('|')]
+    header = [c.strip() for c in table[0].strip('|').split('|')]
+    assert header[:4] == ['benchmark', 'variant', 'unit', 'min']
+    assert set(table[1].replace('|', '').strip()) <= set('-: ')
+    rows = [[c.strip() for c in line.strip('|').split('|')] for line in table[2:]]
+    assert all(len(row) == len(header) for row in rows)
+    kinds = {row[0] for row in rows}
+    assert {'inference', 'training', 'tokenization', 'padding waste', 'GEMM peak'} <= kinds
+    variants = {(row[0], row[1]) for row in rows}
+    for variant in ('gluonbert fp32', 'gluonbert bf16', 'gluonbert int8', 'GluonNLP'):
+        assert any(v[1].startswith(variant) for v in variants if v[0] == 'inference'), variant

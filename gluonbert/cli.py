@@ -29,9 +29,33 @@ def _fail(prog, message):
 def _user_errors():
     """Exception types whose message is meant for the user."""
     from .data import DataError
+    from .distributed import HorovodUnavailable
     from .pretrained import PretrainedError
     return (UsageError, DataError, PretrainedError, FileNotFoundError, NotADirectoryError,
-            PermissionError, ValueError, TypeError)
+            PermissionError, ValueError, TypeError, HorovodUnavailable)
+
+
+KVSTORE_HELP = ("device (default) or local: one process, data parallel over --gpus; "
+                "dist_sync, dist_device_sync, dist_async: parameter servers, start the job with "
+                "gluonbert-launch; horovod: start it with horovodrun. With several workers "
+                "--batch-size is per worker and only rank 0 writes OUTPUT_DIR")
+
+
+def _kvstore_choices():
+    from .distributed import KVSTORES
+    return KVSTORES
+
+
+def _join_group(kvstore, contexts):
+    """The distributed group; under Horovod each process keeps GPU LOCAL_RANK of --gpus."""
+    from .distributed import get_group
+    group = get_group(kvstore)
+    if kvstore == 'horovod' and len(contexts) > 1:
+        if group.local_rank >= len(contexts):
+            raise UsageError(f'horovod local rank {group.local_rank} has no GPU in --gpus '
+                             f'(give one GPU id per process on this machine)')
+        contexts = [contexts[group.local_rank]]
+    return group, contexts
 
 
 def _contexts(gpus):
@@ -79,8 +103,8 @@ def build_finetune_parser():
                      help='passes over the training data (default 3; 5 for minilm, whose '
                           'bundled sample is small)')
     opt.add_argument('--lr', type=float, default=None,
-                     help='peak learning rate (default 5e-5; 3e-4 for minilm; 5e-4 with '
-                          'LoRA; 1e-3 for a preset trained from scratch)')
+                     help='peak learning rate (default 5e-5, 3e-4 for minilm; with LoRA '
+                          '1e-3, 5e-3 for minilm; 1e-3 for a preset trained from scratch)')
     opt.add_argument('--warmup-ratio', type=float, default=0.1)
     opt.add_argument('--weight-decay', type=float, default=0.01)
     opt.add_argument('--optimizer', choices=('adamw', 'bertadam'), default='adamw',
@@ -102,6 +126,8 @@ def build_finetune_parser():
                       help='dropout on the LoRA branch input (default 0)')
     dev = parser.add_argument_group('devices')
     dev.add_argument('--gpus', default='', help='comma-separated GPU ids; empty means CPU')
+    dev.add_argument('--kvstore', default='device', choices=_kvstore_choices(),
+                     help=KVSTORE_HELP)
     run = parser.add_argument_group('run control')
     run.add_argument('--output-dir', default='runs/finetune')
     run.add_argument('--resume', action='store_true',
@@ -226,15 +252,15 @@ def finetune(args):
     from .model import BERTClassifier
     from .lora import apply_lora, lora_parameter_counts
     from .predict import predict_sentiment
-    from .pretrained import save_pretrained
+    from .pretrained import MINILM_NAME, save_pretrained
     from .train import train_loop
 
     _validate_finetune_args(args)
     contexts = _contexts(args.gpus)
+    group, contexts = _join_group(args.kvstore, contexts)
     started = time.perf_counter()
     bert, vocab, tokenizer, default_lr = _load_model(args, contexts)
     if args.epochs is None:
-        from .pretrained import MINILM_NAME
         args.epochs = 5 if args.model == MINILM_NAME else 3
     if args.max_len > bert.config.max_length:
         raise UsageError(f'--max-len {args.max_len} exceeds the model max_length '
@@ -246,10 +272,14 @@ def finetune(args):
     label_names = train_set.label_names
     transform = BERTTransform(tokenizer, vocab, max_len=args.max_len, truncate=args.truncate)
     round_to = 8 if contexts[0].device_type == 'gpu' else None
+    # each worker of a distributed job reads its own shard (equal shards for training)
     train_data = make_dataloader(train_set, transform, batch_size=args.batch_size, shuffle=True,
-                                 seed=args.seed, pad_id=vocab.pad_id, round_to=round_to)
+                                 seed=args.seed, pad_id=vocab.pad_id, round_to=round_to,
+                                 num_shards=group.num_workers, shard_index=group.rank)
     test_data = make_dataloader(test_set, transform, batch_size=args.batch_size, shuffle=False,
-                                seed=args.seed, pad_id=vocab.pad_id, round_to=round_to)
+                                seed=args.seed, pad_id=vocab.pad_id, round_to=round_to,
+                                num_shards=group.num_workers, shard_index=group.rank,
+                                even_shards=False)
 
     mx.random.seed(args.seed)
     net = BERTClassifier(bert, num_classes=len(label_names), dropout=args.dropout)
@@ -264,18 +294,24 @@ def finetune(args):
         except ValueError as err:
             raise UsageError(f'--lora-rank/--lora-targets: {err}') from err
         if default_lr < 1e-3:
-            default_lr = 5e-4  # LoRA trains few parameters from zero: it wants a larger step
+            # LoRA trains few parameters, from zero: it wants a step ~10x larger
+            default_lr = 5e-3 if args.model == MINILM_NAME else 1e-3
         print(f'LoRA rank {args.lora_rank}, alpha {args.lora_alpha:g} on '
               f'{args.lora_targets}: {counts}', flush=True)
     net.hybridize(static_alloc=True)
 
     output_dir = os.path.abspath(args.output_dir)
-    os.makedirs(output_dir, exist_ok=True)
+    if group.is_root:  # only rank 0 writes OUTPUT_DIR
+        os.makedirs(output_dir, exist_ok=True)
     lr = args.lr or default_lr
-    print(f'fine-tuning {args.model} on {len(train_set)} train / {len(test_set)} test examples '
-          f'({", ".join(label_names)}), {args.epochs} epochs, batch {args.batch_size}, '
-          f'lr {lr:g}, max_len {args.max_len}, {", ".join(map(str, contexts))}; padding waste '
-          f'{train_data.padding_waste:.1%} with length bucketing', flush=True)
+    workers = (f', {group.num_workers} workers ({args.kvstore}, global batch '
+               f'{args.batch_size * group.num_workers})' if group.is_distributed else '')
+    if group.is_root:
+        print(f'fine-tuning {args.model} on {len(train_set)} train / {len(test_set)} test '
+              f'examples ({", ".join(label_names)}), {args.epochs} epochs, batch '
+              f'{args.batch_size}, lr {lr:g}, max_len {args.max_len}, '
+              f'{", ".join(map(str, contexts))}{workers}; padding waste '
+              f'{train_data.padding_waste:.1%} with length bucketing', flush=True)
     history = train_loop(
         net, train_data, test_data, args.epochs, lr, contexts,
         optimizer=args.optimizer, weight_decay=args.weight_decay,
@@ -283,7 +319,10 @@ def finetune(args):
         seed=args.seed, checkpoint_dir=os.path.join(output_dir, 'checkpoints'),
         resume=args.resume, early_stop=args.early_stop,
         metrics_path=os.path.join(output_dir, 'metrics.jsonl'),
-        plot_path=os.path.join(output_dir, 'history.png'), progress=not args.no_progress)
+        plot_path=os.path.join(output_dir, 'history.png'), progress=not args.no_progress,
+        kvstore=args.kvstore)
+    if not group.is_root:  # rank 0 saves the model and the metrics
+        return {'rank': group.rank, 'num_workers': group.num_workers, 'history': list(history)}
 
     best = history.best
     best_params = os.path.join(output_dir, 'checkpoints', 'best.params')
@@ -310,6 +349,7 @@ def finetune(args):
         'model': args.model, 'train_examples': len(train_set), 'test_examples': len(test_set),
         'label_names': label_names, 'max_len': args.max_len, 'batch_size': args.batch_size,
         'lr': lr, 'optimizer': args.optimizer, 'epochs': args.epochs,
+        'kvstore': args.kvstore, 'num_workers': group.num_workers,
         'dtype': args.dtype, 'padding_waste': train_data.padding_waste,
         'model_dir': model_dir, 'history': list(history),
         'trainable_parameters': counts.trainable, 'total_parameters': counts.total,
@@ -359,7 +399,38 @@ def build_predict_parser():
     parser.add_argument('--batch-size', type=int, default=32)
     parser.add_argument('--max-len', type=int, default=None)
     parser.add_argument('--gpus', default='')
+    fast = parser.add_argument_group('CPU fast paths (see gluonbert.fast)')
+    fast.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32',
+                      help='bfloat16: mixed-precision dense layers (CPUs with AVX512-BF16/AMX)')
+    fast.add_argument('--quantize', choices=('int8',), default=None,
+                      help='int8: quantized dense layers, calibrated on --calib-file')
+    fast.add_argument('--calib-file', default=None,
+                      help='int8 calibration texts, one per line (default: the bundled '
+                           'movie reviews)')
     return parser
+
+
+def _fast_model(args, net, vocab, tokenizer, ctx):
+    """The classifier converted as --dtype / --quantize ask (gluonbert.fast)."""
+    from . import fast
+    dtype = getattr(args, 'dtype', 'float32')
+    quantize = getattr(args, 'quantize', None)
+    calib_file = getattr(args, 'calib_file', None)
+    if quantize and dtype != 'float32':
+        raise UsageError(f'--quantize {quantize} and --dtype {dtype} do not combine; pick one')
+    if calib_file and not quantize:
+        raise UsageError('--calib-file is for --quantize int8')
+    if (quantize or dtype != 'float32') and ctx.device_type != 'cpu':
+        raise UsageError('--dtype bfloat16 and --quantize int8 are CPU fast paths; use them '
+                         'without --gpus')
+    if quantize == 'int8':
+        calib = fast.calibration_batches(net, vocab, tokenizer, calib_file,
+                                         batch_size=args.batch_size, max_len=args.max_len,
+                                         ctx=ctx)
+        return fast.quantize_int8(net, calib, ctx=ctx, static_shape=False)
+    if dtype == 'bfloat16':
+        return fast.to_bfloat16(net, ctx=ctx, static_shape=False)
+    return net
 
 
 def predict_cli(args, stdin=None, stdout=None):
@@ -384,6 +455,7 @@ def predict_cli(args, stdin=None, stdout=None):
     if not texts:
         raise UsageError('no text given (pass TEXT arguments or lines on stdin)')
     net.hybridize(static_alloc=True)
+    net = _fast_model(args, net, vocab, tokenizer, contexts[0])
     for prediction in predict(net, contexts[0], vocab, tokenizer, texts,
                               batch_size=args.batch_size, max_len=args.max_len):
         stdout.write(json.dumps(prediction.to_dict(), ensure_ascii=False) + '\n')
@@ -427,6 +499,8 @@ def build_pretrain_parser():
     parser.add_argument('--accumulate', type=int, default=1)
     parser.add_argument('--log-interval', type=int, default=50)
     parser.add_argument('--gpus', default='')
+    parser.add_argument('--kvstore', default='device', choices=_kvstore_choices(),
+                        help=KVSTORE_HELP)
     parser.add_argument('--output-dir', default='runs/pretrain')
     parser.add_argument('--resume', action='store_true')
     parser.add_argument('--seed', type=int, default=0)
@@ -456,6 +530,7 @@ def pretrain(args):
     if not 5 <= args.max_len <= 512:
         raise UsageError(f'--max-len must be in [5, 512], got {args.max_len}')
     contexts = _contexts(args.gpus)
+    group, contexts = _join_group(args.kvstore, contexts)
     ctx = contexts[0]
     documents = read_corpus(args.corpus, text_column=args.text_column)
     if args.model in PRESETS:
@@ -482,27 +557,34 @@ def pretrain(args):
     # with fewer than 6 documents the held-out batches are re-masked training documents
     eval_data = PretrainingData(eval_docs, tokenizer, vocab, seed=args.seed + 1, **options)
     output_dir = os.path.abspath(args.output_dir)
-    os.makedirs(output_dir, exist_ok=True)
+    if group.is_root:  # only rank 0 writes OUTPUT_DIR
+        os.makedirs(output_dir, exist_ok=True)
     lr = args.lr or default_lr
     model.hybridize(static_alloc=True)
-    print(f'pre-training {args.model} on {len(train_docs)} documents ({len(data)} examples per '
-          f'epoch), {len(eval_docs)} held out; {args.steps} steps, batch {args.batch_size}, '
-          f'lr {lr:g}, max_len {args.max_len}', flush=True)
+    workers = (f', {group.num_workers} workers ({args.kvstore}, global batch '
+               f'{args.batch_size * group.num_workers})' if group.is_distributed else '')
+    if group.is_root:
+        print(f'pre-training {args.model} on {len(train_docs)} documents ({len(data)} examples '
+              f'per epoch), {len(eval_docs)} held out; {args.steps} steps, batch '
+              f'{args.batch_size}, lr {lr:g}, max_len {args.max_len}{workers}', flush=True)
     started = time.perf_counter()
     records = pretrain_loop(
         model, data, steps=args.steps, batch_size=args.batch_size, lr=lr, ctx=ctx,
         eval_data=eval_data, warmup_ratio=args.warmup_ratio, accumulate=args.accumulate,
         seed=args.seed, checkpoint_dir=os.path.join(output_dir, 'checkpoints'),
         resume=args.resume, metrics_path=os.path.join(output_dir, 'metrics.jsonl'),
-        log_interval=args.log_interval, progress=not args.no_progress)
+        log_interval=args.log_interval, progress=not args.no_progress, kvstore=args.kvstore)
     seconds = time.perf_counter() - started
+    if not group.is_root:  # rank 0 evaluates and saves the model
+        return {'rank': group.rank, 'num_workers': group.num_workers, 'records': records}
     final = evaluate_pretraining(model, eval_data.batches(args.batch_size, ctx=ctx))
     model_dir = os.path.join(output_dir, 'model')
     save_pretrained(model, vocab, tokenizer, model_dir,
                     extra={'pretrained_from': args.model, 'steps': args.steps})
     metrics = {**final, 'steps': args.steps, 'seconds': seconds,
-               'sequences_per_second': args.steps * args.batch_size * args.accumulate /
-               seconds, 'model_dir': model_dir, 'parameters': parameter_counts(model),
+               'sequences_per_second': args.steps * args.batch_size * args.accumulate *
+               group.num_workers / seconds, 'model_dir': model_dir,
+               'kvstore': args.kvstore, 'num_workers': group.num_workers, 'parameters': parameter_counts(model),
                'records': records}
     _write_text(os.path.join(output_dir, 'metrics.json'), json.dumps(metrics, indent=2) + '\n')
     print(f"held-out: MLM accuracy {final['mlm_accuracy']:.4f}, MLM loss "
@@ -524,3 +606,13 @@ def pretrain_main(argv=None):
         print(f'\n{PROG_PRETRAIN}: interrupted; continue with --resume', file=sys.stderr)
         return 130
     return 0
+
+
+_COMMANDS = {'finetune': finetune_main, 'predict': predict_main, 'pretrain': pretrain_main}
+
+if __name__ == '__main__':
+    # python -m gluonbert.cli finetune|predict|pretrain [flags]: the console scripts without
+    # an installed entry point
+    if len(sys.argv) < 2 or sys.argv[1] not in _COMMANDS:
+        sys.exit(f'usage: python -m gluonbert.cli {{{",".join(_COMMANDS)}}} [flags]')
+    sys.exit(_COMMANDS[sys.argv[1]](sys.argv[2:]))

@@ -53,6 +53,15 @@ class TextClassificationDataset:
     def __getitem__(self, index):
         return self.texts[index], self.labels[index]
 
+    def subset(self, indices):
+        """A new dataset of the examples at ``indices`` (a range, slice or list)."""
+        if isinstance(indices, slice):
+            indices = range(len(self))[indices]
+        indices = list(indices)
+        return TextClassificationDataset([self.texts[i] for i in indices],
+                                         [self.labels[i] for i in indices],
+                                         list(self.label_names), source=self.source)
+
 
 # ------------------------------------------------------------------------- readers
 class _LabelMap:
@@ -430,7 +439,8 @@ class _Loader:
 
 
 def make_dataloader(dataset, transform, *, batch_size=32, shuffle=True, bucket=True, seed=0,
-                    pad_id=0, round_to=None, num_buckets=10, progress=None):
+                    pad_id=None, round_to=None, num_buckets=10, progress=None, num_shards=1,
+                    shard_index=0, even_shards=True):
     """Transform every example once, up front, and batch them by length.
 
     Parameters
@@ -439,6 +449,16 @@ def make_dataloader(dataset, transform, *, batch_size=32, shuffle=True, bucket=T
     transform : BERTTransform
     bucket : bool
         Length-bucketed batches (:class:`BucketSampler`); False batches in data order.
+    pad_id : int, optional
+        Id that pads ``input_ids``; default: the transform vocabulary's ``pad_id``.
+    num_shards, shard_index : int
+        Distributed training: keep only shard ``shard_index`` of ``num_shards``, every
+        ``num_shards``-th example (see :func:`gluonbert.distributed.shard_indices`); only
+        those are tokenized. ``batch_size`` is then per worker.
+    even_shards : bool
+        Drop the last ``len(dataset) % num_shards`` examples so every shard has the same
+        size, hence every worker the same number of batches (training); False keeps every
+        example (evaluation, whose counts are summed over the workers).
 
     Returns
     -------
@@ -447,9 +467,18 @@ def make_dataloader(dataset, transform, *, batch_size=32, shuffle=True, bucket=T
     ``.padding_waste_unbucketed``.
     """
     from tqdm.auto import tqdm
+    if pad_id is None:
+        pad_id = transform.vocab.pad_id
     classify = ClassificationTransform(transform)
-    show = len(dataset) > 2000 if progress is None else progress
-    samples = [classify(*dataset[i]) for i in tqdm(range(len(dataset)), desc='tokenizing',
+    indices = range(len(dataset))
+    if num_shards != 1 or shard_index != 0:
+        from .distributed import shard_indices
+        indices = shard_indices(len(dataset), num_shards, shard_index, even=even_shards)
+        if not indices and even_shards:
+            raise DataError(f'{getattr(dataset, "source", "the dataset")}: {len(dataset)} '
+                            f'examples cannot fill {num_shards} equal shards')
+    show = len(indices) > 2000 if progress is None else progress
+    samples = [classify(*dataset[i]) for i in tqdm(indices, desc='tokenizing',
                                                    unit='text', disable=not show, leave=False)]
     lengths = [s[1] for s in samples]
     sampler_cls = BucketSampler if bucket else _PlainSampler

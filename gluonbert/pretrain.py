@@ -17,6 +17,7 @@ import mxnet as mx
 from mxnet import autograd, gluon
 
 from .data import DataError
+from .distributed import ServerSchedule, get_group, shard
 from .train import LinearWarmupSchedule, atomic_write, make_trainer, _write_text
 
 __all__ = ['read_corpus', 'split_sentences', 'PretrainingData', 'pretrain_loop',
@@ -182,9 +183,15 @@ class PretrainingData:
                 ids[p] = int(self._random_ids[rng.randint(len(self._random_ids))])
         return ids, segments, positions, targets, label
 
-    def batches(self, batch_size, epoch=0, ctx=None):
-        """Padded NDArray batches of one epoch (the last one may be smaller)."""
-        examples = self.examples(epoch)
+    def batches(self, batch_size, epoch=0, ctx=None, *, num_shards=1, shard_index=0,
+                even_shards=True):
+        """Padded NDArray batches of one epoch (the last one may be smaller).
+
+        ``num_shards``/``shard_index``: only this worker's shard of the epoch's examples
+        (every ``num_shards``-th one, see :func:`gluonbert.distributed.shard_indices`);
+        ``even_shards`` drops the remainder so every shard has the same size.
+        """
+        examples = shard(self.examples(epoch), num_shards, shard_index, even=even_shards)
         return [self.batchify(examples[i:i + batch_size], ctx)
                 for i in range(0, len(examples), batch_size)]
 
@@ -239,20 +246,27 @@ def _read(stats):
     return [float(s.asscalar()) if isinstance(s, mx.nd.NDArray) else float(s) for s in stats]
 
 
-def evaluate_pretraining(model, batches):
-    """MLM loss/accuracy/perplexity and NSP loss/accuracy over ``batches``."""
+def evaluate_pretraining(model, batches, *, group=None):
+    """MLM loss/accuracy/perplexity and NSP loss/accuracy over ``batches``.
+
+    With a distributed ``group``, ``batches`` are this worker's shard and the sums are taken
+    over every worker (all of them must call it).
+    """
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     totals = np.zeros(6)
     for batch in batches:
         _, _, stats = _losses(model, batch, loss_fn)
         totals += _read(stats)
+    if group is not None and group.is_distributed:
+        totals = group.allreduce(totals)
     return _summarise(totals)
 
 
 def pretrain_loop(model, data, *, steps, batch_size=32, lr=1e-4, ctx=None, eval_data=None,
                   warmup_ratio=0.1, weight_decay=0.01, max_grad_norm=1.0, accumulate=1,
                   optimizer='adamw', seed=0, checkpoint_dir=None, checkpoint_interval=None,
-                  resume=False, metrics_path=None, log_interval=50, progress=True):
+                  resume=False, metrics_path=None, log_interval=50, progress=True,
+                  kvstore='device'):
     """Pre-train a :class:`BERTForPretraining` with MLM + NSP for ``steps`` updates.
 
     Parameters
@@ -265,6 +279,12 @@ def pretrain_loop(model, data, *, steps, batch_size=32, lr=1e-4, ctx=None, eval_
     checkpoint_dir : str, optional
         Atomic checkpoints every ``checkpoint_interval`` steps (default: every log interval)
         and at the end; ``resume=True`` continues from the last one exactly.
+    kvstore : {'device', 'local', 'dist_sync', 'dist_device_sync', 'dist_async', 'horovod'}
+        Distributed kinds (see :mod:`gluonbert.distributed`): each worker takes every
+        N-th example of each epoch (equal shards), ``batch_size`` is per worker, the
+        gradients (each worker's mean loss) are averaged over the workers, the logged and
+        evaluated metrics are over all workers, and only rank 0 writes files. Every worker
+        passes the same ``data``, ``eval_data`` and ``seed``.
 
     Returns
     -------
@@ -279,15 +299,25 @@ def pretrain_loop(model, data, *, steps, batch_size=32, lr=1e-4, ctx=None, eval_
         raise ValueError(f'steps must be >= 1, got {steps}')
     if resume and not checkpoint_dir:
         raise ValueError('resume=True needs a checkpoint_dir')
-    trainer = make_trainer(model, optimizer=optimizer, lr=lr, weight_decay=weight_decay)
+    group = get_group(kvstore)
+    progress = progress and group.is_root
+    shards = ({'num_shards': group.num_workers, 'shard_index': group.rank}
+              if group.is_distributed else {})
+    schedule = LinearWarmupSchedule(lr, steps, warmup_ratio)
+    trainer = make_trainer(model, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
+                           kvstore=group.trainer_kvstore(),
+                           update_on_kvstore=group.update_on_kvstore,
+                           lr_scheduler=ServerSchedule(LinearWarmupSchedule(
+                               lr, steps * group.num_workers, warmup_ratio))
+                           if group.update_on_kvstore else None)
     params = [p for p in model.collect_params().values() if p.grad_req != 'null']
     if accumulate > 1:
         for param in params:
             param.grad_req = 'add'
-    schedule = LinearWarmupSchedule(lr, steps, warmup_ratio)
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     checkpoint_interval = checkpoint_interval or log_interval
-    eval_batches = eval_data.batches(batch_size, epoch=0, ctx=ctx) if eval_data else None
+    eval_batches = eval_data.batches(batch_size, epoch=0, ctx=ctx, even_shards=False,
+                                     **shards) if eval_data else None
 
     step, records = 0, []
     if resume:
@@ -296,10 +326,18 @@ def pretrain_loop(model, data, *, steps, batch_size=32, lr=1e-4, ctx=None, eval_
             with open(state_path, encoding='utf-8') as f:
                 state = json.load(f)
             model.load_parameters(os.path.join(checkpoint_dir, 'last.params'), ctx=ctx)
-            trainer.load_states(os.path.join(checkpoint_dir, 'last.states'))
+            if not group.update_on_kvstore:
+                trainer.load_states(os.path.join(checkpoint_dir, 'last.states'))
             step, records = state['step'], state['records']
+        group.check_same(step, 'the step to resume from')
+    if group.is_distributed:
+        if group.update_on_kvstore:  # the servers' schedule continues where it was
+            trainer._optimizer.begin_num_update = trainer._optimizer.num_update = \
+                step * group.num_workers  # pylint: disable=protected-access
+        group.sync_parameters(trainer, model.collect_params().values())
 
-    batches_per_epoch = math.ceil(len(data) / batch_size)
+    # each worker's shard has len(data) // num_workers examples
+    batches_per_epoch = math.ceil(len(data) // group.num_workers / batch_size)
     window = np.zeros(6)
     window_start, window_sequences = time.perf_counter(), 0
     bar = tqdm(total=steps, initial=step, desc='pre-training', unit='step',
@@ -307,50 +345,52 @@ def pretrain_loop(model, data, *, steps, batch_size=32, lr=1e-4, ctx=None, eval_
     consumed = step * accumulate  # batches consumed so far, which fixes the data position
     epoch, epoch_batches = None, None
     while step < steps:
-        # dropout randomness is a function of the step, so a resumed run replays it
-        mx.random.seed((seed * 1_000_003 + step) % (2 ** 31))
+        # dropout randomness is a function of the step (and rank), so a resumed run replays it
+        mx.random.seed((seed * 1_000_003 + step + 104_729 * group.rank) % (2 ** 31))
         for _ in range(accumulate):
             if epoch != consumed // batches_per_epoch:
                 epoch = consumed // batches_per_epoch
-                epoch_batches = data.batches(batch_size, epoch=epoch, ctx=ctx)
+                epoch_batches = data.batches(batch_size, epoch=epoch, ctx=ctx, **shards)
             batch = epoch_batches[consumed % batches_per_epoch]
             with autograd.record():
                 mlm_loss, nsp_loss, stats = _losses(model, batch, loss_fn)
                 loss = (mlm_loss + nsp_loss) / accumulate
+                if group.gradient_divisor > 1:  # summed over the workers: their mean
+                    loss = loss / group.gradient_divisor
             loss.backward()
             window += _read(stats)
             window_sequences += batch[0].shape[0]
             consumed += 1
         step += 1
-        trainer.set_learning_rate(schedule(step))
-        trainer.allreduce_grads()
-        if max_grad_norm:
-            gluon.utils.clip_global_norm([p.grad(ctx) for p in params], max_grad_norm,
-                                         check_isfinite=False)
-        trainer.update(1)
+        group.step(trainer, params, [ctx], schedule(step), max_grad_norm)
         if accumulate > 1:
             for param in params:
                 param.zero_grad()
         bar.update(1)
         if step % log_interval == 0 or step == steps:
+            if group.is_distributed:  # over every worker's shard
+                *window, window_sequences = group.allreduce([*window, window_sequences])
             record = {'step': step, **_summarise(window),
                       'sequences_per_second': window_sequences /
                       (time.perf_counter() - window_start), 'lr': schedule(step)}
-            if eval_batches:
+            if eval_batches is not None:
                 record.update({f'eval_{k}': v for k, v in
-                               evaluate_pretraining(model, eval_batches).items()})
+                               evaluate_pretraining(model, eval_batches, group=group).items()})
             records.append(record)
             bar.set_postfix(mlm=f"{record['mlm_loss']:.3f}", nsp=f"{record['nsp_accuracy']:.2f}")
-            if metrics_path:
+            if metrics_path and group.is_root:
                 os.makedirs(os.path.dirname(os.path.abspath(metrics_path)), exist_ok=True)
                 with open(metrics_path, 'a', encoding='utf-8') as f:
                     f.write(json.dumps(record) + '\n')
             window = np.zeros(6)
             window_start, window_sequences = time.perf_counter(), 0
-        if checkpoint_dir and (step % checkpoint_interval == 0 or step == steps):
+        if checkpoint_dir and group.is_root and (step % checkpoint_interval == 0 or
+                                                 step == steps):
             atomic_write(os.path.join(checkpoint_dir, 'last.params'), model.save_parameters)
-            atomic_write(os.path.join(checkpoint_dir, 'last.states'), trainer.save_states)
+            if not group.update_on_kvstore:  # dist_async: the states live on the servers
+                atomic_write(os.path.join(checkpoint_dir, 'last.states'), trainer.save_states)
             _write_text(os.path.join(checkpoint_dir, 'last.json'),
                         json.dumps({'step': step, 'records': records}))
     bar.close()
+    group.release(params)
     return records

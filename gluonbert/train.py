@@ -15,6 +15,8 @@ import numpy as np
 import mxnet as mx
 from mxnet import autograd, gluon
 
+from .distributed import ServerSchedule, get_group
+
 __all__ = ['train_loop', 'evaluate_accuracy', 'AdamW', 'make_trainer', 'LinearWarmupSchedule',
            'plot_history', 'History', 'atomic_write']
 
@@ -47,7 +49,8 @@ class AdamW(_import_bertadam()):
 
 class LinearWarmupSchedule:
     """Learning rate: linear warm-up from 0 to ``lr`` over ``warmup_steps``, then linear decay
-    to 0 at ``total_steps``."""
+    towards 0, reached one step after ``total_steps`` (so that every update, the last one
+    included, has a non-zero rate: a one-update run still trains)."""
 
     def __init__(self, lr, total_steps, warmup_ratio=0.1):
         if not 0 <= warmup_ratio < 1:
@@ -60,8 +63,9 @@ class LinearWarmupSchedule:
         """Learning rate for update number ``step`` (1-based)."""
         if step <= self.warmup_steps:
             return self.lr * step / max(1, self.warmup_steps)
-        remaining = self.total_steps - self.warmup_steps
-        return self.lr * max(0.0, (self.total_steps - step) / max(1, remaining))
+        decay_steps = self.total_steps - self.warmup_steps
+        # the first decay step has the full rate, the last one lr / decay_steps
+        return self.lr * max(0.0, (self.total_steps + 1 - step) / max(1, decay_steps))
 
 
 def _trainable(net):
@@ -69,9 +73,14 @@ def _trainable(net):
 
 
 def make_trainer(net, *, optimizer='bertadam', lr=5e-5, weight_decay=0.01, kvstore='device',
-                 epsilon=1e-6):
+                 epsilon=1e-6, update_on_kvstore=False, lr_scheduler=None):
     """A ``gluon.Trainer`` over the trainable parameters only, without weight decay on
-    LayerNorm parameters and biases."""
+    LayerNorm parameters and biases.
+
+    ``kvstore`` is a name or an ``mx.kv.KVStore`` (see :mod:`gluonbert.distributed`).
+    ``update_on_kvstore=True`` (``dist_async`` only) runs the optimizer on the servers,
+    with ``lr_scheduler`` (a callable of the update count) as its learning-rate schedule.
+    """
     if optimizer not in ('bertadam', 'adamw', 'adam', 'sgd'):
         raise ValueError(f"optimizer must be 'bertadam', 'adamw', 'adam' or 'sgd', "
                          f"got {optimizer!r}")
@@ -84,8 +93,11 @@ def make_trainer(net, *, optimizer='bertadam', lr=5e-5, weight_decay=0.01, kvsto
     options = {'learning_rate': lr, 'wd': weight_decay}
     if optimizer in ('bertadam', 'adamw', 'adam'):
         options['epsilon'] = epsilon
+    if lr_scheduler is not None:
+        options['lr_scheduler'] = lr_scheduler
     # update_on_kvstore=False: gradients are all-reduced, clipped, then applied locally.
-    return gluon.Trainer(params, optimizer, options, kvstore=kvstore, update_on_kvstore=False)
+    return gluon.Trainer(params, optimizer, options, kvstore=kvstore,
+                         update_on_kvstore=update_on_kvstore)
 
 
 def atomic_write(path, write):
@@ -123,8 +135,12 @@ def _split(batch, contexts):
     return list(zip(*fields))
 
 
-def evaluate_accuracy(net, data, ctx):
-    """Exact accuracy over every example of ``data`` (not a mean of batch means)."""
+def evaluate_accuracy(net, data, ctx, *, group=None):
+    """Exact accuracy over every example of ``data`` (not a mean of batch means).
+
+    With a distributed ``group`` (:func:`gluonbert.distributed.get_group`), ``data`` is this
+    worker's shard and the counts are summed over the workers (all of them must call it).
+    """
     contexts = _as_contexts(ctx)
     correct = total = 0
     for batch in data:
@@ -133,6 +149,8 @@ def evaluate_accuracy(net, data, ctx):
             predicted = logits.argmax(axis=1).astype('int64').asnumpy()
             correct += int((predicted == label.astype('int64').asnumpy()).sum())
             total += int(label.shape[0])
+    if group is not None and group.is_distributed:
+        correct, total = (int(round(x)) for x in group.allreduce([correct, total]))
     if total == 0:
         raise ValueError('evaluation data is empty')
     return correct / total
@@ -170,16 +188,18 @@ def plot_history(history, path):
     plt.close(fig)
 
 
-def _seed_epoch(seed, epoch, train_data):
+def _seed_epoch(seed, epoch, train_data, rank=0):
     """Derive every RNG from (seed, epoch), so a resumed run replays the same randomness.
 
     MXNet's RNG state cannot be saved, so it is re-seeded at each epoch boundary instead.
+    Distributed workers other than rank 0 get their own streams (their own dropout masks).
     """
     if seed is None:
         return
-    mx.random.seed(seed * 1000 + epoch)
-    np.random.seed((seed * 1000 + epoch) % (2 ** 32))
-    random.seed(seed * 1000 + epoch)
+    base = seed * 1000 + epoch + 104_729 * rank
+    mx.random.seed(base)
+    np.random.seed(base % (2 ** 32))
+    random.seed(base)
     sampler = getattr(train_data, 'batch_sampler', None) or getattr(train_data, '_batch_sampler',
                                                                      None)
     if hasattr(sampler, 'set_epoch'):
@@ -197,10 +217,11 @@ def _setup_amp(dtype, contexts):
     else:
         if any(c.device_type != 'cpu' for c in contexts):
             raise ValueError('dtype bfloat16 is for CPU contexts; use float16 on GPU')
-        # The fused attention kernels have no bf16 version: keep them in fp32.
-        amp.init(target_dtype='bfloat16',
-                 fp32_ops=['_contrib_interleaved_matmul_selfatt_qk',
-                           '_contrib_interleaved_matmul_selfatt_valatt'])
+        # The fused attention kernels have no bf16 version: they are added to AMP's fp32
+        # list (passing fp32_ops= instead would replace the whole list, and Dropout,
+        # Embedding, LayerNorm, softmax... would then get bf16 inputs they cannot take).
+        from .fast import init_amp_bfloat16
+        init_amp_bfloat16()
     return amp
 
 
@@ -209,24 +230,26 @@ def _checkpoint_paths(checkpoint_dir):
             ('last.params', 'last.states', 'last.json', 'best.params')}
 
 
-def _save_checkpoint(checkpoint_dir, net, trainer, state, is_best):
+def _save_checkpoint(checkpoint_dir, net, trainer, state, is_best, states=True):
     paths = _checkpoint_paths(checkpoint_dir)
     atomic_write(paths['last.params'], net.save_parameters)
-    atomic_write(paths['last.states'], trainer.save_states)
+    if states:  # not under dist_async, whose optimizer states live on the servers
+        atomic_write(paths['last.states'], trainer.save_states)
     if is_best:
         atomic_write(paths['best.params'], net.save_parameters)
     # written last: its presence means the params and states above are complete
     _write_text(paths['last.json'], json.dumps(state, indent=2))
 
 
-def _load_checkpoint(checkpoint_dir, net, trainer, contexts):
+def _load_checkpoint(checkpoint_dir, net, trainer, contexts, states=True):
     paths = _checkpoint_paths(checkpoint_dir)
     if not os.path.exists(paths['last.json']):
         return None
     with open(paths['last.json'], encoding='utf-8') as f:
         state = json.load(f)
     net.load_parameters(paths['last.params'], ctx=contexts)
-    trainer.load_states(paths['last.states'])
+    if states:
+        trainer.load_states(paths['last.states'])
     return state
 
 
@@ -259,14 +282,20 @@ def train_loop(net, train_data, test_data, num_epoch, lr, ctx, loss_fn=None, *,
         Batches whose gradients are summed per update.
     dtype : {'float32', 'float16', 'bfloat16'}
         float16 is AMP on GPU; bfloat16 is AMP on CPU. AMP changes MXNet process-wide.
-    kvstore : str
-        Passed to ``gluon.Trainer``.
+    kvstore : {'device', 'local', 'dist_sync', 'dist_device_sync', 'dist_async', 'horovod'}
+        ``device``/``local``: one process (the kvstore reduces over ``ctx``). The others train
+        with several processes (see :mod:`gluonbert.distributed`): each worker passes its own
+        shard of the data (e.g. ``make_dataloader(..., num_shards=group.num_workers,
+        shard_index=group.rank)``), with the same number of batches on every worker; the
+        gradients are summed over the workers, so an update sees the global batch (batch x
+        workers). Metrics are over all workers; only rank 0 writes files.
     seed : int or None
         Seeds MXNet, numpy and Python per epoch, so resumed runs replay the same randomness.
     checkpoint_dir : str, optional
         Writes ``last.*`` every epoch and ``best.params`` (best test accuracy), atomically.
     resume : bool
         Continue from ``checkpoint_dir``'s last checkpoint (model, trainer, epoch, history).
+        Distributed workers all read it, so it must be on a filesystem they share.
     early_stop : int, optional
         Stop after this many epochs without a better test accuracy.
     metrics_path : str, optional
@@ -301,39 +330,55 @@ def train_loop(net, train_data, test_data, num_epoch, lr, ctx, loss_fn=None, *,
     if batches_per_epoch == 0:
         raise ValueError('train_data is empty')
     loss_fn = loss_fn or gluon.loss.SoftmaxCrossEntropyLoss()
+    group = get_group(kvstore)
+    group.check_contexts(contexts)
+    progress = progress and group.is_root
     amp = _setup_amp(dtype, contexts)
     all_params = net.collect_params()
     if any(set(p.list_ctx()) != set(contexts) for p in all_params.values()):
         all_params.reset_ctx(contexts)  # data parallel: a copy of every parameter per context
 
+    updates_per_epoch = math.ceil(batches_per_epoch / accumulate)
+    schedule = LinearWarmupSchedule(lr, num_epoch * updates_per_epoch, warmup_ratio)
+    # dist_async: the servers run the optimizer, counting every worker's updates
+    server_schedule = (ServerSchedule(LinearWarmupSchedule(
+        lr, num_epoch * updates_per_epoch * group.num_workers, warmup_ratio))
+        if group.update_on_kvstore else None)
     trainer = make_trainer(net, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-                           kvstore=kvstore)
+                           kvstore=group.trainer_kvstore(),
+                           update_on_kvstore=group.update_on_kvstore,
+                           lr_scheduler=server_schedule)
     if amp is not None and dtype == 'float16':
         amp.init_trainer(trainer)
     params = _trainable(net)
     if accumulate > 1:
         for param in params:
             param.grad_req = 'add'
-    updates_per_epoch = math.ceil(batches_per_epoch / accumulate)
-    schedule = LinearWarmupSchedule(lr, num_epoch * updates_per_epoch, warmup_ratio)
 
     history, start_epoch, step, best_accuracy, stale_epochs = History(), 0, 0, -1.0, 0
     if resume:
-        state = _load_checkpoint(checkpoint_dir, net, trainer, contexts)
+        state = _load_checkpoint(checkpoint_dir, net, trainer, contexts,
+                                 states=not group.update_on_kvstore)
         if state is not None:
             history = History(state['history'])
             start_epoch, step = state['epoch'] + 1, state['step']
             best_accuracy, stale_epochs = state['best_accuracy'], state['stale_epochs']
+        group.check_same(start_epoch, 'the epoch to resume from')
+    if group.is_distributed:
+        if server_schedule is not None:  # the servers' schedule continues where it was
+            trainer._optimizer.begin_num_update = trainer._optimizer.num_update = \
+                step * group.num_workers  # pylint: disable=protected-access
+        group.sync_parameters(trainer, all_params.values())
 
     for epoch in range(start_epoch, num_epoch):
         if early_stop and stale_epochs >= early_stop:
             break
-        _seed_epoch(seed, epoch, train_data)
+        _seed_epoch(seed, epoch, train_data, rank=group.rank)
         record = _train_one_epoch(net, train_data, contexts, loss_fn, trainer, params, schedule,
                                   step, accumulate, max_grad_norm, amp, epoch, num_epoch,
-                                  progress)
+                                  progress, group)
         step = record.pop('step')
-        record['test_accuracy'] = (evaluate_accuracy(net, test_data, contexts)
+        record['test_accuracy'] = (evaluate_accuracy(net, test_data, contexts, group=group)
                                    if test_data is not None else None)
         history.append(record)
         score = record['test_accuracy'] if test_data is not None else -record['train_loss']
@@ -348,25 +393,27 @@ def train_loop(net, train_data, test_data, num_epoch, lr, ctx, loss_fn=None, *,
             print(f"epoch {epoch + 1}/{num_epoch}: loss {record['train_loss']:.4f}, "
                   f"train acc {record['train_accuracy']:.4f}{test}, "
                   f"{record['samples_per_second']:.1f} samples/s", flush=True)
-        if metrics_path:
+        if metrics_path and group.is_root:
             os.makedirs(os.path.dirname(os.path.abspath(metrics_path)), exist_ok=True)
             with open(metrics_path, 'a', encoding='utf-8') as f:
                 f.write(json.dumps(record) + '\n')
-        if plot_path:
+        if plot_path and group.is_root:
             plot_history(history, plot_path)
-        if checkpoint_dir:
+        if checkpoint_dir and group.is_root:
             _save_checkpoint(checkpoint_dir, net, trainer,
                              {'epoch': epoch, 'step': step, 'history': list(history),
                               'best_accuracy': best_accuracy, 'stale_epochs': stale_epochs,
-                              'seed': seed}, is_best)
+                              'seed': seed}, is_best, states=not group.update_on_kvstore)
         if on_epoch_end is not None:
             on_epoch_end(record)
+    group.release(params)
     return history
 
 
 def _train_one_epoch(net, train_data, contexts, loss_fn, trainer, params, schedule, step,
-                     accumulate, max_grad_norm, amp, epoch, num_epoch, progress):
+                     accumulate, max_grad_norm, amp, epoch, num_epoch, progress, workers=None):
     from tqdm.auto import tqdm
+    workers = workers or get_group('device')
     loss_scaling = amp is not None and hasattr(trainer, '_amp_loss_scaler')
     total_loss = 0.0
     correct = seen = 0
@@ -379,6 +426,8 @@ def _train_one_epoch(net, train_data, contexts, loss_fn, trainer, params, schedu
         # each update averages the mean losses of its `accumulate` batches
         group = min(accumulate, batches - index // accumulate * accumulate)
         normaliser = int(batch[0].shape[0]) * group
+        if workers.gradient_divisor > 1:  # summed over the workers: a mean of the global batch
+            normaliser *= workers.gradient_divisor
         parts = _split(batch, contexts)
         with autograd.record():
             losses = []
@@ -396,13 +445,7 @@ def _train_one_epoch(net, train_data, contexts, loss_fn, trainer, params, schedu
         seen += int(batch[0].shape[0])
         if (index + 1) % accumulate == 0 or index + 1 == batches:
             step += 1
-            trainer.set_learning_rate(schedule(step))
-            trainer.allreduce_grads()
-            if max_grad_norm:
-                for c in contexts:
-                    gluon.utils.clip_global_norm([p.grad(c) for p in params], max_grad_norm,
-                                                 check_isfinite=False)
-            trainer.update(1)
+            workers.step(trainer, params, contexts, schedule(step), max_grad_norm)
             if accumulate > 1:
                 for param in params:
                     param.zero_grad()
@@ -417,6 +460,9 @@ def _train_one_epoch(net, train_data, contexts, loss_fn, trainer, params, schedu
         bar.update(1)
     bar.close()
     seconds = time.perf_counter() - start
+    if workers.is_distributed:  # over every worker's shard
+        total_loss, correct, seen = workers.allreduce([total_loss, correct, seen])
     return {'epoch': epoch, 'train_loss': total_loss / seen, 'train_accuracy': correct / seen,
             'seconds': seconds, 'samples_per_second': seen / seconds,
-            'lr': trainer.learning_rate, 'step': step}
+            'lr': schedule(step) if workers.update_on_kvstore else trainer.learning_rate,
+            'step': step}

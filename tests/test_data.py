@@ -202,3 +202,15 @@ def test_dataloader_reports_padding_waste_on_the_sample():
     assert max(b[0].shape[1] for b in batches) <= 128
     print(f'padding waste: bucketed {loader.padding_waste:.1%}, '
           f'unbucketed {loader.padding_waste_unbucketed:.1%}')
+
+
+def test_subset_and_default_pad_id_from_the_vocabulary():
+    train = data.load_sample_reviews('train')
+    small = train.subset(slice(0, 10))
+    assert len(small) == 10 and small.texts == train.texts[:10]
+    assert small.label_names == train.label_names
+    vocab = WordVocab(WORDS, pad_first=False)
+    transform = BERTTransform(whitespace_tokenizer, vocab, max_len=8)
+    loader = make_dataloader([('a b c', 1), ('a', 0)], transform, batch_size=2, shuffle=False)
+    words = next(iter(loader))[0].asnumpy()
+    assert (words[0, 3:] == vocab.pad_id).all() and vocab.pad_id != 0

@@ -124,12 +124,18 @@ def test_multi_context_equals_single_context_without_dropout():
         model.initialize()
         return model
     data = synthetic(n=32, batch_size=16, shuffle=False)
-    single, multi = net(), net()
+    single, multi, local = net(), net(), net()
     train_loop(single, data, None, 2, 1e-3, mx.cpu(), progress=False, seed=3)
     train_loop(multi, data, None, 2, 1e-3, [mx.cpu(0), mx.cpu(1)], progress=False, seed=3)
-    a, b = _params(single), _params(multi)
+    # the same through a 'local' kvstore (what --kvstore local does with several --gpus)
+    train_loop(local, data, None, 2, 1e-3, [mx.cpu(0), mx.cpu(1)], progress=False, seed=3,
+               kvstore='local')
+    a, b, d = _params(single), _params(multi), _params(local)
+    initial = _params(net())
+    assert max(np.abs(a[name] - initial[name]).max() for name in a) > 1e-4  # it trained
     for name in a:
-        np.testing.assert_allclose(a[name], b[name], atol=2e-5, err_msg=name)
+        np.testing.assert_allclose(a[name], b[name], atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(a[name], d[name], atol=1e-5, err_msg=name)
     accumulated = net()
     halves = _Loader([tuple(x[i:i + 8] for x in batch) for batch in data for i in (0, 8)],
                      shuffle=False)
@@ -166,7 +172,8 @@ def test_no_weight_decay_on_layernorm_and_bias():
 
 def test_schedule_and_exact_accuracy():
     schedule = LinearWarmupSchedule(1.0, total_steps=10, warmup_ratio=0.2)
-    assert [round(schedule(s), 3) for s in (1, 2, 3, 10)] == [0.5, 1.0, 0.875, 0.0]
+    assert [round(schedule(s), 3) for s in (1, 2, 3, 10, 11)] == [0.5, 1.0, 1.0, 0.125, 0.0]
+    assert LinearWarmupSchedule(1.0, total_steps=1, warmup_ratio=0.1)(1) == 1.0
     assert 'adamw' in mx.optimizer.Optimizer.opt_registry
     assert issubclass(AdamW, mx.optimizer.Optimizer)
 

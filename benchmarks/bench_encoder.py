@@ -32,9 +32,9 @@ def main(argv=None):
     if args.threads:
         os.environ['OMP_NUM_THREADS'] = str(args.threads)
     import numpy as np
+    import gluonbert  # first: it sets the OpenMP thread count MXNet reads at import
     import mxnet as mx
     import gluonnlp as nlp
-    import gluonbert
 
     cfg = gluonbert.BERTConfig.from_preset(args.preset)
     encoder = nlp.model.BERTEncoder(

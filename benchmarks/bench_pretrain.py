@@ -24,9 +24,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    import gluonbert  # first: it sets the OpenMP thread count MXNet reads at import
     import mxnet as mx
     import numpy as np
-    import gluonbert
     from gluonbert.data import load_sample_reviews
     from gluonbert.pretrain import PretrainingData, pretrain_loop, split_sentences
 

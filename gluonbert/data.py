@@ -10,7 +10,6 @@ A batch is ``(input_ids, valid_length, segments, label)``:
 import csv
 import dataclasses
 import glob
-import hashlib
 import json
 import os
 import socket
@@ -204,14 +203,6 @@ IMDB_SHA1 = {'train': '516a0ba06bca4e32ee11da2e129f4f871dff85dc',
              'test': '7d59bd8899841afdc1c75242815260467495b64a'}
 
 
-def _sha1(path, chunk=1 << 20):
-    digest = hashlib.sha1()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(chunk), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_imdb(split='train', root=None):
     """IMDB through ``gluonnlp.data.IMDB`` (rating >= 5 is positive); needs the download or a
     cached copy. Fails within seconds, with instructions, when neither is available."""
@@ -221,6 +212,7 @@ def load_imdb(split='train', root=None):
     root = root or os.path.join(gluonnlp.base.get_home_dir(), 'datasets', 'imdb')
     file_name, sha1 = f'{split}.json', IMDB_SHA1[split]
     path = os.path.join(os.path.expanduser(root), file_name)
+    from .pretrained import _sha1
     if not os.path.exists(path) or _sha1(path) != sha1:
         repo = os.environ.get('MXNET_GLUON_REPO',
                               'https://apache-mxnet.s3-accelerate.dualstack.amazonaws.com/')

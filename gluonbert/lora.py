@@ -21,8 +21,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
-import tempfile
 
 import mxnet as mx
 from mxnet import init
@@ -414,7 +412,7 @@ def save_lora(model, path, *, base_model='minilm', label_names=None, max_len=Non
     str
         The absolute adapter directory.
     """
-    from .pretrained import _sha1, _swap_into_place
+    from .pretrained import write_model_directory
     if not isinstance(model, BERTClassifier):
         raise TypeError(f'save_lora saves a BERTClassifier with LoRA, got '
                         f'{type(model).__name__}')
@@ -437,22 +435,8 @@ def save_lora(model, path, *, base_model='minilm', label_names=None, max_len=Non
     }
     arrays = {name: p.data().as_in_context(mx.cpu())
               for name, p in _adapter_parameters(model).items()}
-    os.makedirs(os.path.dirname(directory), exist_ok=True)
-    staging = tempfile.mkdtemp(dir=os.path.dirname(directory),
-                               prefix=f'.{os.path.basename(directory)}.tmp-')
-    try:
-        params_path = os.path.join(staging, ADAPTER_PARAMS)
-        mx.nd.save(params_path, arrays)
-        manifest['params_sha1'] = _sha1(params_path)
-        manifest['params_bytes'] = os.path.getsize(params_path)
-        with open(os.path.join(staging, ADAPTER_MANIFEST), 'w', encoding='utf-8') as f:
-            json.dump(manifest, f, indent=2)
-            f.write('\n')
-        _swap_into_place(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return directory
+    return write_model_directory(directory, manifest, {ADAPTER_PARAMS: arrays},
+                                 ADAPTER_MANIFEST)
 
 
 def _read_adapter_manifest(directory):

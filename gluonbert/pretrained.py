@@ -346,18 +346,34 @@ def save_pretrained(model, vocab, tokenizer, directory, *, label_names=None, ext
         manifest['num_classes'] = model.num_classes
         manifest['label_names'] = label_names
 
-    directory = os.path.abspath(directory)
+    arrays = {name: p.data().as_in_context(mx.cpu())
+              for name, p in named_parameters(model).items()}
+    return write_model_directory(directory, manifest, {'model.params': arrays}, MANIFEST,
+                                 write_extra=lambda staging: vocab.save(
+                                     os.path.join(staging, 'vocab.txt')))
+
+
+def write_model_directory(directory, manifest, params_files, manifest_name, write_extra=None):
+    """Assemble a directory next to ``directory`` and rename it into place, atomically.
+
+    ``params_files`` maps file names to ``{name: NDArray}``; each file's sha1 and size go
+    into ``manifest`` (``params_sha1``/``params_bytes``, for a single file), which is
+    written last as ``manifest_name``. A crash mid-save leaves any previous save intact.
+    Returns the absolute directory.
+    """
+    directory = os.path.abspath(os.fspath(directory))
     parent = os.path.dirname(directory)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(dir=parent, prefix=f'.{os.path.basename(directory)}.tmp-')
     try:
-        params_path = os.path.join(staging, 'model.params')
-        mx.nd.save(params_path, {name: p.data().as_in_context(mx.cpu())
-                                 for name, p in named_parameters(model).items()})
-        manifest['params_sha1'] = _sha1(params_path)
-        manifest['params_bytes'] = os.path.getsize(params_path)
-        vocab.save(os.path.join(staging, 'vocab.txt'))
-        with open(os.path.join(staging, MANIFEST), 'w', encoding='utf-8') as f:
+        for file_name, arrays in params_files.items():
+            params_path = os.path.join(staging, file_name)
+            mx.nd.save(params_path, arrays)
+            manifest['params_sha1'] = _sha1(params_path)
+            manifest['params_bytes'] = os.path.getsize(params_path)
+        if write_extra:
+            write_extra(staging)
+        with open(os.path.join(staging, manifest_name), 'w', encoding='utf-8') as f:
             json.dump(manifest, f, indent=2)
             f.write('\n')
         _swap_into_place(staging, directory)

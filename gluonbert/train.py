@@ -3,7 +3,6 @@
 Batches are ``(words, valid_length, segments, label)`` as produced by
 :func:`gluonbert.data.make_dataloader` (and the seed tutorial's batchify).
 """
-import contextlib
 import json
 import math
 import os

@@ -10,10 +10,9 @@ same with checkpoints, metrics and every option.
 import argparse
 import sys
 
+import gluonbert  # first: it sets the OpenMP thread count MXNet reads at import
 import mxnet as mx
 from mxnet import gluon
-
-import gluonbert
 from gluonbert.data import BERTTransform, DataError, load_dataset, make_dataloader
 from gluonbert.pretrained import PretrainedError
 

@@ -8,8 +8,8 @@ import pytest
 os.environ.setdefault('MXNET_SUBGRAPH_VERBOSE', '0')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import gluonbert  # noqa: E402,F401  (first: it sets MXNet's OpenMP thread count)
 import mxnet as mx  # noqa: E402
-import gluonbert  # noqa: E402,F401
 
 
 @pytest.fixture(autouse=True)

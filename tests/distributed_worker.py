@@ -39,8 +39,8 @@ def corpus(n=48, seed=0):
 
 
 def tiny_classifier(vocab_size, seed):
-    import mxnet as mx
     import gluonbert
+    import mxnet as mx
     mx.random.seed(seed)
     config = gluonbert.BERTConfig.from_preset('tiny', vocab_size=vocab_size, dropout=0.0,
                                               attention_dropout=0.0)
@@ -93,8 +93,8 @@ def pretraining_data():
 
 
 def tiny_pretraining_model(vocab_size, seed):
-    import mxnet as mx
     import gluonbert
+    import mxnet as mx
     mx.random.seed(seed)
     config = gluonbert.BERTConfig.from_preset('tiny', vocab_size=vocab_size, dropout=0.0,
                                               attention_dropout=0.0)

@@ -1,8 +1,6 @@
 """The command-line tools, run in-process on tiny data, and the prediction API."""
 import json
-import os
 
-import numpy as np
 import mxnet as mx
 import pytest
 

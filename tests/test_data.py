@@ -1,5 +1,4 @@
 """Data pipeline: readers and their errors, the bundled sample, the BERT transform, batching."""
-import json
 import os
 import time
 

@@ -317,16 +317,20 @@ def test_bfloat16_training_steps_are_finite_and_close_to_float32():
     assert np.allclose(losses['bfloat16'], losses['float32'], atol=0.05)
 
 
-def test_thread_default_applies_when_mxnet_was_imported_first():
-    # test_packaging covers import order gluonbert-first and OMP_NUM_THREADS set by the user
-    code = ('import os, mxnet, gluonbert\nfrom gluonbert._env import physical_cores\n'
-            'print(os.environ["OMP_NUM_THREADS"], physical_cores())')
+def test_mxnet_imported_first_warns_that_threads_cannot_be_resized():
+    # test_packaging covers import order gluonbert-first and OMP_NUM_THREADS set by the user.
+    # MXNet's engine keeps the thread count it read at import, so gluonbert must say so.
+    code = ('import warnings\nwarnings.simplefilter("always")\nimport mxnet, gluonbert\n'
+            'from gluonbert._env import physical_cores\nprint(physical_cores())')
     env = {k: v for k, v in os.environ.items() if k != 'OMP_NUM_THREADS'}
     env['PYTHONPATH'] = ROOT
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                             env=env, timeout=120)
-    threads, cores = result.stdout.split()
-    assert threads == cores
+    assert result.returncode == 0, result.stderr[-2000:]
+    cores = int(result.stdout.split()[-1])
+    if cores > 1:
+        assert 'mxnet was imported before gluonbert' in result.stderr
+        assert f'OMP_NUM_THREADS={cores}' in result.stderr
 
 
 def test_bench_suite_quick_smoke():

@@ -1,6 +1,5 @@
 """train_loop on a tiny model and synthetic, learnable data (no tokenizer needed)."""
 import json
-import os
 
 import numpy as np
 import mxnet as mx

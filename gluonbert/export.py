@@ -227,13 +227,8 @@ def export_cli(args, stdout=None):
 
 def export_main(argv=None):
     """Entry point of ``gluonbert-export``."""
-    from .cli import _fail, _user_errors
-    args = build_export_parser().parse_args(argv)
-    try:
-        export_cli(args)
-    except _user_errors() as err:
-        return _fail(PROG_EXPORT, str(err))
-    return 0
+    from .cli import run_command
+    return run_command(PROG_EXPORT, export_cli, build_export_parser().parse_args(argv))
 
 
 if __name__ == '__main__':

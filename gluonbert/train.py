@@ -71,7 +71,7 @@ def _trainable(net):
     return [p for p in net.collect_params().values() if p.grad_req != 'null']
 
 
-def make_trainer(net, *, optimizer='bertadam', lr=5e-5, weight_decay=0.01, kvstore='device',
+def make_trainer(net, *, optimizer='adamw', lr=5e-5, weight_decay=0.01, kvstore='device',
                  epsilon=1e-6, update_on_kvstore=False, lr_scheduler=None):
     """A ``gluon.Trainer`` over the trainable parameters only, without weight decay on
     LayerNorm parameters and biases.

@@ -54,3 +54,12 @@ def synthetic_sentiment_batches(n=96, batch_size=16, seq_len=12, seed=0, own_fra
         batches.append((mx.nd.array(words), mx.nd.array(lengths), mx.nd.zeros((size, seq_len)),
                         mx.nd.array(labels)))
     return batches
+
+
+def write_review_csv(path, rows):
+    """A ``review,sentiment`` CSV of ``(text, label)`` rows; returns the path as a string."""
+    with open(path, 'w', encoding='utf-8') as f:
+        f.write('review,sentiment\n')
+        for text, label in rows:
+            f.write(f'"{text}",{label}\n')
+    return str(path)

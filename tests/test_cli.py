@@ -7,6 +7,7 @@ import pytest
 import gluonbert
 from gluonbert.cli import finetune_main, predict_main, pretrain_main
 from gluonbert.pretrained import load_pretrained
+from stand_ins import write_review_csv
 
 POSITIVE = ['a wonderful, moving film', 'great acting and a lovely score',
             'I loved it, brilliant', 'superb and charming from start to end',
@@ -16,19 +17,11 @@ NEGATIVE = ['a boring, awful mess', 'terrible acting and a dull plot',
             'tedious, ugly and far too long', 'a bad story, badly told']
 
 
-def write_csv(path, rows):
-    with open(path, 'w', encoding='utf-8') as f:
-        f.write('review,sentiment\n')
-        for text, label in rows:
-            f.write(f'"{text}",{label}\n')
-    return str(path)
-
-
 @pytest.fixture
 def tiny_files(tmp_path):
     rows = [(t, 'positive') for t in POSITIVE] + [(t, 'negative') for t in NEGATIVE]
-    train = write_csv(tmp_path / 'train.csv', rows * 2)
-    test = write_csv(tmp_path / 'test.csv', rows)
+    train = write_review_csv(tmp_path / 'train.csv', rows * 2)
+    test = write_review_csv(tmp_path / 'test.csv', rows)
     return train, test
 
 
@@ -87,7 +80,7 @@ def test_finetune_bad_input_is_one_line(flags, message, capsys):
 
 
 def test_finetune_bad_data_names_file_and_line(tmp_path, capsys):
-    train = write_csv(tmp_path / 'train.csv', [('fine', 'positive'), ('odd', 'maybe')])
+    train = write_review_csv(tmp_path / 'train.csv', [('fine', 'positive'), ('odd', 'maybe')])
     assert finetune_main(finetune_args(train, train, tmp_path / 'x')) == 2
     err = capsys.readouterr().err
     assert 'train.csv:3: unknown label' in err and "'maybe'" in err
@@ -155,3 +148,19 @@ def test_predict_rejects_bad_text(tiny_sentiment, bad, error):
         gluonbert.predict_sentiment(net, mx.cpu(), vocab, tokenizer, bad)
     with pytest.raises(error, match=r'item 1'):
         gluonbert.predict(net, mx.cpu(), vocab, tokenizer, ['fine', bad])
+
+
+def test_run_command_turns_errors_and_ctrl_c_into_exit_codes(capsys):
+    from gluonbert.cli import run_command
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    def bad(args):
+        raise ValueError('bad value')
+
+    assert run_command('tool', lambda args: None, None) == 0
+    assert run_command('tool', interrupted, None, interrupted='; rerun with --resume') == 130
+    assert run_command('tool', bad, None) == 2
+    err = capsys.readouterr().err
+    assert 'tool: interrupted; rerun with --resume' in err and 'tool: error: bad value' in err

@@ -17,6 +17,7 @@ from gluonbert.params import named_parameters
 from gluonbert.pretrained import PretrainedError
 from gluonbert.tokenizer import BERTTokenizer, Vocab
 from gluonbert.train import make_trainer, train_loop
+from stand_ins import write_review_csv
 
 TINY_UNITS = 32  # the tiny preset: units 32, hidden_size 64, 2 layers
 
@@ -245,20 +246,12 @@ def test_rank_too_large_leaves_the_model_untouched():
 
 
 # ------------------------------------------------------------------------ CLI
-def _write_csv(path, rows):
-    with open(path, 'w', encoding='utf-8') as f:
-        f.write('review,sentiment\n')
-        for text, label in rows:
-            f.write(f'"{text}",{label}\n')
-    return str(path)
-
-
 @pytest.fixture
 def review_files(tmp_path):
     rows = [('a wonderful, moving film', 'positive'), ('great acting, lovely', 'positive'),
             ('I loved it, brilliant', 'positive'), ('a boring, awful mess', 'negative'),
             ('terrible acting, dull plot', 'negative'), ('I hated it, dreadful', 'negative')]
-    return _write_csv(tmp_path / 'train.csv', rows * 2), _write_csv(tmp_path / 'test.csv', rows)
+    return write_review_csv(tmp_path / 'train.csv', rows * 2), write_review_csv(tmp_path / 'test.csv', rows)
 
 
 def _finetune_args(train, test, output_dir, *extra):

@@ -419,9 +419,7 @@ def build_predict_parser():
 def _fast_model(args, net, vocab, tokenizer, ctx):
     """The classifier converted as --dtype / --quantize ask (gluonbert.fast)."""
     from . import fast
-    dtype = getattr(args, 'dtype', 'float32')
-    quantize = getattr(args, 'quantize', None)
-    calib_file = getattr(args, 'calib_file', None)
+    dtype, quantize, calib_file = args.dtype, args.quantize, args.calib_file
     if quantize and dtype != 'float32':
         raise UsageError(f'--quantize {quantize} and --dtype {dtype} do not combine; pick one')
     if calib_file and not quantize:
@@ -429,14 +427,12 @@ def _fast_model(args, net, vocab, tokenizer, ctx):
     if (quantize or dtype != 'float32') and ctx.device_type != 'cpu':
         raise UsageError('--dtype bfloat16 and --quantize int8 are CPU fast paths; use them '
                          'without --gpus')
-    if quantize == 'int8':
-        calib = fast.calibration_batches(net, vocab, tokenizer, calib_file,
-                                         batch_size=args.batch_size, max_len=args.max_len,
-                                         ctx=ctx)
-        return fast.quantize_int8(net, calib, ctx=ctx, static_shape=False)
-    if dtype == 'bfloat16':
-        return fast.to_bfloat16(net, ctx=ctx, static_shape=False)
-    return net
+    if not quantize and dtype == 'float32':
+        return net
+    calib = (fast.calibration_batches(net, vocab, tokenizer, calib_file,
+                                      batch_size=args.batch_size, max_len=args.max_len, ctx=ctx)
+             if quantize else None)
+    return fast.prepare(net, quantize or dtype, calib_batches=calib, ctx=ctx)
 
 
 def predict_cli(args, stdin=None, stdout=None):

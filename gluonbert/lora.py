@@ -238,18 +238,22 @@ def base_parameters(model):
     ``encoder.layers.0.attention.query.weight``, so the result lines up with
     ``named_parameters`` of the model before :func:`apply_lora`.
     """
-    lora = {id(p) for site in _lora_sites(model) for p in (site[3].lora_a, site[3].lora_b)}
+    lora = _lora_param_ids(model)
     return {name.replace('.base.', '.'): param
             for name, param in named_parameters(model).items() if id(param) not in lora}
 
 
 def _adapter_parameters(model):
     """``{structural name: Parameter}`` that an adapter holds: LoRA matrices and the head."""
-    head = {id(p) for p in named_parameters(_head(model)).values()} \
-        if _head(model) is not None else set()
-    lora = {id(p) for site in _lora_sites(model) for p in (site[3].lora_a, site[3].lora_b)}
-    return {name: param for name, param in named_parameters(model).items()
-            if id(param) in lora or id(param) in head}
+    head = _head(model)
+    keep = _lora_param_ids(model) | ({id(p) for p in named_parameters(head).values()}
+                                     if head is not None else set())
+    return {name: param for name, param in named_parameters(model).items() if id(param) in keep}
+
+
+def _lora_param_ids(model):
+    """ids of every LoRA A and B parameter in ``model``."""
+    return {id(p) for site in _lora_sites(model) for p in (site[3].lora_a, site[3].lora_b)}
 
 
 # -------------------------------------------------------------------- apply / merge

@@ -109,9 +109,6 @@ def export_classifier(net, vocab, tokenizer, prefix, *, dtype='float32', calib_b
     files = {'symbol': f'{prefix}-symbol.json', 'params': f'{prefix}-0000.params',
              'vocab': f'{prefix}-vocab.txt', 'meta': f'{prefix}-meta.json'}
     vocab.save(files['vocab'])
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(files['vocab'], 0o666 & ~umask)  # Vocab.save writes a private temporary file
     input_names = [s.name for s in model._cached_graph[0]]  # pylint: disable=protected-access
     if input_names != list(INPUT_NAMES):
         raise RuntimeError(f'unexpected input names {input_names}, expected {INPUT_NAMES}')

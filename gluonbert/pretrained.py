@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 import numpy as np
 import mxnet as mx
 
+from ._io import make_public
 from .config import BERTConfig
 from .convert import assign_parameters, from_gluonnlp
 from .model import BERTClassifier, BERTForPretraining, BERTModel
@@ -376,6 +377,7 @@ def write_model_directory(directory, manifest, params_files, manifest_name, writ
         with open(os.path.join(staging, manifest_name), 'w', encoding='utf-8') as f:
             json.dump(manifest, f, indent=2)
             f.write('\n')
+        make_public(staging)  # mkdtemp's directory is private (0700)
         _swap_into_place(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -5,9 +5,7 @@ The tokenizer reproduces the reference algorithm (Google BERT's ``BasicTokenizer
 space out CJK characters, lower-case and strip accents (uncased models), split on
 punctuation, then greedy longest-match-first WordPiece with ``##`` continuations.
 """
-import os
 import re
-import tempfile
 import unicodedata
 
 __all__ = ['Vocab', 'BERTTokenizer']
@@ -66,15 +64,8 @@ class Vocab:
 
     def save(self, path):
         """Write ``vocab.txt`` atomically."""
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix='.vocab-', suffix='.tmp')
-        try:
-            with os.fdopen(fd, 'w', encoding='utf-8') as f:
-                f.write('\n'.join(self.idx_to_token) + '\n')
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        from ._io import write_text
+        write_text(path, '\n'.join(self.idx_to_token) + '\n')
 
     @property
     def special_tokens(self):

@@ -7,13 +7,13 @@ import json
 import math
 import os
 import random
-import tempfile
 import time
 
 import numpy as np
 import mxnet as mx
 from mxnet import autograd, gluon
 
+from ._io import atomic_write, write_text as _write_text
 from .distributed import ServerSchedule, get_group
 
 __all__ = ['train_loop', 'evaluate_accuracy', 'AdamW', 'make_trainer', 'LinearWarmupSchedule',
@@ -97,28 +97,6 @@ def make_trainer(net, *, optimizer='adamw', lr=5e-5, weight_decay=0.01, kvstore=
     # update_on_kvstore=False: gradients are all-reduced, clipped, then applied locally.
     return gluon.Trainer(params, optimizer, options, kvstore=kvstore,
                          update_on_kvstore=update_on_kvstore)
-
-
-def atomic_write(path, write):
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.',
-                               suffix='.tmp')
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _write_text(path, text):
-    def write(tmp):
-        with open(tmp, 'w', encoding='utf-8') as f:
-            f.write(text)
-    atomic_write(path, write)
 
 
 def _as_contexts(ctx):

@@ -214,3 +214,20 @@ def test_bad_names():
         load_pretrained('bert_base')
     with pytest.raises(TypeError, match='name_or_path'):
         load_pretrained(None)
+
+
+def test_saved_files_get_normal_permissions(minilm, tmp_path):
+    """Atomic saves go through private temporary files; what lands must not stay private."""
+    import stat
+    from gluonbert._io import write_text
+    bert, vocab, tokenizer = minilm
+    old = os.umask(0o022)
+    try:
+        directory = save_pretrained(bert, vocab, tokenizer, str(tmp_path / 'model'))
+        write_text(str(tmp_path / 'metrics.json'), '{}\n')
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(directory).st_mode) == 0o755
+    for name in ('model.params', 'vocab.txt', 'gluonbert.json'):
+        assert stat.S_IMODE(os.stat(os.path.join(directory, name)).st_mode) == 0o644, name
+    assert stat.S_IMODE(os.stat(tmp_path / 'metrics.json').st_mode) == 0o644

@@ -93,6 +93,25 @@ def test_fold_constants_is_exact(trained):
     assert np.array_equal(block(*inputs).asnumpy(), net(*inputs).asnumpy())
 
 
+def test_float32_fast_path_matches_and_leaves_the_net_alone(trained):
+    net, _, _, batches = trained
+    cached = net._cached_graph
+    reference, _ = logits_and_probs(net, batches)
+    fused = fast.to_float32(net, static_shape=False)
+    assert isinstance(fused, fast.InferenceClassifier) and fused.dtype == 'float32'
+    graph = fused._cached_graph[1].tojson()
+    assert '_sg_mkldnn_selfatt_qk' in graph and '_sg_mkldnn_fully_connected' in graph
+    # batches of other shapes than the one it was partitioned with
+    logits, _ = logits_and_probs(fused, batches)
+    np.testing.assert_allclose(logits, reference, rtol=1e-4, atol=1e-5)
+    short = tuple(x[:3] for x in model_inputs(batches[0]))
+    short = (short[0][:, :5], short[1][:, :5], mx.nd.minimum(short[2], 5))
+    np.testing.assert_allclose(fused(*short).asnumpy(), net(*short).asnumpy(), rtol=1e-4,
+                               atol=1e-5)
+    assert net._cached_graph is cached  # net's own (training) graph is untouched
+    assert isinstance(fast.prepare(net, 'float32'), fast.InferenceClassifier)
+
+
 def test_bfloat16_close_to_float32(trained):
     net, _, _, batches = trained
     reference, ref_probs = logits_and_probs(net, batches)

@@ -149,6 +149,10 @@ def build_finetune_parser():
     run.add_argument('--early-stop', type=int, default=None, metavar='N',
                      help='stop after N epochs without a better test accuracy')
     run.add_argument('--no-progress', action='store_true', help='no progress bar')
+    run.add_argument('--profile', action='store_true',
+                     help='print where the wall time went (loading, tokenizing, forward/'
+                          'backward, updates, evaluation, saving) and store it in '
+                          'metrics.json; the run is slightly slower')
     return parser
 
 
@@ -266,19 +270,23 @@ def finetune(args):
     from .lora import apply_lora, lora_parameter_counts
     from .predict import predict_sentiment
     from .pretrained import MINILM_NAME, save_pretrained
+    from .timing import NO_TIMER, PhaseTimer
     from .train import train_loop
 
     _validate_finetune_args(args)
     contexts = _contexts(args.gpus)
     group, contexts = _join_group(args.kvstore, contexts)
     started = time.perf_counter()
-    bert, vocab, tokenizer, default_lr = _load_model(args, contexts)
+    timer = PhaseTimer() if getattr(args, 'profile', False) else NO_TIMER
+    with timer('load_model'):
+        bert, vocab, tokenizer, default_lr = _load_model(args, contexts)
     if args.epochs is None:
         args.epochs = 5 if args.model == MINILM_NAME else 3
     if args.max_len > bert.config.max_length:
         raise UsageError(f'--max-len {args.max_len} exceeds the model max_length '
                          f'{bert.config.max_length}')
-    train_set, test_set = _load_data(args)
+    with timer('read_data'):
+        train_set, test_set = _load_data(args)
     if train_set.label_names != test_set.label_names:
         raise UsageError(f'train labels {train_set.label_names} and test labels '
                          f'{test_set.label_names} differ')
@@ -286,13 +294,14 @@ def finetune(args):
     transform = BERTTransform(tokenizer, vocab, max_len=args.max_len, truncate=args.truncate)
     round_to = 8 if contexts[0].device_type == 'gpu' else None
     # each worker of a distributed job reads its own shard (equal shards for training)
-    train_data = make_dataloader(train_set, transform, batch_size=args.batch_size, shuffle=True,
-                                 seed=args.seed, pad_id=vocab.pad_id, round_to=round_to,
-                                 num_shards=group.num_workers, shard_index=group.rank)
-    test_data = make_dataloader(test_set, transform, batch_size=args.batch_size, shuffle=False,
-                                seed=args.seed, pad_id=vocab.pad_id, round_to=round_to,
-                                num_shards=group.num_workers, shard_index=group.rank,
-                                even_shards=False)
+    with timer('tokenize'):
+        shards = dict(num_shards=group.num_workers, shard_index=group.rank)
+        train_data = make_dataloader(train_set, transform, batch_size=args.batch_size,
+                                     shuffle=True, seed=args.seed, pad_id=vocab.pad_id,
+                                     round_to=round_to, **shards)
+        test_data = make_dataloader(test_set, transform, batch_size=args.batch_size,
+                                    shuffle=False, seed=args.seed, pad_id=vocab.pad_id,
+                                    round_to=round_to, even_shards=False, **shards)
 
     mx.random.seed(args.seed)
     net = BERTClassifier(bert, num_classes=len(label_names), dropout=args.dropout)
@@ -333,22 +342,23 @@ def finetune(args):
         resume=args.resume, early_stop=args.early_stop,
         metrics_path=os.path.join(output_dir, 'metrics.jsonl'),
         plot_path=os.path.join(output_dir, 'history.png'), progress=not args.no_progress,
-        kvstore=args.kvstore)
+        kvstore=args.kvstore, timer=timer)
     if not group.is_root:  # rank 0 saves the model and the metrics
         return {'rank': group.rank, 'num_workers': group.num_workers, 'history': list(history)}
 
     best = history.best
     best_params = os.path.join(output_dir, 'checkpoints', 'best.params')
-    if os.path.exists(best_params):
-        net.load_parameters(best_params, ctx=contexts)
     model_dir = os.path.join(output_dir, 'model')
-    net.extra = {'max_len': args.max_len, 'truncate': args.truncate}
-    lora = _save_adapter(args, net, vocab, tokenizer, output_dir) \
-        if args.lora_rank is not None else {}
-    save_pretrained(net, vocab, tokenizer, model_dir,
-                    extra={'max_len': args.max_len, 'truncate': args.truncate,
-                           'base_model': args.model,
-                           **({'lora': lora['lora']} if lora else {})})
+    with timer('save'):
+        if os.path.exists(best_params):
+            net.load_parameters(best_params, ctx=contexts)
+        net.extra = {'max_len': args.max_len, 'truncate': args.truncate}
+        lora = _save_adapter(args, net, vocab, tokenizer, output_dir) \
+            if args.lora_rank is not None else {}
+        save_pretrained(net, vocab, tokenizer, model_dir,
+                        extra={'max_len': args.max_len, 'truncate': args.truncate,
+                               'base_model': args.model,
+                               **({'lora': lora['lora']} if lora else {})})
     train_seconds = sum(r['seconds'] for r in history)
     train_examples = sum(r['samples_per_second'] * r['seconds'] for r in history)
     metrics = {
@@ -370,10 +380,15 @@ def finetune(args):
         'adapter_dir': lora.get('adapter_dir'), 'adapter_bytes': lora.get('adapter_bytes'),
         'lora': lora.get('lora'),
     }
+    example = 'this movie is so great'
+    with timer('predict'):
+        prediction = predict_sentiment(net, contexts[0], vocab, tokenizer, example)
+    if timer is not NO_TIMER:
+        wall = time.perf_counter() - started
+        metrics['profile'] = dict(timer.to_dict(wall),
+                                  outside_forward_backward=timer.share_outside(wall))
     from .train import _write_text
     _write_text(os.path.join(output_dir, 'metrics.json'), json.dumps(metrics, indent=2) + '\n')
-    example = 'this movie is so great'
-    prediction = predict_sentiment(net, contexts[0], vocab, tokenizer, example)
     print(f"test accuracy {metrics['test_accuracy']:.4f} (epoch {metrics['best_epoch']}), "
           f"{metrics['train_samples_per_second']:.1f} train samples/s, "
           f"{metrics['wall_seconds']:.0f} s in all")
@@ -382,6 +397,12 @@ def finetune(args):
         print(f"LoRA adapter ({lora['adapter_bytes']:,} bytes) saved to {lora['adapter_dir']}")
     print(f'predict_sentiment({example!r}) -> {prediction.label} '
           f'(p={prediction.probability:.3f})')
+    if 'profile' in metrics:
+        print('where the time went (--profile):')
+        for line in timer.table(metrics['profile']['wall_seconds']):
+            print('  ' + line)
+        print(f"  {metrics['profile']['outside_forward_backward']:.1%} of the wall time outside "
+              f"forward/backward passes (training and evaluation)")
     return metrics
 
 

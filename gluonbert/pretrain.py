@@ -18,7 +18,8 @@ from mxnet import autograd, gluon
 
 from .data import DataError
 from .distributed import ServerSchedule, get_group, shard
-from .train import LinearWarmupSchedule, atomic_write, make_trainer, _write_text
+from .train import (LinearWarmupSchedule, atomic_write, load_trainer_states, make_trainer,
+                    save_trainer_states, _write_text)
 
 __all__ = ['read_corpus', 'split_sentences', 'PretrainingData', 'pretrain_loop',
            'evaluate_pretraining', 'IS_NEXT', 'NOT_NEXT']
@@ -327,7 +328,7 @@ def pretrain_loop(model, data, *, steps, batch_size=32, lr=1e-4, ctx=None, eval_
                 state = json.load(f)
             model.load_parameters(os.path.join(checkpoint_dir, 'last.params'), ctx=ctx)
             if not group.update_on_kvstore:
-                trainer.load_states(os.path.join(checkpoint_dir, 'last.states'))
+                load_trainer_states(trainer, os.path.join(checkpoint_dir, 'last.states'))
             step, records = state['step'], state['records']
         group.check_same(step, 'the step to resume from')
     if group.is_distributed:
@@ -388,7 +389,8 @@ def pretrain_loop(model, data, *, steps, batch_size=32, lr=1e-4, ctx=None, eval_
                                                  step == steps):
             atomic_write(os.path.join(checkpoint_dir, 'last.params'), model.save_parameters)
             if not group.update_on_kvstore:  # dist_async: the states live on the servers
-                atomic_write(os.path.join(checkpoint_dir, 'last.states'), trainer.save_states)
+                atomic_write(os.path.join(checkpoint_dir, 'last.states'),
+                             lambda tmp: save_trainer_states(trainer, tmp))
             _write_text(os.path.join(checkpoint_dir, 'last.json'),
                         json.dumps({'step': step, 'records': records}))
     bar.close()

@@ -164,3 +164,24 @@ def test_run_command_turns_errors_and_ctrl_c_into_exit_codes(capsys):
     assert run_command('tool', bad, None) == 2
     err = capsys.readouterr().err
     assert 'tool: interrupted; rerun with --resume' in err and 'tool: error: bad value' in err
+
+
+def test_finetune_profile_accounts_for_the_wall_time(tiny_files, tmp_path, capsys):
+    train, test = tiny_files
+    out = tmp_path / 'run'
+    assert finetune_main(finetune_args(train, test, out, '--profile')) == 0
+    profile = json.loads((out / 'metrics.json').read_text())['profile']
+    phases, calls = profile['phases'], profile['calls']
+    for name in ('load_model', 'read_data', 'tokenize', 'data', 'forward_backward', 'update',
+                 'evaluate', 'checkpoint', 'save', 'predict'):
+        assert phases[name] >= 0, name
+    # 24 training rows in batches of 8, 2 epochs: one forward/backward and update each
+    assert calls['forward_backward'] == calls['update'] == 6
+    assert calls['evaluate'] == 2
+    assert sum(phases.values()) <= profile['wall_seconds'] + 1e-3
+    assert profile['unaccounted_seconds'] <= 0.1 * profile['wall_seconds'] + 0.2
+    inside = phases['forward_backward'] + phases['evaluate']
+    assert profile['outside_forward_backward'] == pytest.approx(
+        1 - inside / profile['wall_seconds'], abs=1e-3)
+    printed = capsys.readouterr().out
+    assert 'where the time went' in printed and 'forward_backward' in printed

@@ -169,3 +169,132 @@ def test_schedule_and_exact_accuracy():
             (mx.nd.zeros((5, 2)), mx.nd.ones(5), mx.nd.zeros((5, 2)),
              mx.nd.array([1, 0, 0, 0, 0]))]
     assert evaluate_accuracy(Constant(), data, mx.cpu()) == 0.5
+
+
+def test_phase_timer_charges_engine_work_to_its_phase():
+    import time
+    from gluonbert.timing import PhaseTimer
+    timer = PhaseTimer()
+    with timer('sleep'):
+        time.sleep(0.05)
+    with timer('compute'):
+        # returns at once; the timer waits for the engine before closing the phase
+        x = mx.nd.random.uniform(shape=(600, 600))
+        for _ in range(20):
+            x = mx.nd.dot(x, x) / 600
+    assert x.shape == (600, 600)
+    with timer('sleep'):
+        pass
+    assert timer.counts == {'sleep': 2, 'compute': 1}
+    assert timer.seconds['sleep'] >= 0.05
+    wall = timer.total + 1.0
+    assert timer.share_outside(wall, compute=('compute',)) == pytest.approx(
+        1 - timer.seconds['compute'] / wall)
+    lines = timer.table(wall)
+    assert lines[-1].startswith('total') and any('(not in a phase)' in l for l in lines)
+    record = timer.to_dict(wall)
+    assert record['unaccounted_seconds'] == pytest.approx(1.0, abs=1e-3)
+    with pytest.raises(ValueError, match='wall time'):
+        timer.share_outside(0)
+
+
+def _trained_trainer(contexts=(mx.cpu(),)):
+    from mxnet import autograd
+    from gluonbert.train import make_trainer
+    net = tiny_classifier()
+    net.collect_params().reset_ctx(list(contexts))
+    trainer = make_trainer(net, lr=1e-3)
+    for words, valid_length, segments, label in synthetic(n=32):
+        for ctx in contexts:
+            with autograd.record():
+                loss = gluon.loss.SoftmaxCELoss()(
+                    net(words.as_in_context(ctx), segments.as_in_context(ctx),
+                        valid_length.as_in_context(ctx)), label.as_in_context(ctx)).mean()
+            loss.backward()
+        trainer.step(1)
+    return net, trainer
+
+
+def _states(trainer):
+    return {index: [x.asnumpy() for x in state]
+            for index, state in trainer._updaters[0].states.items()}
+
+
+def test_trainer_states_round_trip_in_binary_and_pickled_form(tmp_path):
+    from gluonbert.train import load_trainer_states, make_trainer, save_trainer_states
+    _, trainer = _trained_trainer()
+    expected = _states(trainer)
+    counts = dict(trainer._optimizer._index_update_count)
+    assert expected and max(counts.values()) == 2
+    save_trainer_states(trainer, str(tmp_path / 'binary'))
+    trainer.save_states(str(tmp_path / 'pickled'))  # an older checkpoint's format
+    for name in ('binary', 'pickled'):
+        fresh = make_trainer(tiny_classifier(seed=5), lr=1e-3)
+        load_trainer_states(fresh, str(tmp_path / name))
+        got = _states(fresh)
+        assert set(got) == set(expected)
+        for index in expected:
+            for want, have in zip(expected[index], got[index]):
+                assert np.array_equal(want, have)
+        assert dict(fresh._optimizer._index_update_count) == counts
+        assert fresh._optimizer.num_update == trainer._optimizer.num_update
+    (tmp_path / 'junk').write_bytes(b'not a state file')
+    with pytest.raises(Exception):
+        load_trainer_states(make_trainer(tiny_classifier(), lr=1e-3), str(tmp_path / 'junk'))
+
+
+def test_best_params_is_a_link_to_the_last_checkpoint(tmp_path):
+    import os
+    net = tiny_classifier()
+    train_loop(net, synthetic(n=32), synthetic(n=32, seed=1), 1, 1e-3, mx.cpu(),
+               progress=False, checkpoint_dir=str(tmp_path))
+    assert os.path.samefile(tmp_path / 'best.params', tmp_path / 'last.params')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['best.params', 'last.json',
+                                                          'last.params', 'last.states']
+    loaded = tiny_classifier(seed=3)
+    loaded.load_parameters(str(tmp_path / 'best.params'))
+    for name, value in _params(net).items():
+        assert np.array_equal(_params(loaded)[name], value)
+
+
+@pytest.mark.parametrize('optimizer', ['adamw', 'sgd'])
+@pytest.mark.parametrize('max_norm', [1e-3, 1e3])  # clipping active / inactive
+def test_gradient_clipping_matches_clip_global_norm(optimizer, max_norm):
+    from mxnet import autograd
+    from gluonbert.distributed import get_group
+    from gluonbert.train import make_trainer
+    batch = synthetic(n=16)[0]
+    nets = [tiny_classifier(), tiny_classifier()]
+    trainers = [make_trainer(net, optimizer=optimizer, lr=1e-2) for net in nets]
+    for step in range(2):  # no clipping on the second: no stale factor may be reused
+        clip = max_norm if step == 0 else None
+        for net in nets:
+            words, valid_length, segments, label = batch
+            mx.random.seed(step)  # the same dropout masks for both
+            with autograd.record():
+                loss = gluon.loss.SoftmaxCELoss()(net(words, segments, valid_length),
+                                                  label).mean()
+            loss.backward()
+        params = [[p for p in net.collect_params().values() if p.grad_req != 'null']
+                  for net in nets]
+        if clip:
+            gluon.utils.clip_global_norm([p.grad() for p in params[0]], clip,
+                                         check_isfinite=False)
+        trainers[0].set_learning_rate(1e-2)
+        trainers[0].update(1)
+        get_group('device').step(trainers[1], params[1], [mx.cpu()], 1e-2, clip)
+        # adamw takes the factor into its update; sgd gets its gradients scaled
+        folded = getattr(trainers[1].optimizer, 'grad_scale', None) is not None
+        assert folded == (optimizer == 'adamw' and clip is not None)
+    expected, got = _params(nets[0]), _params(nets[1])
+    for name in expected:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+
+
+def test_a_failed_checkpoint_write_is_raised_not_lost(tmp_path):
+    blocker = tmp_path / 'not_a_directory'
+    blocker.write_text('a file where the checkpoint directory should be')
+    with pytest.raises(OSError):
+        train_loop(tiny_classifier(), synthetic(n=32), None, 2, 1e-3, mx.cpu(),
+                   progress=False, checkpoint_dir=str(blocker))

@@ -306,8 +306,8 @@ def optimize(net, *, static_shape=True, backend=None, example=None):
         ``max_len``; a new shape re-plans once).
     backend : str, optional
         Partition the graph for a subgraph backend first, e.g. ``'MKLDNN'`` (oneDNN
-        operator fusion; MXNet 1.9.1 already applies it to hybridized CPU graphs, so it
-        usually changes little).
+        operator fusion: fused self-attention and Dense+GELU kernels, which a plainly
+        hybridized graph does not get; :func:`to_float32` does this on a folded copy).
     example : tuple of NDArray, optional
         Inputs for ``backend`` partitioning (default :func:`example_inputs`).
     """

@@ -34,17 +34,9 @@ def main(argv=None):
     import numpy as np
     import gluonbert  # first: it sets the OpenMP thread count MXNet reads at import
     import mxnet as mx
-    import gluonnlp as nlp
 
     cfg = gluonbert.BERTConfig.from_preset(args.preset)
-    encoder = nlp.model.BERTEncoder(
-        num_layers=cfg.num_layers, units=cfg.units, hidden_size=cfg.hidden_size,
-        max_length=cfg.max_length, num_heads=cfg.num_heads, dropout=cfg.dropout,
-        output_attention=False, output_all_encodings=False, layer_norm_eps=cfg.layer_norm_eps)
-    reference = nlp.model.BERTModel(encoder, vocab_size=cfg.vocab_size,
-                                    token_type_vocab_size=cfg.type_vocab_size, units=cfg.units,
-                                    embed_size=cfg.units, use_pooler=True, use_decoder=False,
-                                    use_classifier=False)
+    reference = gluonbert.convert.gluonnlp_model(cfg)
     reference.initialize(mx.init.Normal(0.02))
     ours = gluonbert.from_gluonnlp(reference)
 

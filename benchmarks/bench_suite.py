@@ -332,17 +332,8 @@ def _gluonbert_train_step(cfg, batch, gluonnlp_model=False):
     config = gluonbert.BERTConfig(**cfg)
     if gluonnlp_model:
         import gluonnlp as nlp
-        encoder = nlp.model.BERTEncoder(
-            num_layers=config.num_layers, units=config.units, hidden_size=config.hidden_size,
-            max_length=config.max_length, num_heads=config.num_heads, dropout=config.dropout,
-            output_attention=False, output_all_encodings=False,
-            layer_norm_eps=config.layer_norm_eps)
-        bert = nlp.model.BERTModel(encoder, vocab_size=config.vocab_size,
-                                   token_type_vocab_size=config.type_vocab_size,
-                                   units=config.units, embed_size=config.units, use_pooler=True,
-                                   use_decoder=False, use_classifier=False)
-        net = nlp.model.BERTClassifier(bert, num_classes=2, dropout=0.1)
-        net.initialize(mx.init.Normal(0.02))
+        net = nlp.model.BERTClassifier(gluonnlp_bert(cfg), num_classes=2, dropout=0.1)
+        net.classifier.initialize(mx.init.Normal(0.02))
     else:
         net = gluonbert.BERTClassifier(gluonbert.BERTModel(config), num_classes=2)
         net.initialize()
@@ -428,18 +419,32 @@ def preset_config(name):
 
 def gluonnlp_bert(cfg):
     import mxnet as mx
-    import gluonnlp as nlp
-    encoder = nlp.model.BERTEncoder(
-        num_layers=cfg['num_layers'], units=cfg['units'], hidden_size=cfg['hidden_size'],
-        max_length=cfg['max_length'], num_heads=cfg['num_heads'], dropout=cfg['dropout'],
-        output_attention=False, output_all_encodings=False,
-        layer_norm_eps=cfg['layer_norm_eps'])
-    model = nlp.model.BERTModel(encoder, vocab_size=cfg['vocab_size'],
-                                token_type_vocab_size=cfg['type_vocab_size'],
-                                units=cfg['units'], embed_size=cfg['units'], use_pooler=True,
-                                use_decoder=False, use_classifier=False)
+    import gluonbert
+    model = gluonbert.convert.gluonnlp_model(gluonbert.BERTConfig(**cfg))
     model.initialize(mx.init.Normal(0.02))
     return model
+
+
+def hf_variants(group, unit, size, batch, hf, keep, flops=None):
+    """The Hugging Face fp32 and bf16-autocast variants of ``group`` ('inference' or
+    'training'), run by the HF worker (or marked missing)."""
+    batch_size, seq_len = batch
+    cfg = preset_config(size)
+    variants = []
+    for dtype, short in (('float32', 'fp32'), ('bfloat16', 'bf16 autocast')):
+        name = f'HF transformers {short}'
+        if not keep(name):
+            continue
+        variant = Variant(group, f'{name} ({size} {batch_size}x{seq_len})', unit, batch_size,
+                          flops=flops, peak=dtype if flops else None)
+        if hf.worker is None:
+            variant.error = hf.missing
+        else:
+            setup_remote(hf.worker, variant, {
+                'kind': group, 'config': cfg, 'batch': [batch_size, seq_len],
+                'dtype': dtype, 'weights': hf.weights(size)})
+        variants.append(variant)
+    return variants
 
 
 def inference_group(size, settings, hf, keep):
@@ -487,19 +492,8 @@ def inference_group(size, settings, hf, keep):
         reference.hybridize(static_alloc=True, static_shape=True)
         return reference
     add('GluonNLP fp32', make_reference, 'float32')
-    for dtype, short in (('float32', 'fp32'), ('bfloat16', 'bf16 autocast')):
-        name = f'HF transformers {short}'
-        if not keep(name):
-            continue
-        variant = Variant('inference', f'{name} ({label})', 'seq/s', batch_size, flops=flops,
-                          peak=dtype)
-        if hf.worker is None:
-            variant.error = hf.missing
-        else:
-            setup_remote(hf.worker, variant, {
-                'kind': 'inference', 'config': cfg, 'batch': [batch_size, seq_len],
-                'dtype': dtype, 'weights': hf.weights(size)})
-        variants.append(variant)
+    variants += hf_variants('inference', 'seq/s', size, (batch_size, seq_len), hf, keep,
+                            flops=flops)
     # the GEMM peak, timed in the same rounds: machine noise hits it and the models alike
     variants = gemm_group(settings, settings['repeats'], during=size) + variants
     measure(variants, settings['repeats'], settings['warmup'])
@@ -530,18 +524,7 @@ def training_group(size, settings, hf, keep, amp_worker):
             setup_remote(worker, variant, {'kind': 'training', 'config': cfg,
                                            'batch': [batch_size, seq_len]})
         variants.append(variant)
-    for dtype, short in (('float32', 'fp32'), ('bfloat16', 'bf16 autocast')):
-        name = f'HF transformers {short}'
-        if not keep(name):
-            continue
-        variant = Variant('training', f'{name} ({label})', 'samples/s', batch_size)
-        if hf.worker is None:
-            variant.error = hf.missing
-        else:
-            setup_remote(hf.worker, variant, {
-                'kind': 'training', 'config': cfg, 'batch': [batch_size, seq_len],
-                'dtype': dtype, 'weights': hf.weights(size)})
-        variants.append(variant)
+    variants += hf_variants('training', 'samples/s', size, (batch_size, seq_len), hf, keep)
     measure(variants, settings['repeats'], settings['warmup'])
     return variants
 

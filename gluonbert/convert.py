@@ -7,7 +7,7 @@ from .config import BERTConfig
 from .model import BERTForPretraining, BERTModel
 from .params import named_parameters
 
-__all__ = ['from_gluonnlp', 'assign_parameters']
+__all__ = ['from_gluonnlp', 'gluonnlp_model', 'assign_parameters']
 
 # GluonNLP structural name -> gluonbert structural name (relative to the BERTModel).
 _GLUONNLP_RULES = [
@@ -75,6 +75,26 @@ def _activation_name(ffn):
     if kind == 'Activation':
         return act._act_type  # pylint: disable=protected-access
     raise ValueError(f'unsupported GluonNLP FFN activation {act!r}')
+
+
+def gluonnlp_model(config, *, use_decoder=False, use_classifier=False):
+    """An uninitialised ``gluonnlp.model.BERTModel`` of ``config``'s shape: the reference
+    gluonbert is tested and benchmarked against (:func:`from_gluonnlp` converts it back).
+
+    ``config.attention_dropout`` is not used: GluonNLP has one dropout rate.
+    """
+    import gluonnlp
+    activation = {'gelu': 'gelu', 'gelu_tanh': 'approx_gelu'}.get(config.activation,
+                                                                  config.activation)
+    encoder = gluonnlp.model.BERTEncoder(
+        num_layers=config.num_layers, units=config.units, hidden_size=config.hidden_size,
+        max_length=config.max_length, num_heads=config.num_heads, dropout=config.dropout,
+        output_attention=False, output_all_encodings=False,
+        layer_norm_eps=config.layer_norm_eps, activation=activation)
+    return gluonnlp.model.BERTModel(
+        encoder, vocab_size=config.vocab_size, token_type_vocab_size=config.type_vocab_size,
+        units=config.units, embed_size=config.units, use_pooler=True, use_decoder=use_decoder,
+        use_classifier=use_classifier)
 
 
 def _config_from_gluonnlp(nlp_model, arrays):

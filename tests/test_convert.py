@@ -1,23 +1,15 @@
 """Parity with GluonNLP's BERT: random GluonNLP weights, converted, same outputs."""
 import numpy as np
 import mxnet as mx
-import gluonnlp as nlp
 import pytest
 
 import gluonbert
 from conftest import make_batch
 
 
-def _gluonnlp_bert(config, use_decoder=True, use_classifier=True, dropout=0.1):
-    encoder = nlp.model.BERTEncoder(
-        num_layers=config.num_layers, units=config.units, hidden_size=config.hidden_size,
-        max_length=config.max_length, num_heads=config.num_heads, dropout=dropout,
-        output_attention=False, output_all_encodings=False,
-        layer_norm_eps=config.layer_norm_eps)
-    model = nlp.model.BERTModel(encoder, vocab_size=config.vocab_size,
-                                token_type_vocab_size=config.type_vocab_size,
-                                units=config.units, embed_size=config.units, use_pooler=True,
-                                use_decoder=use_decoder, use_classifier=use_classifier)
+def _gluonnlp_bert(config, use_decoder=True, use_classifier=True):
+    model = gluonbert.convert.gluonnlp_model(config, use_decoder=use_decoder,
+                                             use_classifier=use_classifier)
     # wide weights so that differences would show
     model.initialize(mx.init.Normal(0.3))
     return model
@@ -64,15 +56,9 @@ def test_bert_base_parity_with_gluonnlp():
 
 
 def test_converter_carries_eps_activation_and_skips_heads():
-    config = gluonbert.BERTConfig.from_preset('tiny')
-    encoder = nlp.model.BERTEncoder(num_layers=1, units=32, hidden_size=64, max_length=64,
-                                    num_heads=4, dropout=0.0, output_attention=False,
-                                    output_all_encodings=False, layer_norm_eps=1e-5,
-                                    activation='relu')
-    source = nlp.model.BERTModel(encoder, vocab_size=99, token_type_vocab_size=2, units=32,
-                                 embed_size=32, use_pooler=True, use_decoder=False,
-                                 use_classifier=False)
-    source.initialize(mx.init.Normal(0.3))
+    config = gluonbert.BERTConfig.from_preset('tiny', num_layers=1, layer_norm_eps=1e-5,
+                                              activation='relu', dropout=0.0)
+    source = _gluonnlp_bert(config, use_decoder=False, use_classifier=False)
     converted = gluonbert.from_gluonnlp(source)
     assert isinstance(converted, gluonbert.BERTModel)
     assert converted.config.layer_norm_eps == 1e-5
@@ -86,7 +72,6 @@ def test_converter_carries_eps_activation_and_skips_heads():
     with_heads = _gluonnlp_bert(config)
     assert isinstance(gluonbert.from_gluonnlp(with_heads, with_heads=False),
                       gluonbert.BERTModel)
-    del config
 
 
 def test_converter_rejects_wrong_input():
@@ -105,3 +90,15 @@ def test_assign_parameters_reports_every_problem():
     assert 'missing from test: encoder.word_embed.weight' in message
     assert 'not used from test: bogus.weight' in message
     assert 'pooler.bias: (3,) vs (32,)' in message
+
+
+@pytest.mark.parametrize('activation', ['gelu', 'gelu_tanh', 'relu'])
+def test_gluonnlp_model_round_trips_the_config(activation):
+    config = gluonbert.BERTConfig.from_preset('tiny', activation=activation,
+                                              layer_norm_eps=1e-6, max_length=48)
+    source = gluonbert.convert.gluonnlp_model(config)
+    source.initialize()
+    back = gluonbert.from_gluonnlp(source).config
+    for field in ('vocab_size', 'units', 'hidden_size', 'num_heads', 'num_layers',
+                  'max_length', 'type_vocab_size', 'dropout', 'layer_norm_eps', 'activation'):
+        assert getattr(back, field) == getattr(config, field), field

@@ -63,12 +63,9 @@ def _fake_zoo(tmp_path, monkeypatch, corrupt=False):
     nlp_vocab = nlp.vocab.BERTVocab(
         nlp.data.count_tokens([t for t in tokens if not t.startswith('[')]),
         token_to_idx={t: i for i, t in enumerate(tokens)})
-    encoder = nlp.model.BERTEncoder(num_layers=2, units=32, hidden_size=64, max_length=64,
-                                    num_heads=4, dropout=0.1, output_attention=False,
-                                    output_all_encodings=False, layer_norm_eps=1e-12)
-    source = nlp.model.BERTModel(encoder, len(tokens), token_type_vocab_size=2, units=32,
-                                 embed_size=32, use_pooler=True, use_decoder=True,
-                                 use_classifier=True)
+    source = gluonbert.convert.gluonnlp_model(
+        gluonbert.BERTConfig.from_preset('tiny', vocab_size=len(tokens), dropout=0.1),
+        use_decoder=True, use_classifier=True)
     source.initialize(mx.init.Normal(0.2))
     source(mx.nd.zeros((1, 3)), mx.nd.zeros((1, 3)), mx.nd.array([3]), mx.nd.zeros((1, 1)))
     params = tmp_path / 'model.params'

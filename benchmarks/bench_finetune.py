@@ -18,6 +18,8 @@ import sys
 import tempfile
 import time
 
+from gluonbert.timing import COMPUTE_PHASES
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -61,8 +63,7 @@ def main(argv=None):
     wall = statistics.median(walls)
     names = sorted({name for row in rows for name in row},
                    key=lambda name: -statistics.median(row.get(name, 0.0) for row in rows))
-    compute = ('forward_backward', 'evaluate')
-    inside = statistics.median(sum(row.get(n, 0.0) for n in compute) for row in rows)
+    inside = statistics.median(sum(row.get(n, 0.0) for n in COMPUTE_PHASES) for row in rows)
     train_only = statistics.median(row.get('forward_backward', 0.0) for row in rows)
     metrics = runs[0][1]
     print(f"gluonbert-finetune --profile {' '.join(args.finetune_args)}".rstrip())

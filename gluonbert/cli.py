@@ -277,7 +277,7 @@ def finetune(args):
     contexts = _contexts(args.gpus)
     group, contexts = _join_group(args.kvstore, contexts)
     started = time.perf_counter()
-    timer = PhaseTimer() if getattr(args, 'profile', False) else NO_TIMER
+    timer = PhaseTimer() if args.profile else NO_TIMER
     with timer('load_model'):
         bert, vocab, tokenizer, default_lr = _load_model(args, contexts)
     if args.epochs is None:

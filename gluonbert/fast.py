@@ -190,8 +190,9 @@ def _trace(net, inputs):
     if isinstance(net, SymbolBlock):
         data, sym = net._cached_graph  # pylint: disable=protected-access
         return [d.name for d in data], sym
-    net(*inputs)  # completes any deferred parameter initialisation
-    mx.nd.waitall()
+    if any(p._deferred_init for p in net.collect_params().values()):  # pylint: disable=protected-access
+        net(*inputs)  # one forward gives the deferred parameters their shapes
+        mx.nd.waitall()
     with additive_attention_mask():
         sym = net(*[mx.sym.var(name) for name in INPUT_NAMES])
     return list(INPUT_NAMES), sym
@@ -508,8 +509,10 @@ def prepare(net, dtype='float32', *, calib_batches=None, ctx=None, static_shape=
     """
     if dtype not in DTYPES:
         raise ValueError(f'dtype must be one of {DTYPES}, got {dtype!r}')
+    if ctx is None:  # where the model is
+        ctx = next(iter(net.collect_params().values())).list_ctx()[0]
     if dtype == 'float32':
-        if ctx is not None and ctx.device_type != 'cpu':
+        if ctx.device_type != 'cpu':
             return optimize(net, static_shape=static_shape)
         return to_float32(net, ctx=ctx, static_shape=static_shape)
     if dtype == 'bfloat16':

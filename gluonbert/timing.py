@@ -27,8 +27,7 @@ class PhaseTimer:
     ['load']
     """
 
-    def __init__(self, sync=True):
-        self.sync = sync
+    def __init__(self):
         self.seconds = {}
         self.counts = {}
 
@@ -38,8 +37,7 @@ class PhaseTimer:
         try:
             yield
         finally:
-            if self.sync:
-                mx.nd.waitall()
+            mx.nd.waitall()
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
             self.counts[name] = self.counts.get(name, 0) + 1
 

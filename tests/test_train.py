@@ -198,19 +198,15 @@ def test_phase_timer_charges_engine_work_to_its_phase():
         timer.share_outside(0)
 
 
-def _trained_trainer(contexts=(mx.cpu(),)):
+def _trained_trainer():
     from mxnet import autograd
     from gluonbert.train import make_trainer
     net = tiny_classifier()
-    net.collect_params().reset_ctx(list(contexts))
     trainer = make_trainer(net, lr=1e-3)
     for words, valid_length, segments, label in synthetic(n=32):
-        for ctx in contexts:
-            with autograd.record():
-                loss = gluon.loss.SoftmaxCELoss()(
-                    net(words.as_in_context(ctx), segments.as_in_context(ctx),
-                        valid_length.as_in_context(ctx)), label.as_in_context(ctx)).mean()
-            loss.backward()
+        with autograd.record():
+            loss = gluon.loss.SoftmaxCELoss()(net(words, segments, valid_length), label).mean()
+        loss.backward()
         trainer.step(1)
     return net, trainer
 

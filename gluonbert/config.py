@@ -9,8 +9,8 @@ Shape legend used throughout gluonbert::
 """
 import dataclasses
 import json
-import os
-import tempfile
+
+from ._io import write_text
 
 __all__ = ['BERTConfig', 'PRESETS', 'ACTIVATIONS']
 
@@ -117,16 +117,7 @@ class BERTConfig:
 
     def save(self, path):
         """Write the config as JSON, atomically (temporary file, then rename)."""
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix='.config-', suffix='.tmp')
-        try:
-            with os.fdopen(fd, 'w', encoding='utf-8') as f:
-                f.write(self.to_json() + '\n')
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_text(path, self.to_json() + '\n')
 
     @classmethod
     def load(cls, path):

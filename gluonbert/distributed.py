@@ -25,7 +25,6 @@ import os
 
 import numpy as np
 import mxnet as mx
-from mxnet import gluon
 # (not mx.kvstore.*: a parameter server unpickles the optimizer and its schedule, importing
 # this module, while `import mxnet` is still running its server loop)
 from mxnet.kvstore.base import KVStoreBase

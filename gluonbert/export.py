@@ -25,6 +25,8 @@ import warnings
 import numpy as np
 import mxnet as mx
 
+from ._io import write_text
+
 __all__ = ['export_classifier', 'load_classifier', 'export_main']
 
 PROG_EXPORT = 'gluonbert-export'
@@ -155,9 +157,7 @@ def export_classifier(net, vocab, tokenizer, prefix, *, dtype='float32', calib_b
     if dtype == 'int8':
         meta['calibration'] = {'mode': 'naive', 'batches': len(calib_batches),
                                'examples': int(sum(b[0].shape[0] for b in calib_batches))}
-    with open(files['meta'], 'w', encoding='utf-8') as f:
-        json.dump(meta, f, indent=2)
-        f.write('\n')
+    write_text(files['meta'], json.dumps(meta, indent=2) + '\n')
     meta['paths'] = files
     return meta
 

@@ -39,6 +39,8 @@ import sys
 import threading
 import time
 
+from ._io import write_text
+
 __all__ = ['main', 'build_parser', 'launch', 'read_hosts']
 
 PROG = 'gluonbert-launch'
@@ -243,10 +245,7 @@ class _Job:
     def write_pid_file(self, path):
         records = [{'role': p.role, 'index': p.index, 'host': p.host, 'pid': p.pid}
                    for p in self.processes]
-        tmp = f'{path}.tmp'
-        with open(tmp, 'w', encoding='utf-8') as f:
-            json.dump({'launcher': os.getpid(), 'processes': records}, f)
-        os.replace(tmp, path)
+        write_text(path, json.dumps({'launcher': os.getpid(), 'processes': records}))
 
     # ------------------------------------------------------------------ waiting
     def wait(self, deadline):

@@ -338,7 +338,16 @@ def _gluonbert_train_step(cfg, batch, gluonnlp_model=False):
         net = gluonbert.BERTClassifier(gluonbert.BERTModel(config), num_classes=2)
         net.initialize()
     net.hybridize(static_alloc=True, static_shape=True)
-    trainer = make_trainer(net, optimizer='adamw', lr=5e-5)
+    if gluonnlp_model:
+        # as GluonNLP's fine-tuning scripts do it: its BERTAdam, no decay on LayerNorm/bias
+        params = {name: p for name, p in net.collect_params().items() if p.grad_req != 'null'}
+        for name, param in params.items():
+            if name.endswith(('gamma', 'beta', 'bias')):
+                param.wd_mult = 0.0
+        trainer = gluon.Trainer(params, 'bertadam',
+                                {'learning_rate': 5e-5, 'epsilon': 1e-6, 'wd': 0.01})
+    else:
+        trainer = make_trainer(net, optimizer='adamw', lr=5e-5)
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     words, segments, valid, labels = (mx.nd.array(x) for x in random_batch(cfg, *batch))
 

@@ -15,8 +15,9 @@ from . import _env  # noqa: E402  (thread defaults, before mxnet is imported)
 _env.require_mxnet()
 
 from .config import BERTConfig, PRESETS  # noqa: E402
+from . import ops  # noqa: E402
 from .layers import (PositionalEncoding, LearnedPositionalEncoding, MultiHeadAttention,  # noqa: E402
-                     AddNorm, PositionWiseFFN, EncoderBlock, Activation)
+                     LayerNorm, AddNorm, PositionWiseFFN, EncoderBlock, Activation)
 from .heads import MLMDecoder, NSClassifier  # noqa: E402
 from .model import BERTEncoder, BERTModel, BERTClassifier, BERTForPretraining  # noqa: E402
 from .convert import from_gluonnlp  # noqa: E402
@@ -29,5 +30,8 @@ from .data import BERTTransform, make_dataloader, load_dataset  # noqa: E402
 from .train import train_loop, evaluate_accuracy  # noqa: E402
 from .predict import predict_sentiment, predict, Prediction  # noqa: E402
 from .pretrain import PretrainingData, pretrain_loop  # noqa: E402
+
+# the fused CPU operators, if built (scripts/bootstrap.sh builds them; else first use does)
+ops.load(build_if_missing=False)
 
 __version__ = '0.1.0'

@@ -30,6 +30,8 @@ import mxnet as mx
 from mxnet.kvstore.base import KVStoreBase
 from mxnet.kvstore.kvstore import KVStore
 
+from . import ops
+
 __all__ = ['KVSTORES', 'Group', 'get_group', 'shard_indices', 'shard', 'DistributedError',
            'HorovodUnavailable', 'HOROVOD_INSTALL', 'ServerSchedule']
 
@@ -263,7 +265,12 @@ def _clip(params, contexts, max_grad_norm, optimizer=None):
         return
     for c in contexts:
         grads = [p.grad(c) for p in params]
-        total_norm = mx.nd.sqrt(mx.nd.multi_sum_sq(*grads, num_arrays=len(grads)).sum())
+        if c.device_type == 'cpu' and ops.load() and all(g.dtype == np.float32 for g in grads):
+            # gluonbert's operator: one vectorised pass, double accumulation
+            sum_sq = mx.nd.gluonbert_multi_sum_sq(*grads, num_arrays=len(grads))
+        else:
+            sum_sq = mx.nd.multi_sum_sq(*grads, num_arrays=len(grads)).sum()
+        total_norm = mx.nd.sqrt(sum_sq)
         scale = mx.nd.minimum(max_grad_norm / (total_norm + 1e-8), 1.0)  # (1,)
         if fold:
             optimizer.grad_scale = scale

@@ -91,6 +91,7 @@ def export_classifier(net, vocab, tokenizer, prefix, *, dtype='float32', calib_b
     """
     from . import __version__
     from .fast import DTYPES, INPUT_NAMES, prepare
+    from .ops import builtin_ops
     from .predict import _max_len, label_names_of
     if dtype not in DTYPES:
         raise ValueError(f'dtype must be one of {", ".join(DTYPES)}, got {dtype!r}')
@@ -102,8 +103,11 @@ def export_classifier(net, vocab, tokenizer, prefix, *, dtype='float32', calib_b
         else:
             from .fast import example_inputs
             check_batch = example_inputs(net, batch_size=4, seq_len=min(16, limit))
+    # the cached graph is traced with MXNet's own operators only, so that the float32 file
+    # loads in plain MXNet (gluonbert's fused CPU operators are an extension library)
     net.hybridize(static_alloc=True)
-    reference = net(*check_batch).asnumpy()  # float32 logits; also builds the cached graph
+    with builtin_ops():
+        reference = net(*check_batch).asnumpy()  # float32 logits; builds the cached graph
     model = prepare(net, dtype, calib_batches=calib_batches) if dtype != 'float32' else net
     expected = model(*check_batch).asnumpy()
     # keep AMP's casts in the file: without them a bfloat16 graph would not run

@@ -56,13 +56,14 @@ INPUT_NAMES = ('data0', 'data1', 'data2')  # words, segments, valid_length (Gluo
 
 # ------------------------------------------------------------------------------- AMP
 def patch_amp_lists():
-    """Add the fused attention kernels to AMP's bfloat16 float32 list (idempotent).
+    """Add the fused attention kernels and gluonbert's fused LayerNorm to AMP's bfloat16
+    float32 list (idempotent).
 
     Must run before :func:`mxnet.contrib.amp.init` (training) and before
     ``amp.convert_symbol`` (inference); both read the list.
     """
     from mxnet.contrib.amp.lists import symbol_bf16
-    for op in INTERLEAVED_ATTENTION_OPS:
+    for op in INTERLEAVED_ATTENTION_OPS + ('gluonbert_layer_norm',):
         if op not in symbol_bf16.FP32_FUNCS:
             symbol_bf16.FP32_FUNCS.append(op)
     return symbol_bf16.FP32_FUNCS
@@ -76,6 +77,8 @@ def init_amp_bfloat16():
     """
     from mxnet.contrib import amp
     from mxnet.contrib.amp import amp as amp_impl
+    from . import ops
+    ops.load()  # before amp.init, which wraps the operators it finds (LayerNorm: float32)
     patch_amp_lists()
     if amp_impl._amp_initialized:  # pylint: disable=protected-access
         return amp
@@ -183,17 +186,20 @@ def _trace(net, inputs):
     """(input names, output symbol) of ``net``'s inference graph.
 
     The graph is built afresh with the additive attention mask
-    (:func:`gluonbert.layers.additive_attention_mask`), the faster one for inference; ``net``
-    itself, its hybridization and its cached graph are left as they are.
+    (:func:`gluonbert.layers.additive_attention_mask`), the faster one for inference, and
+    with MXNet's own operators only (:func:`gluonbert.ops.builtin_ops`: AMP, the quantizer
+    and plain MXNet know them); ``net`` itself, its hybridization and its cached graph are
+    left as they are.
     """
     from .layers import additive_attention_mask
+    from .ops import builtin_ops
     if isinstance(net, SymbolBlock):
         data, sym = net._cached_graph  # pylint: disable=protected-access
         return [d.name for d in data], sym
     if any(p._deferred_init for p in net.collect_params().values()):  # pylint: disable=protected-access
         net(*inputs)  # one forward gives the deferred parameters their shapes
         mx.nd.waitall()
-    with additive_attention_mask():
+    with additive_attention_mask(), builtin_ops():
         sym = net(*[mx.sym.var(name) for name in INPUT_NAMES])
     return list(INPUT_NAMES), sym
 

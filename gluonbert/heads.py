@@ -1,7 +1,7 @@
 """Pre-training heads: masked-language-model decoder and next-sentence classifier."""
 from mxnet.gluon import HybridBlock, nn
 
-from .layers import WEIGHT_INIT, Activation
+from .layers import WEIGHT_INIT, Activation, LayerNorm
 
 __all__ = ['MLMDecoder', 'NSClassifier', 'gather_positions']
 
@@ -51,7 +51,7 @@ class MLMDecoder(HybridBlock):
             self.transform = nn.Dense(units, in_units=units, flatten=False,
                                       weight_initializer=WEIGHT_INIT, prefix='transform_')
             self.activation = Activation(activation)
-            self.norm = nn.LayerNorm(in_channels=units, epsilon=layer_norm_eps)
+            self.norm = LayerNorm(units=units, epsilon=layer_norm_eps)
             if embedding_weight is None:
                 self.output_weight = self.params.get('output_weight', shape=(vocab_size, units),
                                                      init=WEIGHT_INIT)

@@ -17,8 +17,10 @@ import numpy as np
 from mxnet import init, symbol
 from mxnet.gluon import HybridBlock, nn
 
+from . import ops
+
 __all__ = ['PositionalEncoding', 'LearnedPositionalEncoding', 'MultiHeadAttention',
-           'AddNorm', 'PositionWiseFFN', 'EncoderBlock', 'Activation', 'sinusoidal_table',
+           'LayerNorm', 'AddNorm', 'PositionWiseFFN', 'EncoderBlock', 'Activation', 'sinusoidal_table',
            'additive_attention_mask']
 
 LAYOUTS = ('NTC', 'TNC')
@@ -296,6 +298,49 @@ class MultiHeadAttention(HybridBlock):
         return output, F.reshape(weights, shape=(-1, heads, 0, 0), reverse=True)
 
 
+class LayerNorm(HybridBlock):
+    """Layer normalisation over the last axis: ``gamma * (x - mean) / sqrt(var + eps) + beta``.
+
+    The parameters are named like ``nn.LayerNorm``'s (``gamma``, ``beta``), so checkpoints
+    are interchangeable. In float32 on CPU it computes with gluonbert's fused operator
+    (:mod:`gluonbert.ops`; its backward is about 25x faster than MXNet's generic one), and
+    with MXNet's ``LayerNorm`` otherwise; the two agree to float32 rounding.
+
+    Parameters
+    ----------
+    units : int
+        Width U of the normalised (last) axis.
+    epsilon : float, default 1e-12
+
+    Inputs:
+        - **x**: ``(..., U)``.
+
+    Outputs:
+        - **out**: same shape as ``x``.
+    """
+
+    def __init__(self, *, units, epsilon=1e-12, prefix=None, params=None):
+        super().__init__(prefix=prefix, params=params)
+        self._epsilon = epsilon
+        with self.name_scope():
+            self.gamma = self.params.get('gamma', shape=(units,), init='ones',
+                                         allow_deferred_init=True)
+            self.beta = self.params.get('beta', shape=(units,), init='zeros',
+                                        allow_deferred_init=True)
+
+    def hybrid_forward(self, F, x, gamma, beta):  # pylint: disable=arguments-differ
+        if ops.fused_for(self.gamma):
+            # An extension operator's backward always overwrites its input gradients (MXNet
+            # does not pass it the write/add request): behind identity copies MXNet itself
+            # applies grad_req='add' (gradient accumulation) and sums over several uses.
+            x, gamma, beta = F.identity(x), F.identity(gamma), F.identity(beta)
+            return F.gluonbert_layer_norm(x, gamma, beta, eps=self._epsilon)
+        return F.LayerNorm(x, gamma, beta, axis=-1, eps=self._epsilon)
+
+    def __repr__(self):
+        return f'{self.__class__.__name__}(units={self.gamma.shape[0]}, eps={self._epsilon})'
+
+
 class AddNorm(HybridBlock):
     """Residual connection followed by LayerNorm: ``LayerNorm(x + dropout(y))``.
 
@@ -317,7 +362,7 @@ class AddNorm(HybridBlock):
         super().__init__(prefix=prefix, params=params)
         with self.name_scope():
             self.dropout_layer = nn.Dropout(dropout)
-            self.norm = nn.LayerNorm(in_channels=units, epsilon=epsilon)
+            self.norm = LayerNorm(units=units, epsilon=epsilon)
 
     def hybrid_forward(self, F, x, y):  # pylint: disable=arguments-differ
         return self.norm(x + self.dropout_layer(y))

@@ -12,7 +12,8 @@ from mxnet.gluon import HybridBlock, nn
 
 from .config import BERTConfig
 from .heads import MLMDecoder, NSClassifier
-from .layers import WEIGHT_INIT, EncoderBlock, LearnedPositionalEncoding, PositionalEncoding
+from .layers import (WEIGHT_INIT, EncoderBlock, LayerNorm, LearnedPositionalEncoding,
+                     PositionalEncoding)
 
 __all__ = ['BERTEncoder', 'BERTModel', 'BERTClassifier', 'BERTForPretraining']
 
@@ -119,7 +120,7 @@ class BERTEncoder(HybridBlock):
             # Dropout comes after the LayerNorm (BERT's order), not inside the position block.
             self.position_embed = position_cls(units=units, max_length=max_length, dropout=0.0,
                                                layout='TNC', prefix='position_embed_')
-            self.embed_norm = nn.LayerNorm(in_channels=units, epsilon=layer_norm_eps)
+            self.embed_norm = LayerNorm(units=units, epsilon=layer_norm_eps)
             self.embed_dropout = nn.Dropout(dropout)
             self.layers = nn.HybridSequential(prefix='layers_')
             for _ in range(num_layers):

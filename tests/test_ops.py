@@ -1,0 +1,242 @@
+"""gluonbert's fused CPU operators (gluonbert.ops): parity with MXNet's operators, gradient
+accumulation, the AdamW update rule, graphs for export, and the fallback without them."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import gluonbert
+import mxnet as mx
+from mxnet import autograd, gluon
+
+from gluonbert import ops
+from gluonbert.train import AdamW
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+pytestmark = pytest.mark.skipif(
+    not ops.load(), reason=f'the fused operators are unavailable here: {ops.status()}')
+
+
+def _layer_norm_and_grads(op, x, gamma, beta, dy, eps):
+    for array in (x, gamma, beta):
+        array.attach_grad()
+    with autograd.record():
+        y = op(x, gamma, beta, eps=eps)
+    y.backward(dy)
+    return [a.asnumpy() for a in (y, x.grad, gamma.grad, beta.grad)]
+
+
+@pytest.mark.parametrize('shape,eps', [((2, 5, 32), 1e-12), ((3, 37), 1e-5), ((4, 7, 384), 1e-12)])
+def test_layer_norm_matches_mxnet(shape, eps):
+    rng = np.random.RandomState(0)
+    x = rng.randn(*shape).astype('f') * 3 + 1
+    gamma, beta = rng.rand(shape[-1]).astype('f') + 0.5, rng.randn(shape[-1]).astype('f')
+    dy = rng.randn(*shape).astype('f')
+
+    def run(op):
+        return _layer_norm_and_grads(op, *[mx.nd.array(a) for a in (x, gamma, beta, dy)], eps)
+
+    fused = run(mx.nd.gluonbert_layer_norm)
+    reference = run(lambda *a, eps: mx.nd.LayerNorm(*a, axis=-1, eps=eps))
+    for name, got, want in zip(('out', 'd_data', 'd_gamma', 'd_beta'), fused, reference):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=name)
+    # and against float64 numpy
+    mean = x.astype('d').mean(-1, keepdims=True)
+    xhat = (x - mean) / np.sqrt(x.astype('d').var(-1, keepdims=True) + eps)
+    np.testing.assert_allclose(fused[0], xhat * gamma + beta, rtol=1e-5, atol=1e-5)
+
+
+def test_layer_norm_block_uses_the_fused_operator_unless_told_not_to():
+    norm = gluonbert.LayerNorm(units=8, epsilon=1e-5)
+    norm.initialize()
+    x = mx.sym.var('x')
+    assert 'gluonbert_layer_norm' in norm(x).tojson()
+    with ops.builtin_ops():
+        graph = norm(x).tojson()
+    assert 'gluonbert_layer_norm' not in graph and '"LayerNorm"' in graph
+    # float16 parameters (GPU models) use MXNet's operator
+    norm.cast('float16')
+    assert 'gluonbert_layer_norm' not in norm(x).tojson()
+
+
+@pytest.mark.parametrize('hybridize', [False, True])
+def test_layer_norm_block_accumulates_gradients(hybridize):
+    """grad_req='add' (gradient accumulation) sums over backward passes, as with MXNet's op."""
+    x = mx.nd.random.normal(shape=(4, 6, 8))
+    dys = [mx.nd.random.normal(shape=x.shape) for _ in range(2)]
+    grads = {}
+    for fused in (True, False):
+        mx.random.seed(0)
+        norm = gluonbert.LayerNorm(units=8, epsilon=1e-5)
+        norm.initialize(mx.init.Uniform(1.0))
+        norm.collect_params().setattr('grad_req', 'add')
+        if hybridize:
+            norm.hybridize()
+        inputs = x.copy()
+        inputs.attach_grad(grad_req='add')
+        for dy in dys:
+            with autograd.record():
+                if fused:
+                    y = norm(inputs)
+                else:
+                    with ops.builtin_ops():
+                        y = norm(inputs)
+            y.backward(dy)
+        grads[fused] = [inputs.grad.asnumpy(), norm.gamma.grad().asnumpy(),
+                        norm.beta.grad().asnumpy()]
+    for got, want in zip(grads[True], grads[False]):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(grads[True][2], sum(dy.asnumpy() for dy in dys).sum((0, 1)),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('scale', [0.5, 0.0, float('nan')])
+def test_adamw_operator_matches_mxnet(scale):
+    rng = np.random.RandomState(1)
+    shapes = [(300, 7), (5,), (64, 33)]
+    arrays = [[rng.randn(*shape).astype('f') for _ in range(3)] + [rng.rand(*shape).astype('f')]
+              for shape in shapes]  # weight, grad, mean, var of each
+    options = dict(beta1=0.9, beta2=0.999, epsilon=1e-6)
+    wds = [0.01, 0.0, 0.1]
+    results = []
+    for fused in (True, False):
+        state = [[mx.nd.array(a) for a in group] for group in arrays]
+        weights, grads, means, variances = (list(x) for x in zip(*state))
+        rescale = mx.nd.array([scale])
+        for step in range(3):
+            etas = [1e-3 * (step + 1), 2e-3, 5e-4]
+            if fused:
+                mx.nd.gluonbert_multi_adamw_update(
+                    *weights, *grads, *means, *variances, rescale, out=weights,
+                    num_arrays=3, etas=','.join(map(repr, etas)), wds=','.join(map(repr, wds)),
+                    **options)
+            else:  # MXNet's op rescales grad in place: give it a fresh copy each time
+                for w, g, m, v, eta, wd in zip(weights, grads, means, variances, etas, wds):
+                    mx.nd.contrib.adamw_update(w, g.copy(), m, v, rescale_grad=rescale, out=w,
+                                               lr=1, eta=eta, wd=wd, **options)
+        results.append([[a.asnumpy() for a in group] for group in state])
+    for k, group in enumerate(arrays):
+        for name, got, want in zip('wmv', results[0][k][:3], results[1][k][:3]):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=f'{name}{k}')
+        np.testing.assert_array_equal(results[0][k][1], group[1])  # gradients left alone
+        if not scale or np.isnan(scale):  # skipped, as MXNet skips it
+            np.testing.assert_array_equal(results[0][k][0], group[0])
+
+
+def test_sum_of_squares_operator():
+    rng = np.random.RandomState(2)
+    arrays = [rng.randn(*shape).astype('f') for shape in [(1000, 31), (7,), (3, 5, 11)]]
+    got = mx.nd.gluonbert_multi_sum_sq(*[mx.nd.array(a) for a in arrays], num_arrays=3)
+    want = sum((a.astype('d') ** 2).sum() for a in arrays)
+    assert got.shape == (1,) and abs(got.asscalar() - want) <= 1e-6 * want
+
+
+def test_adamw_optimizer_fused_equals_mxnet_path(monkeypatch):
+    """Training with the fused update gives MXNet's update (clipping and bias correction on)."""
+    from tests.stand_ins import synthetic_sentiment_batches
+    from gluonbert.train import train_loop
+
+    def trained(fused):
+        if not fused:
+            monkeypatch.setattr(AdamW, '_fused', lambda self, weight, grad: False)
+        mx.random.seed(0)
+        config = gluonbert.BERTConfig.from_preset('tiny', dropout=0.0, attention_dropout=0.0)
+        net = gluonbert.BERTClassifier(gluonbert.BERTModel(config), dropout=0.0)
+        net.initialize(mx.init.Normal(0.02))
+        data = synthetic_sentiment_batches(n=32, batch_size=16, seq_len=12, seed=0)
+        train_loop(net, data, None, 2, 1e-3, mx.cpu(), progress=False, seed=3,
+                   max_grad_norm=0.5)
+        monkeypatch.undo()
+        return {k: v.data().asnumpy() for k, v in net._collect_params_with_prefix().items()}
+
+    fused, reference = trained(True), trained(False)
+    moved = max(np.abs(fused[k] - reference[k]).max() for k in fused)
+    assert moved < 1e-5, moved
+
+
+def test_trainer_uses_the_fused_update(monkeypatch):
+    calls = []
+    original = AdamW._fused_update
+
+    def spy(self, indices, *args):
+        calls.append(len(indices))  # every array in one call of the operator
+        return original(self, indices, *args)
+    monkeypatch.setattr(AdamW, '_fused_update', spy)
+    dense = gluon.nn.Dense(3, in_units=4)
+    dense.initialize()
+    trainer = gluonbert.train.make_trainer(dense, lr=0.1)
+    with autograd.record():
+        loss = dense(mx.nd.ones((2, 4))).sum()
+    loss.backward()
+    before = dense.weight.data().asnumpy()
+    trainer.step(1)
+    assert calls == [2] and not np.allclose(dense.weight.data().asnumpy(), before)
+
+
+def _python(code, **env):
+    environment = dict(os.environ, PYTHONPATH=ROOT, **env)
+    return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          env=environment, timeout=120, cwd=ROOT)
+
+
+FALLBACK = '''
+import json, warnings
+warnings.simplefilter('always')
+import gluonbert, mxnet as mx
+from gluonbert import ops
+norm = gluonbert.LayerNorm(units=8)
+norm.initialize()
+graph = norm(mx.sym.var('x')).tojson()
+y = norm(mx.nd.ones((2, 8)))
+print(json.dumps({'loaded': ops.load(), 'status': ops.status(),
+                  'fused_in_graph': 'gluonbert_layer_norm' in graph,
+                  'out': float(y.sum().asscalar())}))
+'''
+
+
+def test_turned_off_by_environment():
+    done = _python(FALLBACK, GLUONBERT_FUSED_OPS='0')
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result == {'loaded': False, 'status': 'turned off by GLUONBERT_FUSED_OPS=0',
+                      'fused_in_graph': False, 'out': 0.0}
+
+
+def test_a_failed_build_falls_back_with_one_warning(tmp_path):
+    done = _python(FALLBACK, CXX='/bin/false', GLUONBERT_CACHE_DIR=str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert not result['loaded'] and not result['fused_in_graph'] and result['out'] == 0.0
+    assert result['status'].startswith('RuntimeError: false failed')
+    assert done.stderr.count("fused CPU operators are not available") == 1, done.stderr
+    assert not list(tmp_path.rglob('*.so'))  # no torn library left behind
+
+
+@pytest.mark.parametrize('fused', [True, False])
+def test_adamw_optimizer_follows_the_textbook_rule(fused, monkeypatch):
+    """Adam with bias correction and decoupled weight decay (Loshchilov & Hutter), three
+    steps computed in float64 numpy: both the fused and MXNet's update follow it."""
+    if not fused:
+        monkeypatch.setattr(AdamW, '_fused', lambda self, weight, grad: False)
+    rng = np.random.RandomState(3)
+    w0 = rng.randn(4, 5)
+    grads = [rng.randn(4, 5) for _ in range(3)]
+    lr, wd, beta1, beta2, eps = 0.01, 0.1, 0.9, 0.999, 1e-6
+    weight = gluon.Parameter('weight', shape=w0.shape)
+    weight.initialize(mx.init.Constant(mx.nd.array(w0)))
+    trainer = gluon.Trainer([weight], 'adamw', {'learning_rate': lr, 'wd': wd, 'epsilon': eps})
+    w, m, v = w0.copy(), np.zeros_like(w0), np.zeros_like(w0)
+    for t, g in enumerate(grads, start=1):
+        with autograd.record():  # a loss whose gradient is g
+            loss = (weight.data() * mx.nd.array(g)).sum()
+        loss.backward()
+        trainer.update(1)
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g * g
+        step = lr * np.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
+        w = w - step * (m / (np.sqrt(v) + eps) + wd * w)
+    np.testing.assert_allclose(weight.data().asnumpy(), w, rtol=1e-5, atol=1e-6)

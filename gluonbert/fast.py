@@ -182,14 +182,14 @@ def calibration_batches(net, vocabulary, tokenizer, path=None, *, limit=64, batc
                           batch_size=batch_size, max_len=max_len, ctx=ctx)
 
 
-def _trace(net, inputs):
+def _trace(net, inputs, *, builtin=True):
     """(input names, output symbol) of ``net``'s inference graph.
 
     The graph is built afresh with the additive attention mask
-    (:func:`gluonbert.layers.additive_attention_mask`), the faster one for inference, and
-    with MXNet's own operators only (:func:`gluonbert.ops.builtin_ops`: AMP, the quantizer
-    and plain MXNet know them); ``net`` itself, its hybridization and its cached graph are
-    left as they are.
+    (:func:`gluonbert.layers.additive_attention_mask`), the faster one for inference, and,
+    with ``builtin``, with MXNet's own operators only (:func:`gluonbert.ops.builtin_ops`:
+    AMP, the quantizer and plain MXNet know them). ``net`` itself, its hybridization and
+    its cached graph are left as they are.
     """
     from .layers import additive_attention_mask
     from .ops import builtin_ops
@@ -199,7 +199,7 @@ def _trace(net, inputs):
     if any(p._deferred_init for p in net.collect_params().values()):  # pylint: disable=protected-access
         net(*inputs)  # one forward gives the deferred parameters their shapes
         mx.nd.waitall()
-    with additive_attention_mask(), builtin_ops():
+    with additive_attention_mask(), (builtin_ops() if builtin else contextlib.nullcontext()):
         sym = net(*[mx.sym.var(name) for name in INPUT_NAMES])
     return list(INPUT_NAMES), sym
 
@@ -217,11 +217,11 @@ def _param_values(net, sym):
     return arg_params, aux_params
 
 
-def _inference_graph(net, example):
+def _inference_graph(net, example, *, builtin=True):
     """(input names, symbol, arg_params, aux_params) of ``net`` traced on ``example``, with
     its parameter-only subgraphs folded (:func:`fold_constants`)."""
     _quiet_subgraph_logs()
-    names, sym = _trace(net, example)
+    names, sym = _trace(net, example, builtin=builtin)
     arg_params, aux_params = _param_values(net, sym)
     sym, arg_params, _ = fold_constants(sym, arg_params)
     return names, sym, arg_params, aux_params
@@ -341,8 +341,9 @@ def to_float32(net, *, ctx=None, example=None, static_shape=True):
 
     The parameter-only parts of the graph are precomputed (:func:`fold_constants`) and the
     graph is fused by the oneDNN backend: the self-attention kernels become oneDNN's
-    (about 3x faster than the generic ones) and GELU joins its Dense layer. Outputs equal
-    the original's to float32 rounding (about 1e-6). ``net`` itself is not changed.
+    (about 3x faster than the generic ones) and GELU joins its Dense layer. LayerNorm is
+    gluonbert's fused operator when available (MiniLM 32x128: +5%). Outputs equal the
+    original's to float32 rounding (about 1e-6). ``net`` itself is not changed.
 
     Returns an :class:`InferenceClassifier`, hybridized with static memory.
     """
@@ -350,7 +351,8 @@ def to_float32(net, *, ctx=None, example=None, static_shape=True):
     if ctx.device_type != 'cpu':
         raise ValueError('to_float32 partitions for oneDNN (CPU); on GPU use optimize(net)')
     example = example or example_inputs(net, ctx=ctx)
-    names, sym, arg_params, aux_params = _inference_graph(net, example)
+    # the fused LayerNorm (gluonbert.ops) stays: this graph is not converted or exported
+    names, sym, arg_params, aux_params = _inference_graph(net, example, builtin=False)
     sym = _partition(sym, names, example, arg_params, aux_params, ctx)
     block = _load_block(sym, names, arg_params, aux_params, net, 'float32', ctx)
     block.hybridize(static_alloc=True, static_shape=static_shape)

@@ -240,3 +240,19 @@ def test_adamw_optimizer_follows_the_textbook_rule(fused, monkeypatch):
         step = lr * np.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
         w = w - step * (m / (np.sqrt(v) + eps) + wd * w)
     np.testing.assert_allclose(weight.data().asnumpy(), w, rtol=1e-5, atol=1e-6)
+
+
+def test_inference_graphs_use_mxnet_operators_where_converted():
+    """The float32 fast path keeps the fused LayerNorm; graphs that AMP converts (and that
+    are exported) use MXNet's LayerNorm, whose conversion rules AMP knows."""
+    from gluonbert import fast
+    config = gluonbert.BERTConfig.from_preset('tiny')
+    net = gluonbert.BERTClassifier(gluonbert.BERTModel(config), num_classes=2)
+    net.initialize()
+    example = fast.example_inputs(net, batch_size=2, seq_len=8)
+    float32 = fast.to_float32(net, example=example)
+    bfloat16 = fast.to_bfloat16(net, example=example)
+    assert 'gluonbert_layer_norm' in float32._cached_graph[1].tojson()
+    assert 'gluonbert_layer_norm' not in bfloat16._cached_graph[1].tojson()
+    np.testing.assert_allclose(float32(*example).asnumpy(), net(*example).asnumpy(),
+                               rtol=1e-4, atol=1e-5)

@@ -44,6 +44,15 @@ int64_t num_elements(const MXTensor& t) {
   return n;
 }
 
+// float32 everywhere: unknown (-1) types, as graph passes ask with, are inferred float32
+bool all_float32(std::vector<int>* types) {
+  for (int& t : *types) {
+    if (t == -1) t = kFloat32;
+    if (t != kFloat32) return false;
+  }
+  return true;
+}
+
 // ------------------------------------------------------------------------- LayerNorm
 
 // mean and 1/sqrt(var + eps) of one row (two passes: the same numerics as MXNet's kernel)
@@ -66,11 +75,10 @@ MXReturnValue ln_parse(const Attrs& attrs, int* num_in, int* num_out) {
 }
 
 MXReturnValue ln_type(const Attrs& attrs, std::vector<int>* in_types, std::vector<int>* out_types) {
-  for (int t : *in_types)
-    if (t != kFloat32) {
-      MX_ERROR_MSG << "gluonbert_layer_norm supports float32 only";
-      return MX_FAIL;
-    }
+  if (!all_float32(in_types)) {
+    MX_ERROR_MSG << "gluonbert_layer_norm supports float32 only";
+    return MX_FAIL;
+  }
   (*out_types)[0] = kFloat32;
   return MX_SUCCESS;
 }
@@ -189,12 +197,6 @@ int num_arrays(const Attrs& attrs) {
   return it == attrs.end() ? 0 : std::stoi(it->second);
 }
 
-bool all_float32(const std::vector<int>& types) {
-  for (int t : types)
-    if (t != kFloat32) return false;
-  return true;
-}
-
 // inputs: weight[N], grad[N], mean[N], var[N], rescale_grad (1,); outputs: weight[N]
 MXReturnValue adamw_parse(const Attrs& attrs, int* num_in, int* num_out) {
   const int n = num_arrays(attrs);
@@ -210,7 +212,7 @@ MXReturnValue adamw_parse(const Attrs& attrs, int* num_in, int* num_out) {
 
 MXReturnValue adamw_type(const Attrs& attrs, std::vector<int>* in_types,
                          std::vector<int>* out_types) {
-  if (!all_float32(*in_types)) {
+  if (!all_float32(in_types)) {
     MX_ERROR_MSG << "gluonbert_multi_adamw_update supports float32 only";
     return MX_FAIL;
   }
@@ -300,7 +302,7 @@ MXReturnValue sumsq_parse(const Attrs& attrs, int* num_in, int* num_out) {
 
 MXReturnValue sumsq_type(const Attrs& attrs, std::vector<int>* in_types,
                          std::vector<int>* out_types) {
-  if (!all_float32(*in_types)) {
+  if (!all_float32(in_types)) {
     MX_ERROR_MSG << "gluonbert_multi_sum_sq supports float32 only";
     return MX_FAIL;
   }

@@ -512,6 +512,9 @@ def train_loop(net, train_data, test_data, num_epoch, lr, ctx, loss_fn=None, *,
     all_params = net.collect_params()
     if any(set(p.list_ctx()) != set(contexts) for p in all_params.values()):
         all_params.reset_ctx(contexts)  # data parallel: a copy of every parameter per context
+        if isinstance(net, gluon.HybridBlock):
+            # a graph traced for other devices may hold CPU-only operators (gluonbert.ops)
+            net._clear_cached_op()  # pylint: disable=protected-access
 
     updates_per_epoch = math.ceil(batches_per_epoch / accumulate)
     schedule = LinearWarmupSchedule(lr, num_epoch * updates_per_epoch, warmup_ratio)

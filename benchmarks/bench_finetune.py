@@ -70,7 +70,8 @@ def main(argv=None):
     print(f"model {metrics['model']}, {metrics['train_examples']} train / "
           f"{metrics['test_examples']} test examples, {metrics['epochs_run']} epochs, batch "
           f"{metrics['batch_size']}; test accuracy {metrics['test_accuracy']:.4f}; "
-          f"{args.repeats} run(s), medians\n")
+          f"{args.repeats} run(s), medians; fused CPU operators: "
+          f"{metrics['profile'].get('fused_ops', 'unknown')}\n")
     print('| phase | seconds | share of wall |')
     print('|---|---:|---:|')
     for name in names:

@@ -856,6 +856,7 @@ def main(argv=None):
                 if hf_versions else '')
     print(f'gluonbert {gluonbert.__version__}, mxnet {mx.__version__}{versions}; '
           f'{cpu or "CPU"}, {threads} threads (OMP_NUM_THREADS); '
+          f'fused CPU operators {"on" if gluonbert.ops.load() else "off"}; '
           f'{settings["repeats"]} interleaved rounds per variant'
           f'{" (--quick)" if args.quick else ""}; {time.perf_counter() - started:.0f} s')
     print(table(rows))

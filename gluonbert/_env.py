@@ -10,10 +10,12 @@ warns and says how to fix it: import gluonbert first, or set ``OMP_NUM_THREADS``
 Set ``OMP_NUM_THREADS`` yourself to override; ``GLUONBERT_NO_THREAD_DEFAULTS=1`` leaves
 MXNet's own default alone.
 """
+import contextlib
 import os
 import sys
 
-__all__ = ['physical_cores', 'default_num_threads', 'apply_thread_defaults', 'require_mxnet']
+__all__ = ['physical_cores', 'default_num_threads', 'apply_thread_defaults', 'require_mxnet',
+           'thread_flag']
 
 INSTALL_HINT = ("install gluonbert with an MXNet flavour: pip install 'gluonbert[cpu]' "
                 "(or 'gluonbert[cu112]' / 'gluonbert[cu117]' for CUDA 11.2 / 11.7 GPUs)")
@@ -83,3 +85,15 @@ def require_mxnet():
 
 
 apply_thread_defaults()
+
+
+@contextlib.contextmanager
+def thread_flag(local, name):
+    """Within the block, ``getattr(local, name)`` is True for this thread (``local``: a
+    ``threading.local``); the previous value comes back after it, also on errors."""
+    previous = getattr(local, name, False)
+    setattr(local, name, True)
+    try:
+        yield
+    finally:
+        setattr(local, name, previous)

@@ -385,8 +385,10 @@ def finetune(args):
         prediction = predict_sentiment(net, contexts[0], vocab, tokenizer, example)
     if timer is not NO_TIMER:
         wall = time.perf_counter() - started
+        from . import ops
         metrics['profile'] = dict(timer.to_dict(wall),
-                                  outside_forward_backward=timer.share_outside(wall))
+                                  outside_forward_backward=timer.share_outside(wall),
+                                  fused_ops=ops.status())
     from .train import _write_text
     _write_text(os.path.join(output_dir, 'metrics.json'), json.dumps(metrics, indent=2) + '\n')
     print(f"test accuracy {metrics['test_accuracy']:.4f} (epoch {metrics['best_epoch']}), "

@@ -9,7 +9,6 @@ the friendly default; ``'TNC'`` means ``(L, B, U)``, which the fused attention
 kernels want, so :class:`gluonbert.BERTEncoder` runs its layers in ``'TNC'`` and
 transposes once at each end instead of once per layer.
 """
-import contextlib
 import math
 import threading
 
@@ -18,6 +17,7 @@ from mxnet import init, symbol
 from mxnet.gluon import HybridBlock, nn
 
 from . import ops
+from ._env import thread_flag
 
 __all__ = ['PositionalEncoding', 'LearnedPositionalEncoding', 'MultiHeadAttention',
            'LayerNorm', 'AddNorm', 'PositionWiseFFN', 'EncoderBlock', 'Activation', 'sinusoidal_table',
@@ -148,7 +148,6 @@ class Activation(HybridBlock):
 _MASKING = threading.local()
 
 
-@contextlib.contextmanager
 def additive_attention_mask():
     """Trace :class:`MultiHeadAttention` graphs with an additive length mask inside this block.
 
@@ -161,12 +160,7 @@ def additive_attention_mask():
     inference graphs inside this block. Affects graphs built (traced) here, not ones
     cached before.
     """
-    previous = getattr(_MASKING, 'additive', False)
-    _MASKING.additive = True
-    try:
-        yield
-    finally:
-        _MASKING.additive = previous
+    return thread_flag(_MASKING, 'additive')
 
 
 def _param(F, parameter, like):

@@ -19,7 +19,6 @@ fails, gluonbert says why once and uses MXNet's operators.
 
     python -c 'import gluonbert.ops as o; o.main()'   # build if needed, load, say where
 """
-import contextlib
 import ctypes
 import hashlib
 import os
@@ -33,6 +32,8 @@ import warnings
 
 import mxnet as mx
 import numpy as np
+
+from ._env import thread_flag
 
 __all__ = ['OPS', 'load', 'available', 'status', 'build', 'library_path', 'builtin_ops',
            'fused_for']
@@ -192,16 +193,10 @@ def status():
     return _STATE['reason']
 
 
-@contextlib.contextmanager
 def builtin_ops():
     """Within this block, graphs are traced with MXNet's own operators only (for graphs that
     are converted by AMP or the quantizer, or exported for plain MXNet)."""
-    previous = getattr(_LOCAL, 'builtin', False)
-    _LOCAL.builtin = True
-    try:
-        yield
-    finally:
-        _LOCAL.builtin = previous
+    return thread_flag(_LOCAL, 'builtin')
 
 
 def fused_for(parameter):

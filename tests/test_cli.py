@@ -180,6 +180,7 @@ def test_finetune_profile_accounts_for_the_wall_time(tiny_files, tmp_path, capsy
     assert calls['forward_backward'] == calls['update'] == 6
     assert calls['evaluate'] == 2
     assert sum(phases.values()) <= profile['wall_seconds'] + 1e-3
+    assert profile['fused_ops'] == gluonbert.ops.status()  # which kernels the timing used
     assert profile['unaccounted_seconds'] <= 0.1 * profile['wall_seconds'] + 0.2
     inside = phases['forward_backward'] + phases['evaluate']
     assert profile['outside_forward_backward'] == pytest.approx(

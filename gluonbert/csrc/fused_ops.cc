@@ -44,13 +44,19 @@ int64_t num_elements(const MXTensor& t) {
   return n;
 }
 
-// float32 everywhere: unknown (-1) types, as graph passes ask with, are inferred float32
-bool all_float32(std::vector<int>* types) {
-  for (int& t : *types) {
+// Every operator here is float32 only: inputs float32 (unknown ones, -1, as graph passes
+// ask with, are inferred float32), outputs float32.
+MXReturnValue float32_types(const char* op, std::vector<int>* in_types,
+                            std::vector<int>* out_types) {
+  for (int& t : *in_types) {
     if (t == -1) t = kFloat32;
-    if (t != kFloat32) return false;
+    if (t != kFloat32) {
+      MX_ERROR_MSG << op << " supports float32 only";
+      return MX_FAIL;
+    }
   }
-  return true;
+  for (int& t : *out_types) t = kFloat32;
+  return MX_SUCCESS;
 }
 
 // ------------------------------------------------------------------------- LayerNorm
@@ -74,13 +80,9 @@ MXReturnValue ln_parse(const Attrs& attrs, int* num_in, int* num_out) {
   return MX_SUCCESS;
 }
 
-MXReturnValue ln_type(const Attrs& attrs, std::vector<int>* in_types, std::vector<int>* out_types) {
-  if (!all_float32(in_types)) {
-    MX_ERROR_MSG << "gluonbert_layer_norm supports float32 only";
-    return MX_FAIL;
-  }
-  (*out_types)[0] = kFloat32;
-  return MX_SUCCESS;
+MXReturnValue ln_type(const Attrs& attrs, std::vector<int>* in_types,
+                      std::vector<int>* out_types) {
+  return float32_types("gluonbert_layer_norm", in_types, out_types);
 }
 
 MXReturnValue ln_shape(const Attrs& attrs, std::vector<std::vector<unsigned int>>* in_shapes,
@@ -212,12 +214,7 @@ MXReturnValue adamw_parse(const Attrs& attrs, int* num_in, int* num_out) {
 
 MXReturnValue adamw_type(const Attrs& attrs, std::vector<int>* in_types,
                          std::vector<int>* out_types) {
-  if (!all_float32(in_types)) {
-    MX_ERROR_MSG << "gluonbert_multi_adamw_update supports float32 only";
-    return MX_FAIL;
-  }
-  for (auto& t : *out_types) t = kFloat32;
-  return MX_SUCCESS;
+  return float32_types("gluonbert_multi_adamw_update", in_types, out_types);
 }
 
 MXReturnValue adamw_shape(const Attrs& attrs, std::vector<std::vector<unsigned int>>* in_shapes,
@@ -302,12 +299,7 @@ MXReturnValue sumsq_parse(const Attrs& attrs, int* num_in, int* num_out) {
 
 MXReturnValue sumsq_type(const Attrs& attrs, std::vector<int>* in_types,
                          std::vector<int>* out_types) {
-  if (!all_float32(in_types)) {
-    MX_ERROR_MSG << "gluonbert_multi_sum_sq supports float32 only";
-    return MX_FAIL;
-  }
-  (*out_types)[0] = kFloat32;
-  return MX_SUCCESS;
+  return float32_types("gluonbert_multi_sum_sq", in_types, out_types);
 }
 
 MXReturnValue sumsq_shape(const Attrs& attrs, std::vector<std::vector<unsigned int>>* in_shapes,

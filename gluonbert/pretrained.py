@@ -269,10 +269,10 @@ def load_hf_checkpoint(directory, *, ctx=None, with_heads=False):
 
     bert = BERTModel(config)
     model = BERTForPretraining(bert=bert) if with_heads else bert
-    model.initialize(ctx=_context(ctx))
     allow_missing = [n for n in named_parameters(model)
                      if n.startswith(('mlm_decoder.', 'ns_classifier.')) and n not in mapped]
-    assign_parameters(model, mapped, source=directory, allow_missing=allow_missing)
+    assign_parameters(model, mapped, source=directory, allow_missing=allow_missing,
+                      ctx=_context(ctx))
 
     vocab = Vocab.from_file(os.path.join(directory, 'vocab.txt'))
     if len(vocab) != config.vocab_size:
@@ -432,8 +432,7 @@ def _load_saved(directory, ctx):
         model = BERTForPretraining(bert=bert)
     else:
         raise PretrainedError(f'unknown model class {kind!r} in {directory}/{MANIFEST}')
-    model.initialize(ctx=_context(ctx))
-    assign_parameters(model, mx.nd.load(params_path), source=params_path)
+    assign_parameters(model, mx.nd.load(params_path), source=params_path, ctx=_context(ctx))
     vocab = Vocab.from_file(os.path.join(directory, 'vocab.txt'))
     options = manifest['tokenizer']
     tokenizer = BERTTokenizer(vocab, lower=options['lower'],

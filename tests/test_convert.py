@@ -92,6 +92,26 @@ def test_assign_parameters_reports_every_problem():
     assert 'pooler.bias: (3,) vs (32,)' in message
 
 
+def test_assign_parameters_initializes_on_a_context():
+    """With ctx: given arrays become the parameters (no random init first); allowed-missing
+    ones are initialized as their blocks ask."""
+    from gluonbert.convert import assign_parameters
+    from gluonbert.params import named_parameters
+    config = gluonbert.BERTConfig.from_preset('tiny')
+    source = gluonbert.BERTForPretraining(bert=gluonbert.BERTModel(config))
+    source.initialize(mx.init.Normal(0.5))
+    arrays = {n: p.data().copy() for n, p in named_parameters(source).items()
+              if not n.startswith('ns_classifier.')}
+    target = gluonbert.BERTForPretraining(bert=gluonbert.BERTModel(config))
+    assign_parameters(target, arrays, allow_missing=['ns_classifier.dense.weight',
+                                                     'ns_classifier.dense.bias'], ctx=mx.cpu())
+    got = named_parameters(target)
+    for name, value in arrays.items():
+        assert np.array_equal(got[name].data().asnumpy(), value.asnumpy()), name
+    weight = got['ns_classifier.dense.weight'].data().asnumpy()
+    assert weight.std() > 0 and abs(weight.std() - 0.02) < 0.01  # BERT's N(0, 0.02) init
+
+
 @pytest.mark.parametrize('activation', ['gelu', 'gelu_tanh', 'relu'])
 def test_gluonnlp_model_round_trips_the_config(activation):
     config = gluonbert.BERTConfig.from_preset('tiny', activation=activation,

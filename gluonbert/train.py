@@ -581,6 +581,13 @@ def train_loop(net, train_data, test_data, num_epoch, lr, ctx, loss_fn=None, *,
                     os.makedirs(os.path.dirname(os.path.abspath(metrics_path)), exist_ok=True)
                     with open(metrics_path, 'a', encoding='utf-8') as f:
                         f.write(json.dumps(record) + '\n')
+            with timer('checkpoint'):  # written in the background while the plot is drawn
+                if checkpoint_dir and group.is_root:
+                    writer.save(checkpoint_dir, net, trainer,
+                                {'epoch': epoch, 'step': step, 'history': list(history),
+                                 'best_accuracy': best_accuracy, 'stale_epochs': stale_epochs,
+                                 'seed': seed}, is_best, states=not group.update_on_kvstore)
+            with timer('logging'):
                 last_epoch = epoch + 1 == num_epoch or bool(early_stop and
                                                             stale_epochs >= early_stop)
                 # matplotlib is slow to start: a short run plots once, at its end
@@ -588,12 +595,6 @@ def train_loop(net, train_data, test_data, num_epoch, lr, ctx, loss_fn=None, *,
                         last_epoch or time.perf_counter() - plotted >= PLOT_INTERVAL_SECONDS):
                     plot_history(history, plot_path)
                     plotted = time.perf_counter()
-            with timer('checkpoint'):
-                if checkpoint_dir and group.is_root:
-                    writer.save(checkpoint_dir, net, trainer,
-                                {'epoch': epoch, 'step': step, 'history': list(history),
-                                 'best_accuracy': best_accuracy, 'stale_epochs': stale_epochs,
-                                 'seed': seed}, is_best, states=not group.update_on_kvstore)
             if on_epoch_end is not None:
                 on_epoch_end(record)
     except BaseException:

@@ -4,6 +4,7 @@ Errors the user can fix (bad flags, missing files, bad data, offline downloads) 
 line and exit with status 2; nothing prints a traceback for them.
 """
 import argparse
+import atexit
 import json
 import os
 import sys
@@ -46,6 +47,29 @@ def run_command(prog, command, args, *, interrupted=''):
         print(f'\n{prog}: interrupted{interrupted}', file=sys.stderr)
         return 130
     return 0
+
+
+def exit_now(code):
+    """End a console command with ``code`` at once: atexit handlers run and stdout/stderr are
+    flushed, then the process exits without Python's teardown, which for a trained MXNet
+    process (freeing its memory pools, C++ destructors) took 0.2 s of a 28 s fine-tune.
+    Everything the command writes is closed before it returns."""
+    atexit._run_exitfuncs()  # pylint: disable=protected-access
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said
+            pass
+    os._exit(code or 0)  # pylint: disable=protected-access
+
+
+def console_entry(main):
+    """``main(argv) -> exit code`` as a console-script entry point that ends with
+    :func:`exit_now` (an exception still ends the process the usual way)."""
+    def entry(argv=None):
+        exit_now(main(argv))
+    entry.__doc__ = main.__doc__
+    return entry
 
 
 KVSTORE_HELP = ("device (default) or local: one process, data parallel over --gpus; "
@@ -623,9 +647,13 @@ def pretrain_main(argv=None):
 
 _COMMANDS = {'finetune': finetune_main, 'predict': predict_main, 'pretrain': pretrain_main}
 
+finetune_entry = console_entry(finetune_main)
+predict_entry = console_entry(predict_main)
+pretrain_entry = console_entry(pretrain_main)
+
 if __name__ == '__main__':
     # python -m gluonbert.cli finetune|predict|pretrain [flags]: the console scripts without
     # an installed entry point
     if len(sys.argv) < 2 or sys.argv[1] not in _COMMANDS:
         sys.exit(f'usage: python -m gluonbert.cli {{{",".join(_COMMANDS)}}} [flags]')
-    sys.exit(_COMMANDS[sys.argv[1]](sys.argv[2:]))
+    exit_now(_COMMANDS[sys.argv[1]](sys.argv[2:]))

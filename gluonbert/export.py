@@ -232,5 +232,11 @@ def export_main(argv=None):
     return run_command(PROG_EXPORT, export_cli, build_export_parser().parse_args(argv))
 
 
+def export_entry(argv=None):
+    """Entry point of ``gluonbert-export`` (ends with :func:`gluonbert.cli.exit_now`)."""
+    from .cli import exit_now
+    exit_now(export_main(argv))
+
+
 if __name__ == '__main__':
-    sys.exit(export_main())
+    export_entry()

@@ -1,5 +1,6 @@
 """The command-line tools, run in-process on tiny data, and the prediction API."""
 import json
+import os
 
 import mxnet as mx
 import pytest
@@ -187,3 +188,16 @@ def test_finetune_profile_accounts_for_the_wall_time(tiny_files, tmp_path, capsy
         1 - inside / profile['wall_seconds'], abs=1e-3)
     printed = capsys.readouterr().out
     assert 'where the time went' in printed and 'forward_backward' in printed
+
+
+def test_console_entry_exits_at_once_after_flushing_and_atexit():
+    """Console commands skip Python's slow teardown of MXNet, but lose no output."""
+    import subprocess
+    import sys
+    code = ("import atexit, sys\nfrom gluonbert.cli import exit_now\n"
+            "atexit.register(lambda: print('atexit ran'))\n"
+            "sys.stdout.write('buffered, not flushed; ')\nexit_now(3)\n")
+    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          timeout=60, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == 'buffered, not flushed; atexit ran\n'

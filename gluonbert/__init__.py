@@ -17,7 +17,7 @@ _env.require_mxnet()
 from .config import BERTConfig, PRESETS  # noqa: E402
 from . import ops  # noqa: E402
 from .layers import (PositionalEncoding, LearnedPositionalEncoding, MultiHeadAttention,  # noqa: E402
-                     LayerNorm, AddNorm, PositionWiseFFN, EncoderBlock, Activation)
+                     Dropout, LayerNorm, AddNorm, PositionWiseFFN, EncoderBlock, Activation)
 from .heads import MLMDecoder, NSClassifier  # noqa: E402
 from .model import BERTEncoder, BERTModel, BERTClassifier, BERTForPretraining  # noqa: E402
 from .convert import from_gluonnlp  # noqa: E402

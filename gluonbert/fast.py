@@ -56,14 +56,14 @@ INPUT_NAMES = ('data0', 'data1', 'data2')  # words, segments, valid_length (Gluo
 
 # ------------------------------------------------------------------------------- AMP
 def patch_amp_lists():
-    """Add the fused attention kernels and gluonbert's fused LayerNorm to AMP's bfloat16
-    float32 list (idempotent).
+    """Add the fused attention kernels and gluonbert's fused LayerNorm and dropout to AMP's
+    bfloat16 float32 list (idempotent).
 
     Must run before :func:`mxnet.contrib.amp.init` (training) and before
     ``amp.convert_symbol`` (inference); both read the list.
     """
     from mxnet.contrib.amp.lists import symbol_bf16
-    for op in INTERLEAVED_ATTENTION_OPS + ('gluonbert_layer_norm',):
+    for op in INTERLEAVED_ATTENTION_OPS + ('gluonbert_layer_norm', 'gluonbert_dropout'):
         if op not in symbol_bf16.FP32_FUNCS:
             symbol_bf16.FP32_FUNCS.append(op)
     return symbol_bf16.FP32_FUNCS
@@ -192,14 +192,15 @@ def _trace(net, inputs, *, builtin=True):
     its cached graph are left as they are.
     """
     from .layers import additive_attention_mask
-    from .ops import builtin_ops
+    from .ops import builtin_ops, inference_graph
     if isinstance(net, SymbolBlock):
         data, sym = net._cached_graph  # pylint: disable=protected-access
         return [d.name for d in data], sym
     if any(p._deferred_init for p in net.collect_params().values()):  # pylint: disable=protected-access
         net(*inputs)  # one forward gives the deferred parameters their shapes
         mx.nd.waitall()
-    with additive_attention_mask(), (builtin_ops() if builtin else contextlib.nullcontext()):
+    with additive_attention_mask(), inference_graph(), \
+            (builtin_ops() if builtin else contextlib.nullcontext()):
         sym = net(*[mx.sym.var(name) for name in INPUT_NAMES])
     return list(INPUT_NAMES), sym
 

@@ -12,7 +12,7 @@ from mxnet.gluon import HybridBlock, nn
 
 from .config import BERTConfig
 from .heads import MLMDecoder, NSClassifier
-from .layers import (WEIGHT_INIT, EncoderBlock, LayerNorm, LearnedPositionalEncoding,
+from .layers import (WEIGHT_INIT, Dropout, EncoderBlock, LayerNorm, LearnedPositionalEncoding,
                      PositionalEncoding)
 
 __all__ = ['BERTEncoder', 'BERTModel', 'BERTClassifier', 'BERTForPretraining']
@@ -121,7 +121,7 @@ class BERTEncoder(HybridBlock):
             self.position_embed = position_cls(units=units, max_length=max_length, dropout=0.0,
                                                layout='TNC', prefix='position_embed_')
             self.embed_norm = LayerNorm(units=units, epsilon=layer_norm_eps)
-            self.embed_dropout = nn.Dropout(dropout)
+            self.embed_dropout = Dropout(rate=dropout)
             self.layers = nn.HybridSequential(prefix='layers_')
             for _ in range(num_layers):
                 self.layers.add(EncoderBlock(
@@ -226,7 +226,7 @@ class BERTClassifier(HybridBlock):
         with self.name_scope():
             self.classifier = nn.HybridSequential(prefix='classifier_')
             with self.classifier.name_scope():
-                self.classifier.add(nn.Dropout(dropout))
+                self.classifier.add(Dropout(rate=dropout))
                 self.classifier.add(nn.Dense(num_classes, in_units=bert.config.units,
                                              weight_initializer=WEIGHT_INIT))
 

@@ -1,16 +1,19 @@
-"""gluonbert's fused CPU operators: LayerNorm and the AdamW update, compiled once per machine.
+"""gluonbert's fused CPU operators: LayerNorm, the AdamW update and the clipping norm,
+compiled once per machine.
 
-MXNet 1.9's CPU kernels for two hot spots of fine-tuning are generic code: the LayerNorm
-backward (a chain of broadcast reductions) and the AdamW update. ``gluonbert/csrc/
-fused_ops.cc`` does the same arithmetic in one vectorised, OpenMP-parallel pass each
-(measured on 2 cores: LayerNorm forward+backward at 8x128x768 9.8 ms -> 0.36 ms; AdamW over
-MiniLM's 22.5M parameters 44 ms -> 25 ms). It is an MXNet extension library (``lib_api.h``,
+MXNet 1.9's CPU kernels for these hot spots of fine-tuning are generic code: the LayerNorm
+backward (a chain of broadcast reductions), the AdamW update and ``multi_sum_sq``.
+``gluonbert/csrc/fused_ops.cc`` does the same arithmetic in one vectorised, OpenMP-parallel
+pass each (measured on 2 cores: LayerNorm forward+backward at 8x128x768 9.8 ms -> 0.36 ms;
+AdamW over MiniLM's 22.5M parameters 45 ms -> 12 ms, all arrays in one call; their sum of
+squares 9.6 -> 3.5 ms). It is an MXNet extension library (``lib_api.h``,
 shipped in the mxnet wheel), built with the system C++ compiler into
 ``~/.cache/gluonbert/ops`` (``GLUONBERT_CACHE_DIR`` overrides) by ``scripts/bootstrap.sh``
 or on first use (about 5 s), and loaded when gluonbert is imported.
 
-Used by :class:`gluonbert.layers.LayerNorm` (float32 on CPU) and by the ``adamw`` optimizer
-(float32 on CPU, no ``clip_gradient``); everything else runs MXNet's own operators. Graphs
+Used by :class:`gluonbert.layers.LayerNorm` (float32 on CPU), the ``adamw`` optimizer
+(float32 on CPU, no ``clip_gradient``) and gradient clipping on CPU; everything else runs
+MXNet's own operators. Graphs
 traced inside :func:`builtin_ops` use MXNet's operators only: :mod:`gluonbert.fast` traces
 its inference and export graphs there, so exported models load with plain MXNet.
 
@@ -36,10 +39,11 @@ import numpy as np
 from ._env import thread_flag
 
 __all__ = ['OPS', 'load', 'available', 'status', 'build', 'library_path', 'builtin_ops',
-           'fused_for']
+           'inference_graph', 'fused_for', 'fused_dropout']
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc', 'fused_ops.cc')
-OPS = ('gluonbert_layer_norm', 'gluonbert_multi_adamw_update', 'gluonbert_multi_sum_sq')
+OPS = ('gluonbert_layer_norm', 'gluonbert_multi_adamw_update', 'gluonbert_multi_sum_sq',
+       'gluonbert_dropout')
 # -fno-math-errno: sqrt vectorises (the same IEEE results; AdamW 21 -> 10 ms for 22.5M
 # parameters, now bound by memory). -Wl,-Bsymbolic: the library's own copy of lib_api.cc
 # must not bind to libmxnet's, which Horovod exposes by loading libmxnet RTLD_GLOBAL
@@ -199,6 +203,21 @@ def builtin_ops():
     """Within this block, graphs are traced with MXNet's own operators only (for graphs that
     are converted by AMP or the quantizer, or exported for plain MXNet)."""
     return thread_flag(_LOCAL, 'builtin')
+
+
+def inference_graph():
+    """Within this block, graphs are traced for inference: dropout (an identity there) stays
+    MXNet's operator, which needs no mask."""
+    return thread_flag(_LOCAL, 'inference')
+
+
+def fused_dropout():
+    """Whether a dropout traced now uses the fused operator: on a CPU context (MXNet makes the
+    input's context current while tracing), library loaded, outside :func:`builtin_ops` and
+    :func:`inference_graph`."""
+    if getattr(_LOCAL, 'builtin', False) or getattr(_LOCAL, 'inference', False):
+        return False
+    return mx.context.current_context().device_type == 'cpu' and load()
 
 
 def fused_for(parameter):

@@ -256,3 +256,57 @@ def test_inference_graphs_use_mxnet_operators_where_converted():
     assert 'gluonbert_layer_norm' not in bfloat16._cached_graph[1].tojson()
     np.testing.assert_allclose(float32(*example).asnumpy(), net(*example).asnumpy(),
                                rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('hybridize', [False, True])
+def test_dropout_block(hybridize):
+    """Training: about p dropped, the rest scaled by 1/(1-p), gradient through the same mask,
+    repeatable under mx.random.seed; otherwise the identity."""
+    rate = 0.25
+    block = gluonbert.Dropout(rate=rate)
+    if hybridize:
+        block.hybridize(static_alloc=True)
+    x = mx.nd.random.uniform(1, 2, shape=(64, 33, 17))  # no zeros: dropped <=> output 0
+    assert np.array_equal(block(x).asnumpy(), x.asnumpy())  # not training: identity
+    with autograd.predict_mode():
+        assert np.array_equal(block(x).asnumpy(), x.asnumpy())
+
+    def train_step(seed):
+        mx.random.seed(seed)
+        x.attach_grad()
+        with autograd.record():
+            y = block(x)
+        y.backward(mx.nd.ones_like(y))
+        return y.asnumpy(), x.grad.asnumpy()
+
+    y, grad = train_step(7)
+    kept = y != 0
+    assert abs(kept.mean() - (1 - rate)) < 0.01
+    np.testing.assert_allclose(y[kept], x.asnumpy()[kept] / (1 - rate), rtol=1e-6)
+    np.testing.assert_allclose(grad, kept / (1 - rate), rtol=1e-6)
+    assert np.array_equal(train_step(7)[0], y)        # the same seed, the same mask
+    assert not np.array_equal(train_step(8)[0], y)
+    assert 'gluonbert_dropout' in block(mx.sym.var('x')).tojson()
+
+
+def test_dropout_masks_are_independent_of_position_and_call():
+    block = gluonbert.Dropout(rate=0.5)
+    x = mx.nd.ones((4, 100000))
+    with autograd.record():
+        first, second = block(x).asnumpy() != 0, block(x).asnumpy() != 0
+    # neighbouring elements, rows and successive calls are uncorrelated
+    assert abs(np.corrcoef(first[:, :-1].ravel(), first[:, 1:].ravel())[0, 1]) < 0.01
+    assert abs(np.corrcoef(first[0], first[1])[0, 1]) < 0.01
+    assert abs(np.corrcoef(first.ravel(), second.ravel())[0, 1]) < 0.01
+
+
+def test_inference_graphs_use_mxnet_dropout():
+    block = gluonbert.Dropout(rate=0.1)
+    x = mx.sym.var('x')
+    with ops.inference_graph():
+        assert 'gluonbert_dropout' not in block(x).tojson()
+    with ops.builtin_ops():
+        assert 'gluonbert_dropout' not in block(x).tojson()
+    assert gluonbert.Dropout(rate=0.0)(x).tojson().count('"op": "_copy"') == 1
+    with pytest.raises(ValueError, match='rate'):
+        gluonbert.Dropout(rate=1.0)

@@ -9,6 +9,7 @@
 //       num_arrays, etas, wds, beta1, beta2, epsilon) -> weight[N], mean and var in place
 //       (the rule of contrib.adamw_update, N arrays in one call)
 //   gluonbert_multi_sum_sq(array[N]; num_arrays) -> (1,) sum of squares, for clipping
+//   gluonbert_dropout(data, training; p) -> out, seed      (the mask is recomputed)
 //
 // float32 on CPU only; gluonbert/ops.py falls back to MXNet's operators otherwise.
 #include <omp.h>
@@ -329,6 +330,116 @@ MXReturnValue sumsq_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   return MX_SUCCESS;
 }
 
+// ------------------------------------------------------------------------- Dropout
+
+// inputs: data, training (1,) float32 (nonzero: drop; zero: pass data through);
+// outputs: out (data's shape), seed (1,) int64. A kept element is scaled by 1/(1-p).
+//
+// The extension API does not say whether a forward is for training, so the graph passes it
+// in (gluonbert.layers.Dropout computes it with MXNet's own Dropout of a constant). The
+// random bits are a counter-based hash (splitmix64) of one 64-bit seed per call, drawn from
+// MXNet's generator (mx.random.seed makes runs repeatable), 16 bits per element: the same
+// mask whatever the thread count. The backward recomputes the mask from the seed (an output,
+// so that MXNet keeps it for the backward) instead of storing it.
+inline uint64_t splitmix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+
+// an element is kept when its 16 random bits are >= threshold: P(drop) = threshold / 2^16
+inline uint32_t drop_threshold(float p) {
+  return static_cast<uint32_t>(std::lround(p * 65536.0));
+}
+
+// out[i] = keep(i) ? in[i] * scale : 0, for the mask of `seed` (in-place allowed)
+inline void apply_mask(const float* in, float* out, int64_t n, uint64_t seed, uint32_t threshold,
+                       float scale) {
+  const int64_t groups = (n + 3) / 4;
+#pragma omp parallel for simd schedule(static)
+  for (int64_t g = 0; g < groups; ++g) {
+    const uint64_t bits = splitmix64(seed + static_cast<uint64_t>(g) * 0x9E3779B97F4A7C15ULL);
+    for (int k = 0; k < 4; ++k) {
+      const int64_t i = 4 * g + k;
+      if (i < n) out[i] = ((bits >> (16 * k)) & 0xFFFF) >= threshold ? in[i] * scale : 0.f;
+    }
+  }
+}
+
+MXReturnValue dropout_parse(const Attrs& attrs, int* num_in, int* num_out) {
+  const float p = attr_float(attrs, "p", -1.f);
+  if (!(p >= 0.f && p < 1.f)) {
+    MX_ERROR_MSG << "gluonbert_dropout: p must be in [0, 1)";
+    return MX_FAIL;
+  }
+  *num_in = 2;
+  *num_out = 2;
+  return MX_SUCCESS;
+}
+
+MXReturnValue dropout_type(const Attrs& attrs, std::vector<int>* in_types,
+                           std::vector<int>* out_types) {
+  std::vector<int> float_output(1);
+  if (float32_types("gluonbert_dropout", in_types, &float_output) != MX_SUCCESS)
+    return MX_FAIL;
+  (*out_types)[0] = kFloat32;
+  (*out_types)[1] = mxnet::ext::kInt64;
+  return MX_SUCCESS;
+}
+
+MXReturnValue dropout_shape(const Attrs& attrs, std::vector<std::vector<unsigned int>>* in_shapes,
+                            std::vector<std::vector<unsigned int>>* out_shapes) {
+  if ((*in_shapes)[1] != std::vector<unsigned int>{1}) {
+    MX_ERROR_MSG << "gluonbert_dropout: training must have shape (1,)";
+    return MX_FAIL;
+  }
+  (*out_shapes)[0] = (*in_shapes)[0];
+  (*out_shapes)[1] = {1};
+  return MX_SUCCESS;
+}
+
+MXReturnValue dropout_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                              std::vector<MXTensor>* outputs, const OpResource& res) {
+  const float p = attr_float(attrs, "p", 0.f);
+  const float* x = (*inputs)[0].data<float>();
+  const bool training = *(*inputs)[1].data<float>() != 0.f;
+  float* y = (*outputs)[0].data<float>();
+  int64_t* seed_out = (*outputs)[1].data<int64_t>();
+  const int64_t n = num_elements((*inputs)[0]);
+  *seed_out = 0;
+  if (!training || p == 0.f) {
+    if (y != x) std::memcpy(y, x, sizeof(float) * n);
+    return MX_SUCCESS;
+  }
+  mxnet::ext::mx_cpu_rand_t* states = res.get_cpu_rand_states();
+  if (states == nullptr) {
+    MX_ERROR_MSG << "gluonbert_dropout: MXNet gave no random generator";
+    return MX_FAIL;
+  }
+  const uint64_t seed = (static_cast<uint64_t>(states[0]()) << 32) ^ states[0]();
+  *seed_out = static_cast<int64_t>(seed);
+  apply_mask(x, y, n, seed, drop_threshold(p), 1.f / (1.f - p));
+  return MX_SUCCESS;
+}
+
+// inputs: out_grad, seed_grad, data, training, out, seed; outputs: data_grad, training_grad
+MXReturnValue dropout_backward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                               std::vector<MXTensor>* outputs, const OpResource& res) {
+  const float p = attr_float(attrs, "p", 0.f);
+  const float* dy = (*inputs)[0].data<float>();
+  const bool training = *(*inputs)[3].data<float>() != 0.f;
+  const uint64_t seed = static_cast<uint64_t>(*(*inputs)[5].data<int64_t>());
+  float* dx = (*outputs)[0].data<float>();
+  *(*outputs)[1].data<float>() = 0.f;
+  const int64_t n = num_elements((*inputs)[2]);
+  if (!training || p == 0.f) {
+    if (dx != dy) std::memcpy(dx, dy, sizeof(float) * n);
+    return MX_SUCCESS;
+  }
+  apply_mask(dy, dx, n, seed, drop_threshold(p), 1.f / (1.f - p));
+  return MX_SUCCESS;
+}
+
 }  // namespace
 
 REGISTER_OP(gluonbert_layer_norm)
@@ -350,6 +461,13 @@ REGISTER_OP(gluonbert_multi_sum_sq)
     .setInferType(sumsq_type)
     .setInferShape(sumsq_shape)
     .setForward(sumsq_forward, "cpu");
+
+REGISTER_OP(gluonbert_dropout)
+    .setParseAttrs(dropout_parse)
+    .setInferType(dropout_type)
+    .setInferShape(dropout_shape)
+    .setForward(dropout_forward, "cpu")
+    .setBackward(dropout_backward, "cpu");
 
 MXReturnValue initialize(int version) {
   return version >= 10900 ? MX_SUCCESS : MX_FAIL;

@@ -60,7 +60,7 @@ def exit_now(code):
             stream.flush()
         except (OSError, ValueError):  # a closed pipe: nothing more can be said
             pass
-    os._exit(code or 0)  # pylint: disable=protected-access
+    os._exit(code or 0)
 
 
 def console_entry(main):

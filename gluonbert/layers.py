@@ -19,9 +19,9 @@ from mxnet.gluon import HybridBlock, nn
 from . import ops
 from ._env import thread_flag
 
-__all__ = ['PositionalEncoding', 'LearnedPositionalEncoding', 'MultiHeadAttention',
-           'Dropout', 'LayerNorm', 'AddNorm', 'PositionWiseFFN', 'EncoderBlock', 'Activation', 'sinusoidal_table',
-           'additive_attention_mask']
+__all__ = ['PositionalEncoding', 'LearnedPositionalEncoding', 'MultiHeadAttention', 'Dropout',
+           'LayerNorm', 'AddNorm', 'PositionWiseFFN', 'EncoderBlock', 'Activation',
+           'sinusoidal_table', 'additive_attention_mask']
 
 LAYOUTS = ('NTC', 'TNC')
 # BERT's initialisation: N(0, 0.02) weights, zero biases.
@@ -298,7 +298,8 @@ class Dropout(HybridBlock):
     ``1 / (1 - rate)``; otherwise the identity.
 
     On CPU it computes with gluonbert's fused operator (:mod:`gluonbert.ops`; 1.57M elements:
-    4.2 -> 1.2 ms, and a 1-byte mask instead of 4). An extension operator is not told whether
+    4.2 -> 1.2 ms, and no stored mask: the backward recomputes it from the call's random
+    seed, so ``mx.random.seed`` repeats it). An extension operator is not told whether
     MXNet runs it for training, so the graph tells it: MXNet's own Dropout of the constant 1
     is 1 in inference and 0 or 2 in training. Inference graphs (:func:`gluonbert.ops.
     inference_graph`) and GPUs use MXNet's Dropout.

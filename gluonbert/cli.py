@@ -463,7 +463,7 @@ def build_predict_parser():
     return parser
 
 
-def _fast_model(args, net, vocab, tokenizer, ctx):
+def _fast_model(args, net, vocab, tokenizer, ctx, num_texts=0):
     """The classifier converted as --dtype / --quantize ask (gluonbert.fast)."""
     from . import fast
     dtype, quantize, calib_file = args.dtype, args.quantize, args.calib_file
@@ -475,7 +475,9 @@ def _fast_model(args, net, vocab, tokenizer, ctx):
         raise UsageError('--dtype bfloat16 and --quantize int8 are CPU fast paths; use them '
                          'without --gpus')
     if not quantize and dtype == 'float32':
-        return net
+        # the folded, oneDNN-fused copy (fast.to_float32 on CPU) takes about 0.2 s to make
+        # and then runs about 1.35x faster than the hybridized model: worth it beyond a batch
+        return fast.prepare(net, 'float32', ctx=ctx) if num_texts > args.batch_size else net
     calib = (fast.calibration_batches(net, vocab, tokenizer, calib_file,
                                       batch_size=args.batch_size, max_len=args.max_len, ctx=ctx)
              if quantize else None)
@@ -504,7 +506,7 @@ def predict_cli(args, stdin=None, stdout=None):
     if not texts:
         raise UsageError('no text given (pass TEXT arguments or lines on stdin)')
     net.hybridize(static_alloc=True)
-    net = _fast_model(args, net, vocab, tokenizer, contexts[0])
+    net = _fast_model(args, net, vocab, tokenizer, contexts[0], num_texts=len(texts))
     for prediction in predict(net, contexts[0], vocab, tokenizer, texts,
                               batch_size=args.batch_size, max_len=args.max_len):
         stdout.write(json.dumps(prediction.to_dict(), ensure_ascii=False) + '\n')

@@ -54,6 +54,20 @@ def test_finetune_then_predict(tiny_files, tmp_path, capsys, monkeypatch):
     for line in lines:
         assert line['label'] in ('negative', 'positive') and 0.5 <= line['probability'] <= 1
 
+    # more texts than a batch: the float32 fast path (fast.prepare), same predictions
+    texts = ['a lovely film', 'awful', 'fine acting', 'a boring plot', 'great']
+    prepared = []
+    real_prepare = gluonbert.fast.prepare
+    monkeypatch.setattr(gluonbert.fast, 'prepare',
+                        lambda *a, **k: prepared.append(a[1]) or real_prepare(*a, **k))
+    assert predict_main(['--model-dir', str(out / 'model'), '--batch-size', '2', *texts]) == 0
+    assert prepared == ['float32']
+    fast_lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    expected = gluonbert.predict(net, mx.cpu(), vocab, tokenizer, texts, batch_size=2)
+    assert [line['label'] for line in fast_lines] == [p.label for p in expected]
+    for line, prediction in zip(fast_lines, expected):
+        assert abs(line['probability'] - prediction.probability) < 1e-4
+
     import io
     monkeypatch.setattr('sys.stdin', io.StringIO('first review\n\nsecond review\n'))
     assert predict_main(['--model-dir', str(out / 'model')]) == 0

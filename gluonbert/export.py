@@ -108,7 +108,8 @@ def export_classifier(net, vocab, tokenizer, prefix, *, dtype='float32', calib_b
     net.hybridize(static_alloc=True)
     with builtin_ops():
         reference = net(*check_batch).asnumpy()  # float32 logits; builds the cached graph
-    model = prepare(net, dtype, calib_batches=calib_batches) if dtype != 'float32' else net
+    model = (prepare(net, dtype, calib_batches=calib_batches, portable=True)
+             if dtype != 'float32' else net)
     expected = model(*check_batch).asnumpy()
     # keep AMP's casts in the file: without them a bfloat16 graph would not run
     model.export(prefix, epoch=0, remove_amp_cast=False)

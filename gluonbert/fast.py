@@ -337,14 +337,15 @@ def _partition(sym, names, example, arg_params, aux_params, ctx):
                             type_dict={n: np.float32 for n in names})
 
 
-def to_float32(net, *, ctx=None, example=None, static_shape=True):
+def to_float32(net, *, ctx=None, example=None, static_shape=True, portable=False):
     """A float32 copy of ``net`` for CPU inference, partitioned for oneDNN.
 
     The parameter-only parts of the graph are precomputed (:func:`fold_constants`) and the
     graph is fused by the oneDNN backend: the self-attention kernels become oneDNN's
     (about 3x faster than the generic ones) and GELU joins its Dense layer. LayerNorm is
-    gluonbert's fused operator when available (MiniLM 32x128: +5%). Outputs equal the
-    original's to float32 rounding (about 1e-6). ``net`` itself is not changed.
+    gluonbert's fused operator when available (MiniLM 32x128: +5%), unless ``portable``
+    asks for MXNet's operators only (a graph to export). Outputs equal the original's to
+    float32 rounding (about 1e-6). ``net`` itself is not changed.
 
     Returns an :class:`InferenceClassifier`, hybridized with static memory.
     """
@@ -352,8 +353,7 @@ def to_float32(net, *, ctx=None, example=None, static_shape=True):
     if ctx.device_type != 'cpu':
         raise ValueError('to_float32 partitions for oneDNN (CPU); on GPU use optimize(net)')
     example = example or example_inputs(net, ctx=ctx)
-    # the fused LayerNorm (gluonbert.ops) stays: this graph is not converted or exported
-    names, sym, arg_params, aux_params = _inference_graph(net, example, builtin=False)
+    names, sym, arg_params, aux_params = _inference_graph(net, example, builtin=portable)
     sym = _partition(sym, names, example, arg_params, aux_params, ctx)
     block = _load_block(sym, names, arg_params, aux_params, net, 'float32', ctx)
     block.hybridize(static_alloc=True, static_shape=static_shape)
@@ -361,7 +361,7 @@ def to_float32(net, *, ctx=None, example=None, static_shape=True):
 
 
 def to_bfloat16(net, *, ctx=None, example=None, static_shape=True, cast_params=True,
-                fuse=True):
+                fuse=True, portable=False):
     """A bfloat16 mixed-precision copy of ``net`` for CPU inference.
 
     Dense layers (all but a few percent of BERT's arithmetic) run in bfloat16 through
@@ -373,6 +373,9 @@ def to_bfloat16(net, *, ctx=None, example=None, static_shape=True, cast_params=T
     each bfloat16 Dense layer with the element-wise work around it (measured on 2 cores,
     BERT-base 32x128: 23.6 -> 26.0 sequences/s; logits change by < 4e-3).
 
+    LayerNorm is gluonbert's fused operator (kept float32 by AMP; MiniLM 32x128: +8%,
+    BERT-base +6%), unless ``portable`` asks for MXNet's operators only (a graph to export).
+
     Returns an :class:`InferenceClassifier`, hybridized with static memory.
     """
     from mxnet.contrib import amp
@@ -381,7 +384,7 @@ def to_bfloat16(net, *, ctx=None, example=None, static_shape=True, cast_params=T
         raise ValueError('to_bfloat16 is for CPU inference; on GPU use float16 AMP')
     patch_amp_lists()
     example = example or example_inputs(net, ctx=ctx)
-    names, sym, arg_params, aux_params = _inference_graph(net, example)
+    names, sym, arg_params, aux_params = _inference_graph(net, example, builtin=portable)
     sym, arg_params, aux_params = amp.convert_model(
         sym, arg_params, aux_params, target_dtype='bfloat16',
         cast_optional_params=cast_params)
@@ -509,12 +512,14 @@ def _quiet_mxnet():
         os.close(saved)
 
 
-def prepare(net, dtype='float32', *, calib_batches=None, ctx=None, static_shape=False):
+def prepare(net, dtype='float32', *, calib_batches=None, ctx=None, static_shape=False,
+            portable=False):
     """``net`` ready for fast inference in ``dtype`` ('float32', 'bfloat16' or 'int8').
 
     On CPU each returns a converted :class:`InferenceClassifier` (float32:
     :func:`to_float32`); on GPU float32 hybridizes ``net`` in place (static memory) and
-    returns it. int8 needs ``calib_batches``.
+    returns it. int8 needs ``calib_batches``. ``portable``: MXNet's operators only, none of
+    :mod:`gluonbert.ops` (for a file that plain MXNet loads; int8 graphs always are).
     """
     if dtype not in DTYPES:
         raise ValueError(f'dtype must be one of {DTYPES}, got {dtype!r}')
@@ -523,9 +528,9 @@ def prepare(net, dtype='float32', *, calib_batches=None, ctx=None, static_shape=
     if dtype == 'float32':
         if ctx.device_type != 'cpu':
             return optimize(net, static_shape=static_shape)
-        return to_float32(net, ctx=ctx, static_shape=static_shape)
+        return to_float32(net, ctx=ctx, static_shape=static_shape, portable=portable)
     if dtype == 'bfloat16':
-        return to_bfloat16(net, ctx=ctx, static_shape=static_shape)
+        return to_bfloat16(net, ctx=ctx, static_shape=static_shape, portable=portable)
     if not calib_batches:
         raise ValueError('int8 quantization needs calibration batches (calib_batches)')
     return quantize_int8(net, calib_batches, ctx=ctx, static_shape=static_shape)

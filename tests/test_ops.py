@@ -242,20 +242,26 @@ def test_adamw_optimizer_follows_the_textbook_rule(fused, monkeypatch):
     np.testing.assert_allclose(weight.data().asnumpy(), w, rtol=1e-5, atol=1e-6)
 
 
-def test_inference_graphs_use_mxnet_operators_where_converted():
-    """The float32 fast path keeps the fused LayerNorm; graphs that AMP converts (and that
-    are exported) use MXNet's LayerNorm, whose conversion rules AMP knows."""
+def test_inference_graphs_keep_the_fused_layer_norm_unless_portable():
+    """The float32 and bfloat16 fast paths keep the fused LayerNorm (AMP keeps it float32);
+    portable graphs (exports) and int8 graphs use MXNet's operators only."""
     from gluonbert import fast
     config = gluonbert.BERTConfig.from_preset('tiny')
     net = gluonbert.BERTClassifier(gluonbert.BERTModel(config), num_classes=2)
     net.initialize()
     example = fast.example_inputs(net, batch_size=2, seq_len=8)
-    float32 = fast.to_float32(net, example=example)
-    bfloat16 = fast.to_bfloat16(net, example=example)
-    assert 'gluonbert_layer_norm' in float32._cached_graph[1].tojson()
-    assert 'gluonbert_layer_norm' not in bfloat16._cached_graph[1].tojson()
-    np.testing.assert_allclose(float32(*example).asnumpy(), net(*example).asnumpy(),
-                               rtol=1e-4, atol=1e-5)
+    reference = net(*example).asnumpy()
+    for dtype, tolerance in (('float32', 1e-5), ('bfloat16', 5e-2)):
+        fused = fast.prepare(net, dtype, ctx=mx.cpu())
+        portable = fast.prepare(net, dtype, ctx=mx.cpu(), portable=True)
+        assert 'gluonbert_layer_norm' in fused._cached_graph[1].tojson(), dtype
+        assert 'gluonbert_' not in portable._cached_graph[1].tojson(), dtype
+        for model in (fused, portable):
+            np.testing.assert_allclose(model(*example).asnumpy(), reference,
+                                       rtol=tolerance, atol=tolerance)
+        assert 'gluonbert_dropout' not in fused._cached_graph[1].tojson()  # inference graph
+    int8 = fast.prepare(net, 'int8', ctx=mx.cpu(), calib_batches=[example])
+    assert 'gluonbert_' not in int8._cached_graph[1].tojson()
 
 
 @pytest.mark.parametrize('hybridize', [False, True])

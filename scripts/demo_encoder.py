@@ -2,9 +2,8 @@
 
     .venv/bin/python scripts/demo_encoder.py
 """
+import gluonbert  # first: it sets the OpenMP thread count MXNet reads at import
 import mxnet as mx
-
-import gluonbert
 
 encoder = gluonbert.BERTEncoder(vocab_size=30522, units=768, hidden_size=3072, num_heads=12,
                                 num_layers=12, dropout=0.1)

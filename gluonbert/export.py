@@ -19,7 +19,9 @@ fine-tuned on the bundled reviews, bfloat16 kept every test prediction; int8 cha
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 import warnings
 
 import numpy as np
@@ -111,10 +113,17 @@ def export_classifier(net, vocab, tokenizer, prefix, *, dtype='float32', calib_b
     model = (prepare(net, dtype, calib_batches=calib_batches, portable=True)
              if dtype != 'float32' else net)
     expected = model(*check_batch).asnumpy()
-    # keep AMP's casts in the file: without them a bfloat16 graph would not run
-    model.export(prefix, epoch=0, remove_amp_cast=False)
     files = {'symbol': f'{prefix}-symbol.json', 'params': f'{prefix}-0000.params',
              'vocab': f'{prefix}-vocab.txt', 'meta': f'{prefix}-meta.json'}
+    # written next to the destination, then renamed into place: a crash leaves no torn file
+    staging = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(prefix)), prefix='.export-')
+    try:
+        # keep AMP's casts in the file: without them a bfloat16 graph would not run
+        model.export(os.path.join(staging, 'model'), epoch=0, remove_amp_cast=False)
+        os.replace(os.path.join(staging, 'model-symbol.json'), files['symbol'])
+        os.replace(os.path.join(staging, 'model-0000.params'), files['params'])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     vocab.save(files['vocab'])
     input_names = [s.name for s in model._cached_graph[0]]  # pylint: disable=protected-access
     if input_names != list(INPUT_NAMES):

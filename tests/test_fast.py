@@ -224,6 +224,7 @@ def test_export_reloads_without_gluonbert(trained, tmp_path):
         assert meta['label_names'] == ['negative', 'positive'] and meta['max_len'] == 16
         assert meta['input_names'] == ['data0', 'data1', 'data2']
         assert Vocab.from_file(meta['paths']['vocab']).idx_to_token == vocab.idx_to_token
+        assert not list((tmp_path / 'out').glob('.export-*'))  # no staging left behind
         expected[dtype] = meta
     # one interpreter for the three reloads (each start costs seconds)
     script = '\n'.join(f'sys.argv = [None, {str(tmp_path / "out" / d)!r}, '

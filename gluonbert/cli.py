@@ -485,23 +485,13 @@ def _fast_model(args, net, vocab, tokenizer, ctx, num_texts=0):
 
 
 def predict_cli(args, stdin=None, stdout=None):
-    from .lora import ADAPTER_MANIFEST, load_lora, merge_lora
-    from .model import BERTClassifier
+    from .export import load_classifier
     from .predict import predict
-    from .pretrained import load_pretrained
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
-    if not os.path.isdir(args.model_dir):
-        raise UsageError(f'no such model directory: {args.model_dir}')
     contexts = _contexts(args.gpus)
-    if os.path.exists(os.path.join(args.model_dir, ADAPTER_MANIFEST)):
-        net, vocab, tokenizer = load_lora(args.model_dir, ctx=contexts[0])
-        merge_lora(net)  # same outputs, the speed of the plain model
-    else:
-        net, vocab, tokenizer = load_pretrained(args.model_dir, ctx=contexts[0])
-    if not isinstance(net, BERTClassifier):
-        raise UsageError(f'{args.model_dir} holds a {type(net).__name__}, not a fine-tuned '
-                         f'classifier')
+    # a model directory, or a LoRA adapter merged into its base (the plain model's speed)
+    net, vocab, tokenizer = load_classifier(args.model_dir, ctx=contexts[0])
     texts = args.texts or [line.rstrip('\n') for line in stdin if line.strip()]
     if not texts:
         raise UsageError('no text given (pass TEXT arguments or lines on stdin)')

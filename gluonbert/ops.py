@@ -38,7 +38,7 @@ import numpy as np
 
 from ._env import thread_flag
 
-__all__ = ['OPS', 'load', 'available', 'status', 'build', 'library_path', 'builtin_ops',
+__all__ = ['OPS', 'load', 'status', 'build', 'library_path', 'builtin_ops',
            'inference_graph', 'fused_for', 'fused_dropout']
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc', 'fused_ops.cc')
@@ -187,11 +187,6 @@ def load(*, build_if_missing=True, quiet=False):
             return False
         _STATE.update(loaded=True, tried=True, reason=f'loaded from {path}')
         return True
-
-
-def available():
-    """True when the operators are loaded and not switched off by :func:`builtin_ops`."""
-    return _STATE['loaded'] and not getattr(_LOCAL, 'builtin', False)
 
 
 def status():

@@ -54,13 +54,13 @@ class AdamW(_import_bertadam()):
         self.aggregate_num = 1 << 16
 
     def _update_impl(self, indices, weight, grad, state, multi_precision=False):
+        if not isinstance(indices, (list, tuple)):
+            indices, weight, grad, state = [indices], [weight], [grad], [state]
         if self.grad_scale is not None and not isinstance(self.rescale_grad, mx.nd.NDArray):
             # Trainer.update() has just set rescale_grad to a float: fold the clipping
             # factor in, so that the update op applies it (no pass over the gradients)
-            first = weight[0] if isinstance(weight, (list, tuple)) else weight
-            self.rescale_grad = self.grad_scale.as_in_context(first.context) * self.rescale_grad
-        if not isinstance(indices, (list, tuple)):
-            indices, weight, grad, state = [indices], [weight], [grad], [state]
+            self.rescale_grad = (self.grad_scale.as_in_context(weight[0].context) *
+                                 self.rescale_grad)
         if not multi_precision and self._fused(weight, grad):
             self._fused_update(indices, weight, grad, state)
             return
@@ -367,7 +367,7 @@ class _CheckpointWriter:
 
     ``save`` snapshots the parameters and optimizer states to CPU copies (ordered by the
     engine before any later update), then writes them, one checkpoint at a time. A
-    failed write raises at the next ``save`` or at ``close``.
+    failed write raises at the next ``save`` or ``wait``.
     """
 
     def __init__(self):

@@ -1,5 +1,5 @@
 """Distributed training: sharding, the parameter-server job on loopback, the launcher's
-clean shutdown, and Horovod (skipped where horovod is not importable: CI does not install it).
+clean shutdown, and Horovod (skipped where horovod.mxnet is not importable; .ci/run builds it).
 
 Every job runs in subprocesses with a timeout, under gluonbert-launch's own --timeout, so a
 hang cannot block the run; the launcher's children die with it even if it is SIGKILLed.
@@ -282,7 +282,7 @@ def test_timeout_interrupt_and_a_killed_launcher_leave_no_process(tmp_path):
 
 # --------------------------------------------------------------------------- Horovod
 def test_horovod_equals_one_process_on_the_global_batch(tmp_path, reference):
-    """Skipped unless horovod.mxnet is importable (CI does not install Horovod)."""
+    """Skipped unless horovod.mxnet is importable (an optional extra; .ci/run builds it)."""
     pytest.importorskip('horovod.mxnet', reason='Horovod with MXNet support is not installed')
     command = [sys.executable, '-m', 'horovod.runner.launch', '-np', '2', '-H', 'localhost:2',
                '--gloo', sys.executable, WORKER, str(tmp_path), '--kvstore', 'horovod']

@@ -14,6 +14,7 @@ import gluonbert
 import mxnet as mx
 
 from gluonbert import fast
+from gluonbert.hardware import bf16_support, cpu_info
 from gluonbert.data import BERTTransform, load_dataset, make_dataloader
 from gluonbert.train import evaluate_accuracy
 
@@ -29,10 +30,15 @@ def main(argv=None):
                            BERTTransform(tokenizer, vocab, max_len=args.max_len),
                            batch_size=32, shuffle=False)
     net.hybridize(static_alloc=True)
+    bf16, why_not = bf16_support()
+    print(f'CPU: {cpu_info().describe()}\n')
     print('| model | test accuracy |\n|---|---:|')
     print(f'| as trained | {evaluate_accuracy(net, test, mx.cpu()):.4f} |')
     calib = fast.calibration_batches(net, vocab, tokenizer, max_len=args.max_len)
     for dtype in fast.DTYPES:
+        if dtype == 'bfloat16' and not bf16:
+            print(f'| fast.prepare bfloat16 | skipped: {why_not} |')
+            continue
         model = fast.prepare(net, dtype, calib_batches=calib if dtype == 'int8' else None)
         print(f'| fast.prepare {dtype} | {evaluate_accuracy(model, test, mx.cpu()):.4f} |')
 

@@ -615,6 +615,7 @@ def gemm_group(settings, repeats, during=None):
     import mxnet as mx
     from mxnet.contrib import quantization
     from mxnet.contrib.amp.amp import bfloat16
+    from gluonbert.hardware import bf16_support
     m, k, n = settings['gemm']
     x = mx.nd.random.normal(shape=(m, k))
     w = mx.nd.random.normal(shape=(n, k))
@@ -635,6 +636,7 @@ def gemm_group(settings, repeats, during=None):
         'bfloat16': lambda: mx.nd.FullyConnected(xb, wb, num_hidden=n, no_bias=True),
         'int8': lambda: int8(x),
     }
+    bf16, why_not = bf16_support()
     variants = []
     for dtype, make in runs.items():
         def run(iters, make=make):
@@ -646,6 +648,8 @@ def gemm_group(settings, repeats, during=None):
         where = f'; timed with the {during} inference rows' if during else ''
         variants.append(Variant('GEMM peak', f'{dtype} ({label}{where})', 'GFLOP/s',
                                 flops / 1e9, run=run, note=notes.get(dtype, ''), peak=dtype))
+        if dtype == 'bfloat16' and not bf16:  # oneDNN would fail inside the kernel
+            variants[-1].error = f'skipped: {why_not}'
     if during is None:
         measure(variants, max(3, repeats), 1)
     return variants
@@ -845,17 +849,14 @@ def main(argv=None):
             with open(args.json, 'w', encoding='utf-8') as f:
                 json.dump(rows, f, indent=2)
 
-    cpu = ''
-    try:
-        with open('/proc/cpuinfo', encoding='utf-8') as f:
-            cpu = next((line.split(':', 1)[1].strip() for line in f
-                        if line.startswith('model name')), '')
-    except OSError:
-        pass
+    from gluonbert.hardware import bf16_support, cpu_info
+    cpu = cpu_info().describe()
+    bf16, why_not = bf16_support()
     versions = (f", torch {hf_versions['torch']}, transformers {hf_versions['transformers']}"
                 if hf_versions else '')
     print(f'gluonbert {gluonbert.__version__}, mxnet {mx.__version__}{versions}; '
-          f'{cpu or "CPU"}, {threads} threads (OMP_NUM_THREADS); '
+          f'{cpu}, {threads} threads (OMP_NUM_THREADS); '
+          f'bf16 {"native" if bf16 else "rows skipped: " + why_not}; '
           f'fused CPU operators {"on" if gluonbert.ops.load() else "off"}; '
           f'{settings["repeats"]} interleaved rounds per variant'
           f'{" (--quick)" if args.quick else ""}; {time.perf_counter() - started:.0f} s')

@@ -31,7 +31,8 @@ from .train import train_loop, evaluate_accuracy  # noqa: E402
 from .predict import predict_sentiment, predict, Prediction  # noqa: E402
 from .pretrain import PretrainingData, pretrain_loop  # noqa: E402
 
-# the fused CPU operators, if built (scripts/bootstrap.sh builds them; else first use does)
-ops.load(build_if_missing=False)
+# the fused CPU operators, if built and intact (scripts/bootstrap.sh or `gluonbert-ops build`
+# builds them; nothing is compiled here or later)
+ops.load()
 
 __version__ = '0.1.0'

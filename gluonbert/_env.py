@@ -15,7 +15,7 @@ import os
 import sys
 
 __all__ = ['physical_cores', 'default_num_threads', 'apply_thread_defaults', 'require_mxnet',
-           'thread_flag']
+           'thread_flag', 'quiet_native_stderr']
 
 INSTALL_HINT = ("install gluonbert with an MXNet flavour: pip install 'gluonbert[cpu]' "
                 "(or 'gluonbert[cu112]' / 'gluonbert[cu117]' for CUDA 11.2 / 11.7 GPUs)")
@@ -97,3 +97,20 @@ def thread_flag(local, name):
         yield
     finally:
         setattr(local, name, previous)
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Within the block, what native code (MXNet's C++ logging, oneDNN) writes to file
+    descriptor 2 is discarded; Python's own stderr and raised errors are unaffected, and
+    descriptor 2 is restored afterwards, also on errors. For notes that would only confuse
+    (the int8 pass's "no int8 kernel for tanh", the bf16 probe's failed primitive)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, 'w', encoding='utf-8') as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

@@ -1,7 +1,8 @@
 """Command-line tools: ``gluonbert-finetune`` and ``gluonbert-predict``.
 
-Errors the user can fix (bad flags, missing files, bad data, offline downloads) print one
-line and exit with status 2; nothing prints a traceback for them.
+Errors the user can fix (bad flags, missing files, bad data, offline downloads, a CPU
+without what was asked for) print one line and exit with status 2; anything else is a bug
+and prints its traceback (exit status 1).
 """
 import argparse
 import atexit
@@ -10,14 +11,13 @@ import os
 import sys
 import time
 
+from .errors import GluonbertError, UsageError
+from .hardware import require_bf16
+
 __all__ = ['finetune_main', 'predict_main', 'pretrain_main', 'build_finetune_parser']
 
 PROG_FINETUNE = 'gluonbert-finetune'
 PROG_PREDICT = 'gluonbert-predict'
-
-
-class UsageError(Exception):
-    """A problem with the user's input; reported as one line."""
 
 
 def _fail(prog, message):
@@ -27,22 +27,28 @@ def _fail(prog, message):
     return 2
 
 
-def _user_errors():
-    """Exception types whose message is meant for the user."""
-    from .data import DataError
-    from .distributed import HorovodUnavailable
-    from .pretrained import PretrainedError
-    return (UsageError, DataError, PretrainedError, FileNotFoundError, NotADirectoryError,
-            PermissionError, ValueError, TypeError, HorovodUnavailable)
+def _file_problem(err):
+    """The one line for an OSError about a named file (a missing or unreadable input, a
+    full disk); None for other OSErrors, which are bugs and keep their traceback."""
+    if err.filename is None:
+        return None
+    return f'{err.filename}: {err.strerror or err}'
 
 
 def run_command(prog, command, args, *, interrupted=''):
-    """Run ``command(args)`` for a console script: 0 on success; a user error prints one
-    line and returns 2; Ctrl-C prints ``interrupted`` (e.g. how to resume) and returns 130."""
+    """Run ``command(args)`` for a console script: 0 on success; a user error (a
+    :class:`~gluonbert.errors.GluonbertError`, or an OSError naming a file) prints one line
+    and returns 2; any other exception is a bug and propagates with its traceback (exit 1);
+    Ctrl-C prints ``interrupted`` (e.g. how to resume) and returns 130."""
     try:
         command(args)
-    except _user_errors() as err:
+    except GluonbertError as err:
         return _fail(prog, str(err))
+    except OSError as err:
+        message = _file_problem(err)
+        if message is None:
+            raise
+        return _fail(prog, message)
     except KeyboardInterrupt:
         print(f'\n{prog}: interrupted{interrupted}', file=sys.stderr)
         return 130
@@ -197,6 +203,8 @@ def _validate_finetune_args(args):
     for path in (args.train, args.test):
         if path and not os.path.isfile(path):
             raise UsageError(f'no such file: {path}')
+    if args.dtype == 'bfloat16' and not args.gpus:  # before anything loads
+        require_bf16('--dtype bfloat16', 'use --dtype float32')
     _validate_lora_args(args)
 
 
@@ -463,17 +471,26 @@ def build_predict_parser():
     return parser
 
 
-def _fast_model(args, net, vocab, tokenizer, ctx, num_texts=0):
-    """The classifier converted as --dtype / --quantize ask (gluonbert.fast)."""
-    from . import fast
-    dtype, quantize, calib_file = args.dtype, args.quantize, args.calib_file
+def _validate_fast_flags(args):
+    """--dtype / --quantize / --calib-file make sense together and on this machine."""
+    dtype, quantize = args.dtype, args.quantize
     if quantize and dtype != 'float32':
         raise UsageError(f'--quantize {quantize} and --dtype {dtype} do not combine; pick one')
-    if calib_file and not quantize:
+    if args.calib_file and not quantize:
         raise UsageError('--calib-file is for --quantize int8')
-    if (quantize or dtype != 'float32') and ctx.device_type != 'cpu':
+    if (quantize or dtype != 'float32') and args.gpus:
         raise UsageError('--dtype bfloat16 and --quantize int8 are CPU fast paths; use them '
                          'without --gpus')
+    if dtype == 'bfloat16':
+        require_bf16('--dtype bfloat16', 'use --dtype float32, or --quantize int8 (faster '
+                     'than float32)')
+
+
+def _fast_model(args, net, vocab, tokenizer, ctx, num_texts=0):
+    """The classifier converted as --dtype / --quantize ask (gluonbert.fast); the flags
+    were checked by :func:`_validate_fast_flags`."""
+    from . import fast
+    dtype, quantize, calib_file = args.dtype, args.quantize, args.calib_file
     if not quantize and dtype == 'float32':
         # the folded, oneDNN-fused copy (fast.to_float32 on CPU) takes about 0.2 s to make
         # and then runs about 1.35x faster than the hybridized model: worth it beyond a batch
@@ -489,6 +506,7 @@ def predict_cli(args, stdin=None, stdout=None):
     from .predict import predict
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
+    _validate_fast_flags(args)  # before the model loads
     contexts = _contexts(args.gpus)
     # a model directory, or a LoRA adapter merged into its base (the plain model's speed)
     net, vocab, tokenizer = load_classifier(args.model_dir, ctx=contexts[0])

@@ -17,6 +17,8 @@ import threading
 
 import numpy as np
 
+from .errors import DataError
+
 __all__ = ['DataError', 'TextClassificationDataset', 'read_csv', 'read_jsonl', 'read_table',
            'read_aclimdb', 'load_imdb', 'load_sample_reviews', 'load_dataset', 'BERTTransform',
            'ClassificationTransform', 'batchify_fn', 'BucketSampler', 'padding_waste',
@@ -25,10 +27,6 @@ __all__ = ['DataError', 'TextClassificationDataset', 'read_csv', 'read_jsonl', '
 SAMPLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'resources', 'reviews')
 BINARY_NAMES = ['negative', 'positive']
 _BINARY_ALIASES = {'0': 0, '1': 1, 'negative': 0, 'positive': 1, 'neg': 0, 'pos': 1}
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file (and line) and what was expected."""
 
 
 @dataclasses.dataclass

@@ -31,6 +31,7 @@ from mxnet.kvstore.base import KVStoreBase
 from mxnet.kvstore.kvstore import KVStore
 
 from . import ops
+from .errors import EnvironmentProblem, GluonbertError
 
 __all__ = ['KVSTORES', 'Group', 'get_group', 'shard_indices', 'shard', 'DistributedError',
            'HorovodUnavailable', 'HOROVOD_INSTALL', 'ServerSchedule']
@@ -51,11 +52,11 @@ _FROZEN_KEY = 1 << 19
 _METRIC_KEY = 1 << 30
 
 
-class DistributedError(ValueError):
+class DistributedError(GluonbertError, ValueError):
     """A distributed-training setting that cannot work; the message says what to do."""
 
 
-class HorovodUnavailable(ImportError):
+class HorovodUnavailable(EnvironmentProblem):
     """``kvstore='horovod'`` without an importable ``horovod.mxnet``."""
 
 

@@ -28,6 +28,8 @@ import numpy as np
 import mxnet as mx
 
 from ._io import write_text
+from .errors import ModelError, UsageError
+from .hardware import require_bf16
 
 __all__ = ['export_classifier', 'load_classifier', 'export_main']
 
@@ -43,25 +45,25 @@ def load_classifier(model_dir, ctx=None):
     from .model import BERTClassifier
     from .pretrained import load_pretrained
     if not os.path.isdir(model_dir):
-        raise FileNotFoundError(f'no such model directory: {model_dir}')
+        raise ModelError(f'no such model directory: {model_dir}')
     if os.path.exists(os.path.join(model_dir, ADAPTER_MANIFEST)):
         net, vocab, tokenizer = load_lora(model_dir, ctx=ctx)
         merge_lora(net)
     else:
         net, vocab, tokenizer = load_pretrained(model_dir, ctx=ctx)
     if not isinstance(net, BERTClassifier):
-        raise ValueError(f'{model_dir} holds a {type(net).__name__}, not a fine-tuned '
+        raise ModelError(f'{model_dir} holds a {type(net).__name__}, not a fine-tuned '
                          f'classifier')
     return net, vocab, tokenizer
 
 
 def _check_prefix(prefix):
     if not prefix or prefix.endswith(('/', os.sep)) or os.path.isdir(prefix):
-        raise ValueError(f'--output takes a file prefix such as exported/model (files '
+        raise UsageError(f'--output takes a file prefix such as exported/model (files '
                          f'PREFIX-symbol.json, ... are written), got {prefix!r}')
     parent = os.path.dirname(os.path.abspath(prefix))
     if os.path.exists(parent) and not os.path.isdir(parent):
-        raise NotADirectoryError(f'{parent} is not a directory')
+        raise UsageError(f'--output: {parent} is not a directory')
     os.makedirs(parent, exist_ok=True)
     return prefix
 
@@ -205,15 +207,18 @@ def export_cli(args, stdout=None):
     from .fast import calibration_batches
     stdout = stdout or sys.stdout
     if args.calib_size < 1:
-        raise ValueError(f'--calib-size must be >= 1, got {args.calib_size}')
+        raise UsageError(f'--calib-size must be >= 1, got {args.calib_size}')
     if args.max_len is not None and args.max_len < 3:
-        raise ValueError(f'--max-len must be at least 3, got {args.max_len}')
+        raise UsageError(f'--max-len must be at least 3, got {args.max_len}')
     if args.calib_file and args.dtype != 'int8':
-        raise ValueError('--calib-file is for --dtype int8')
+        raise UsageError('--calib-file is for --dtype int8')
+    if args.dtype == 'bfloat16':  # before the model loads
+        require_bf16('--dtype bfloat16', 'use --dtype float32, or --dtype int8 (faster than '
+                     'float32)')
     _check_prefix(args.output)
     net, vocab, tokenizer = load_classifier(args.model_dir)
     if args.max_len is not None and args.max_len > net.config.max_length:
-        raise ValueError(f'--max-len {args.max_len} exceeds the model max_length '
+        raise UsageError(f'--max-len {args.max_len} exceeds the model max_length '
                          f'{net.config.max_length}')
     calib = None
     if args.dtype == 'int8':

@@ -29,6 +29,10 @@ import numpy as np
 import mxnet as mx
 from mxnet.gluon import SymbolBlock
 
+from ._env import quiet_native_stderr
+from .errors import DataError
+from .hardware import require_bf16
+
 __all__ = ['DTYPES', 'INTERLEAVED_ATTENTION_OPS', 'INT8_EXCLUDED_OPERATORS',
            'patch_amp_lists', 'init_amp_bfloat16', 'optimize', 'to_float32', 'to_bfloat16',
            'quantize_int8',
@@ -78,6 +82,7 @@ def init_amp_bfloat16():
     from mxnet.contrib import amp
     from mxnet.contrib.amp import amp as amp_impl
     from . import ops
+    require_bf16('bfloat16 training', 'use float32 (--dtype float32)')
     ops.load()  # before amp.init, which wraps the operators it finds (LayerNorm: float32)
     patch_amp_lists()
     if amp_impl._amp_initialized:  # pylint: disable=protected-access
@@ -163,15 +168,15 @@ def calibration_texts(path=None, limit=64):
         texts = [dataset[i][0] for i in range(len(dataset))]
     else:
         if not os.path.isfile(path):
-            raise FileNotFoundError(f'no such calibration file: {path}')
+            raise DataError(f'no such calibration file: {path}')
         try:
             with open(path, encoding='utf-8') as f:
                 texts = [line.strip() for line in f if line.strip()]
         except UnicodeDecodeError as err:
-            raise ValueError(f'{path} is not UTF-8 text ({err.reason} at byte {err.start})') \
+            raise DataError(f'{path} is not UTF-8 text ({err.reason} at byte {err.start})') \
                 from err
         if not texts:
-            raise ValueError(f'calibration file {path} has no text (one text per line)')
+            raise DataError(f'calibration file {path} has no text (one text per line)')
     return texts[:limit]
 
 
@@ -382,6 +387,7 @@ def to_bfloat16(net, *, ctx=None, example=None, static_shape=True, cast_params=T
     ctx = ctx or mx.cpu()
     if ctx.device_type != 'cpu':
         raise ValueError('to_bfloat16 is for CPU inference; on GPU use float16 AMP')
+    require_bf16('bfloat16 inference', 'use float32, or int8 (faster than float32 here)')
     patch_amp_lists()
     example = example or example_inputs(net, ctx=ctx)
     names, sym, arg_params, aux_params = _inference_graph(net, example, builtin=portable)
@@ -457,7 +463,7 @@ def quantize_int8(net, calib_batches, *, ctx=None, calib_mode='naive',
         for graph in (sym, fused):
             excluded += [node['name'] for node in json.loads(graph.tojson())['nodes']
                          if pattern in node['name'] and node['op'] != 'null']
-    with _quiet_mxnet():
+    with quiet_native_stderr():
         qsym, qarg_params, aux_params, collector = quantization.quantize_graph(
             sym=fused, arg_params=arg_params, aux_params=aux_params, ctx=mx.cpu(),
             excluded_sym_names=excluded,
@@ -495,21 +501,6 @@ def _quiet_subgraph_logs():
     """No "Subgraph backend MKLDNN is activated" line at every executor bind (MXNet reads the
     setting once per process, at the first bind)."""
     os.environ.setdefault('MXNET_SUBGRAPH_VERBOSE', '0')
-
-
-@contextlib.contextmanager
-def _quiet_mxnet():
-    """Hide MXNet's C++ notes on stderr while quantizing (e.g. that the pooler's tanh has no
-    int8 kernel and stays float32). Errors still raise, with their messages."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, 'w', encoding='utf-8') as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def prepare(net, dtype='float32', *, calib_batches=None, ctx=None, static_shape=False,

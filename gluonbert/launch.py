@@ -40,6 +40,7 @@ import threading
 import time
 
 from ._io import write_text
+from .errors import UsageError
 
 __all__ = ['main', 'build_parser', 'launch', 'read_hosts']
 
@@ -62,7 +63,7 @@ _PDEATHSIG_SHIM = ('import ctypes, os, signal, sys\n'
                    'os.execvp(sys.argv[2], sys.argv[2:])\n')
 
 
-class LaunchError(Exception):
+class LaunchError(UsageError):
     """A problem with the launcher's arguments; reported as one line."""
 
 
@@ -137,6 +138,11 @@ def read_hosts(path):
     hosts = [h for h in hosts if h]
     if not hosts:
         raise LaunchError(f'--hosts {path} lists no host')
+    for number, host in enumerate(hosts, 1):
+        # a name like '-oProxyCommand=...' would be read by ssh as an option
+        if host.startswith('-') or any(c.isspace() for c in host):
+            raise LaunchError(f'--hosts {path}: {host!r} is not a host name (host names '
+                              f'cannot begin with "-" or contain spaces)')
     return hosts
 
 
@@ -206,7 +212,7 @@ class _Job:
                 remote = ' '.join(shlex.quote(a) for a in
                                   ['env', *(f'{k}={v}' for k, v in env.items()), *argv])
                 # -tt: the remote command gets SIGHUP when its ssh is stopped
-                argv = [*shlex.split(self.args.ssh), '-tt', host,
+                argv = [*shlex.split(self.args.ssh), '-tt', '--', host,
                         f'cd {shlex.quote(self.args.workdir)} && exec {remote}']
                 env = {}
             commands.append((role, index, host, argv, env))

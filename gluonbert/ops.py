@@ -9,7 +9,10 @@ AdamW over MiniLM's 22.5M parameters 45 ms -> 12 ms, all arrays in one call; the
 squares 9.6 -> 3.5 ms). It is an MXNet extension library (``lib_api.h``,
 shipped in the mxnet wheel), built with the system C++ compiler into
 ``~/.cache/gluonbert/ops`` (``GLUONBERT_CACHE_DIR`` overrides) by ``scripts/bootstrap.sh``
-or on first use (about 5 s), and loaded when gluonbert is imported.
+or ``gluonbert-ops build`` (about 5 s), never at import or during a forward pass. When
+gluonbert is imported it loads the library if it is built and intact: the cache keeps the
+library's SHA-256 beside it, and a library that does not match (truncated, damaged), or a
+cache that belongs to another user or is writable by everyone, is not loaded.
 
 Used by :class:`gluonbert.layers.LayerNorm` (float32 on CPU), the ``adamw`` optimizer
 (float32 on CPU, no ``clip_gradient``) and gradient clipping on CPU; everything else runs
@@ -17,10 +20,12 @@ MXNet's own operators. Graphs
 traced inside :func:`builtin_ops` use MXNet's operators only: :mod:`gluonbert.fast` traces
 its inference and export graphs there, so exported models load with plain MXNet.
 
-``GLUONBERT_FUSED_OPS=0`` turns the library off. Without a C++ compiler, or if the build
-fails, gluonbert says why once and uses MXNet's operators.
+``GLUONBERT_FUSED_OPS=0`` turns the library off. When it is not built, gluonbert uses
+MXNet's operators (:func:`status` says so); when it is damaged or fails to load, gluonbert
+also warns once.
 
-    python -c 'import gluonbert.ops as o; o.main()'   # build if needed, load, say where
+    gluonbert-ops build    # build if needed (or rebuild a damaged one), load, say where
+    gluonbert-ops status   # loaded from where, or why not
 """
 import ctypes
 import hashlib
@@ -37,6 +42,7 @@ import mxnet as mx
 import numpy as np
 
 from ._env import thread_flag
+from ._io import write_text
 
 __all__ = ['OPS', 'load', 'status', 'build', 'library_path', 'builtin_ops',
            'inference_graph', 'fused_for', 'fused_dropout']
@@ -50,6 +56,9 @@ OPS = ('gluonbert_layer_norm', 'gluonbert_multi_adamw_update', 'gluonbert_multi_
 # (otherwise: "free(): invalid pointer").
 CXXFLAGS = ('-O3', '-march=native', '-fno-math-errno', '-fopenmp', '-shared', '-fPIC',
             '-Wl,-Bsymbolic', '-std=c++17')
+
+BUILD_TIMEOUT_S = 300
+NOT_BUILT = 'not built yet (build once per machine: gluonbert-ops build)'
 
 _LOCK = threading.RLock()
 _STATE = {'loaded': False, 'reason': 'not loaded yet', 'tried': False}
@@ -94,33 +103,98 @@ def library_path():
     return os.path.join(_cache_dir(), f'fused_ops-{digest.hexdigest()[:16]}.so')
 
 
-def build(*, quiet=False):
-    """Compile the library unless it exists; returns its path. Raises RuntimeError on failure."""
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _checksum_path(path):
+    return path + '.sha256'
+
+
+def _unusable_cache(directory):
+    """Why ``directory`` must not hold code this process loads, or None if it may: it must
+    belong to this user and not be writable by others (anyone who can write there could
+    put a library in that gluonbert would load)."""
+    try:
+        info = os.stat(directory)
+    except FileNotFoundError:
+        return None  # created by this user when built
+    if hasattr(os, 'getuid') and info.st_uid != os.getuid():
+        return (f'{directory} belongs to another user (uid {info.st_uid}); set '
+                f'GLUONBERT_CACHE_DIR to a directory of your own')
+    if info.st_mode & 0o002:
+        return (f'{directory} is writable by every user; chmod o-w it, or set '
+                f'GLUONBERT_CACHE_DIR')
+    return None
+
+
+def _damage(path):
+    """Why the library at ``path`` must not be loaded (missing, no checksum, not the bytes
+    that were built), or None when it is intact. A truncated shared library would kill the
+    process with SIGBUS when loaded, so it is checked first."""
+    if not os.path.exists(path):
+        return 'not built yet'
+    try:
+        with open(_checksum_path(path), encoding='ascii') as f:
+            expected = f.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return 'its checksum file is missing or unreadable'
+    if _sha256(path) != expected:
+        return 'it does not match its checksum (truncated or damaged)'
+    return None
+
+
+def build(*, quiet=False, timeout=BUILD_TIMEOUT_S):
+    """Compile the library unless an intact one is cached; returns its path.
+
+    The library and then its SHA-256 are written atomically beside each other; a cached
+    library that does not match its checksum is rebuilt. Raises RuntimeError on failure
+    (no compiler, a compiler error, more than ``timeout`` seconds, an unsafe cache).
+    """
     path = library_path()
-    if os.path.exists(path):
+    directory = os.path.dirname(path)
+    unsafe = _unusable_cache(directory)
+    if unsafe:
+        raise RuntimeError(unsafe)
+    if _damage(path) is None:
         return path
     compiler = _compiler()
     if not compiler:
         raise RuntimeError('no C++ compiler found (install g++ or set CXX)')
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.makedirs(directory, mode=0o755, exist_ok=True)
     mxnet_dir = _mxnet_dir()
     if not quiet:
         print('gluonbert: compiling its fused CPU operators (once per machine, about 5 s)',
               file=sys.stderr, flush=True)
     # written next to the target, then renamed: concurrent builds cannot leave a torn file
-    fd, tmp = tempfile.mkstemp(suffix='.so', dir=os.path.dirname(path))
+    fd, tmp = tempfile.mkstemp(suffix='.so', dir=directory)
     os.close(fd)
     command = [compiler, *CXXFLAGS, '-I', os.path.join(mxnet_dir, 'include'), SOURCE,
                os.path.join(mxnet_dir, 'src', 'lib_api.cc'), '-o', tmp]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, check=False,
+                                  timeout=timeout)
+        except subprocess.TimeoutExpired as err:
+            raise RuntimeError(f'{os.path.basename(compiler)} took more than {timeout} s; '
+                               f'stopped') from err
         if done.returncode != 0:
             raise RuntimeError(f'{os.path.basename(compiler)} failed: '
                                f'{done.stderr.strip().splitlines()[-1:] or done.returncode}')
+        checksum = _sha256(tmp)
+        os.chmod(tmp, 0o755)
         os.replace(tmp, path)
+        # the checksum last: a library without one is never loaded, only rebuilt
+        write_text(_checksum_path(path), checksum + '\n')
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    with _LOCK:  # a later load() tries again
+        _STATE.update(tried=False)
     return path
 
 
@@ -149,43 +223,56 @@ def _register_python_functions():
                 setattr(sys.modules[module], name, function)
 
 
-def load(*, build_if_missing=True, quiet=False):
-    """Load the library into MXNet (once); True when its operators are available.
+def _error_line(err):
+    """The line of an error that says what happened (MXNet's start with a C++ traceback)."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    meaningful = [line for line in lines if not line.startswith(('Traceback', '['))]
+    return f'{type(err).__name__}: {(meaningful or lines or ["no message"])[-1]}'
 
-    Never raises: when the library cannot be built or loaded, :func:`status` says why and
-    gluonbert uses MXNet's own operators. Loading after AMP was initialized is refused
-    (AMP's operator wrappers are made at ``amp.init``; gluonbert loads first itself).
+
+def load():
+    """Load the built library into MXNet (once); True when its operators are available.
+
+    Never compiles (:func:`build` does, called by ``scripts/bootstrap.sh`` and
+    ``gluonbert-ops build``) and never raises: when the library is not built, damaged, in an
+    unsafe cache or fails to load, :func:`status` says why and gluonbert uses MXNet's own
+    operators. Loading after AMP was initialized is refused (AMP makes its operator
+    wrappers at ``amp.init``; gluonbert loads first itself).
     """
     with _LOCK:
         if _STATE['loaded']:
             return True
+        if _STATE['tried']:
+            return False
+        _STATE['tried'] = True
         if os.environ.get('GLUONBERT_FUSED_OPS', '1') == '0':
             _STATE['reason'] = 'turned off by GLUONBERT_FUSED_OPS=0'
-            return False
-        if _STATE['tried'] and (not build_if_missing or _STATE['reason'] != 'not built yet'):
             return False
         if _amp_initialized():
             _STATE['reason'] = 'AMP was initialized before the library was loaded'
             return False
         try:
             path = library_path()
-            if not os.path.exists(path):
-                if not build_if_missing:
-                    _STATE['reason'] = 'not built yet'
-                    _STATE['tried'] = True
+            problem = _unusable_cache(os.path.dirname(path))
+            if problem is None:
+                problem = _damage(path)
+                if problem == 'not built yet':
+                    _STATE['reason'] = NOT_BUILT
                     return False
-                path = build(quiet=quiet)
+                if problem:
+                    problem = f'{path}: {problem}; rebuild it with: gluonbert-ops build'
+            if problem:
+                raise RuntimeError(problem)
             from mxnet.base import _LIB, check_call, mx_uint
             check_call(_LIB.MXLoadLib(ctypes.c_char_p(path.encode('utf-8')), mx_uint(0)))
             _register_python_functions()
         except (RuntimeError, OSError, mx.MXNetError) as err:
-            _STATE['tried'] = True
-            _STATE['reason'] = f'{type(err).__name__}: {err}'.splitlines()[0]
+            _STATE['reason'] = _error_line(err)
             warnings.warn(f"gluonbert's fused CPU operators are not available "
                           f"({_STATE['reason']}); using MXNet's operators, which are slower",
                           RuntimeWarning, stacklevel=2)
             return False
-        _STATE.update(loaded=True, tried=True, reason=f'loaded from {path}')
+        _STATE.update(loaded=True, reason=f'loaded from {path}')
         return True
 
 
@@ -229,9 +316,25 @@ def fused_for(parameter):
     return load()
 
 
-def main():
-    """Build (if needed) and load; print the outcome. Exits 1 if the library is unusable."""
-    ok = load(quiet=True)
+def main(argv=None):
+    """``gluonbert-ops [build|status]``: build (if needed) and load the library, or say
+    whether it is loaded; exit status 1 when it is not usable."""
+    import argparse
+    parser = argparse.ArgumentParser(
+        prog='gluonbert-ops', description="gluonbert's fused CPU operators: build them once "
+                                          "per machine (about 5 s), or show their status.")
+    parser.add_argument('action', nargs='?', choices=('build', 'status'), default='build')
+    args = parser.parse_args(argv)
+    if args.action == 'build':
+        try:
+            build(quiet=True)
+        except RuntimeError as err:
+            print(f'gluonbert-ops: error: {err}', file=sys.stderr)
+            return 1
+    ok = load()
     print(f'gluonbert fused CPU operators: {status()}')
-    if not ok:
-        sys.exit(1)
+    return 0 if ok else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -17,6 +17,7 @@ import numpy as np
 import mxnet as mx
 
 from ._io import make_public
+from .errors import ModelError
 from .config import BERTConfig
 from .convert import assign_parameters, from_gluonnlp
 from .model import BERTClassifier, BERTForPretraining, BERTModel
@@ -34,7 +35,7 @@ MANIFEST = 'gluonbert.json'
 FORMAT_VERSION = 1
 
 
-class PretrainedError(ValueError):
+class PretrainedError(ModelError):
     """A model could not be loaded or saved; the message says what to do."""
 
 

@@ -18,6 +18,7 @@ from mxnet import autograd, gluon
 from . import ops
 from ._io import atomic_write, write_text as _write_text
 from .distributed import ServerSchedule, get_group
+from .hardware import require_bf16
 from .timing import NO_TIMER
 
 __all__ = ['train_loop', 'evaluate_accuracy', 'AdamW', 'make_trainer', 'LinearWarmupSchedule',
@@ -489,6 +490,8 @@ def train_loop(net, train_data, test_data, num_epoch, lr, ctx, loss_fn=None, *,
     contexts = _as_contexts(ctx)
     if dtype not in DTYPES:
         raise ValueError(f'dtype must be one of {DTYPES}, got {dtype!r}')
+    if dtype == 'bfloat16' and all(c.device_type == 'cpu' for c in contexts):
+        require_bf16('bfloat16 training', 'use float32 (--dtype float32)')  # checked first
     if not isinstance(num_epoch, int) or num_epoch < 1:
         raise ValueError(f'num_epoch must be a positive integer, got {num_epoch!r}')
     if not lr > 0:

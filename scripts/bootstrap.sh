@@ -30,6 +30,6 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 "${PIP[@]}" --no-build-isolation -e ".[cpu,test]"
 # gluonbert's fused CPU operators (LayerNorm, AdamW), compiled once per machine into
 # ~/.cache/gluonbert (about 5 s); without a C++ compiler MXNet's slower operators are used.
-.venv/bin/python -c 'import gluonbert.ops as o; o.main()' || \
+.venv/bin/gluonbert-ops build || \
   echo "WARNING: gluonbert's fused CPU operators did not build; training will be slower" >&2
 echo "gluonbert environment ready: .venv"

@@ -63,3 +63,18 @@ def write_review_csv(path, rows):
         for text, label in rows:
             f.write(f'"{text}",{label}\n')
     return str(path)
+
+
+def needs_native_bf16():
+    """A pytest mark: skip where this CPU has no native bfloat16, saying why (the refusal
+    itself is tested on every machine, in test_hardware.py)."""
+    import pytest
+    from gluonbert.hardware import bf16_support
+    supported, reason = bf16_support()
+    return pytest.mark.skipif(not supported, reason=f'needs native bfloat16: {reason}')
+
+
+def fast_dtypes(*dtypes):
+    """``dtypes`` less 'bfloat16' where this CPU cannot run it natively."""
+    from gluonbert.hardware import has_native_bf16
+    return tuple(d for d in dtypes if d != 'bfloat16' or has_native_bf16())

@@ -1,6 +1,8 @@
 """The command-line tools, run in-process on tiny data, and the prediction API."""
 import json
 import os
+import subprocess
+import sys
 
 import mxnet as mx
 import pytest
@@ -9,6 +11,8 @@ import gluonbert
 from gluonbert.cli import finetune_main, predict_main, pretrain_main
 from gluonbert.pretrained import load_pretrained
 from stand_ins import write_review_csv
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 POSITIVE = ['a wonderful, moving film', 'great acting and a lovely score',
             'I loved it, brilliant', 'superb and charming from start to end',
@@ -165,20 +169,52 @@ def test_predict_rejects_bad_text(tiny_sentiment, bad, error):
         gluonbert.predict(net, mx.cpu(), vocab, tokenizer, ['fine', bad])
 
 
-def test_run_command_turns_errors_and_ctrl_c_into_exit_codes(capsys):
+def test_run_command_turns_errors_and_ctrl_c_into_exit_codes(capsys, tmp_path):
+    """User errors (the GluonbertError family, OSErrors naming a file) are one line and exit
+    2; Ctrl-C is 130; anything else is a bug and keeps its traceback."""
     from gluonbert.cli import run_command
+    from gluonbert.errors import DataError
 
     def interrupted(args):
         raise KeyboardInterrupt
 
-    def bad(args):
-        raise ValueError('bad value')
+    def bad_data(args):
+        raise DataError('reviews.csv:3: bad value')
+
+    def unreadable(args):
+        open(tmp_path / 'missing.csv', encoding='utf-8')  # pylint: disable=consider-using-with
+
+    def bug(args):
+        raise ValueError('an internal bug')
 
     assert run_command('tool', lambda args: None, None) == 0
     assert run_command('tool', interrupted, None, interrupted='; rerun with --resume') == 130
-    assert run_command('tool', bad, None) == 2
-    err = capsys.readouterr().err
-    assert 'tool: interrupted; rerun with --resume' in err and 'tool: error: bad value' in err
+    assert capsys.readouterr().err == '\ntool: interrupted; rerun with --resume\n'
+    assert run_command('tool', bad_data, None) == 2
+    assert capsys.readouterr().err == 'tool: error: reviews.csv:3: bad value\n'
+    assert run_command('tool', unreadable, None) == 2
+    assert capsys.readouterr().err == (f'tool: error: {tmp_path / "missing.csv"}: No such file '
+                                       f'or directory\n')
+    for error in (ValueError, TypeError, KeyError, AssertionError):
+        def raises(args, error=error):
+            raise error('an internal bug')
+        with pytest.raises(error, match='an internal bug'):
+            run_command('tool', raises, None)
+    assert capsys.readouterr().err == ''
+
+
+def test_an_internal_bug_in_a_console_script_shows_its_traceback(tmp_path):
+    """A real process: exit status 1 and Python's traceback, not a one-line 'error'."""
+    code = ('import sys\nfrom gluonbert import cli\n'
+            'def bug(args):\n    raise TypeError("unsupported operand")\n'
+            'cli.console_entry(lambda argv: cli.run_command("tool", bug, None))()\n')
+    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          timeout=120, cwd=str(tmp_path),
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+    assert done.returncode == 1
+    assert done.stderr.startswith('Traceback (most recent call last):')
+    assert done.stderr.strip().endswith('TypeError: unsupported operand')
+    assert 'tool: error' not in done.stderr
 
 
 def test_finetune_profile_accounts_for_the_wall_time(tiny_files, tmp_path, capsys):

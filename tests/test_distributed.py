@@ -169,8 +169,9 @@ def test_launcher_dry_run_over_ssh_and_argument_errors(tmp_path, capsys):
     assert [line.split(']')[0][1:] for line in lines] == \
         ['scheduler', 'server 0', 'server 1', 'worker 0', 'worker 1', 'worker 2']
     ssh = shlex.split(lines[-1].split('] ', 1)[1])
-    assert ssh[:5] == ['ssh', '-o', 'BatchMode=yes', '-tt', 'node1']  # round-robin
-    cd, remote = ssh[5].split(' && exec ', 1)
+    # '--' ends ssh's options: the host can never be read as one
+    assert ssh[:6] == ['ssh', '-o', 'BatchMode=yes', '-tt', '--', 'node1']  # round-robin
+    cd, remote = ssh[6].split(' && exec ', 1)
     assert cd == 'cd /srv/job'
     remote = shlex.split(remote)
     for setting in ('DMLC_ROLE=worker', 'DMLC_PS_ROOT_URI=node1', 'DMLC_PS_ROOT_PORT=9000',
@@ -183,6 +184,17 @@ def test_launcher_dry_run_over_ssh_and_argument_errors(tmp_path, capsys):
     assert 'give the worker command after --' in capsys.readouterr().err
     assert main(['-n', '2', '--', 'no-such-command-here']) == 2
     assert 'command not found: no-such-command-here' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('host', ['-oProxyCommand=touch /tmp/pwned', 'node 1'])
+def test_launcher_refuses_host_names_ssh_would_read_as_options(tmp_path, capsys, host):
+    from gluonbert.launch import main
+    hosts = tmp_path / 'hosts.txt'
+    hosts.write_text(f'node1\n{host}\n')
+    assert main(['-n', '2', '--hosts', str(hosts), '--dry-run', '--', 'true']) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (f'gluonbert-launch: error: --hosts {hosts}: {host!r} is not a host name '
+                     f'(host names cannot begin with "-" or contain spaces)')
 
 
 # ------------------------------------------------------------------------ loopback jobs

@@ -25,7 +25,7 @@ from gluonbert.export import export_classifier, export_main
 from gluonbert.cli import predict_main
 from gluonbert.tokenizer import BERTTokenizer, Vocab
 from gluonbert.train import evaluate_accuracy, train_loop
-from stand_ins import synthetic_sentiment_batches
+from stand_ins import fast_dtypes, needs_native_bf16, synthetic_sentiment_batches
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPECIALS = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]']
@@ -120,6 +120,7 @@ def test_float32_fast_path_matches_and_leaves_the_net_alone(trained):
     assert isinstance(fast.prepare(net, 'float32'), fast.InferenceClassifier)
 
 
+@needs_native_bf16()
 def test_bfloat16_close_to_float32(trained):
     net, _, _, batches = trained
     reference, ref_probs = logits_and_probs(net, batches)
@@ -163,20 +164,22 @@ def test_quantize_int8_argument_errors(trained):
         fast.prepare(net, 'int8')
 
 
-def test_fast_models_predict_like_float32(trained):
+@pytest.mark.parametrize('dtype', [pytest.param('bfloat16', marks=needs_native_bf16()),
+                                   'int8'])
+def test_fast_models_predict_like_float32(trained, dtype):
     net, vocab, tokenizer, _ = trained
     texts = ['w60 w70 w80 w90 w61', 'w10 w20 w30 w40 w11', 'w56 w57 w58 w59 w12',
              'w13 w14 w15 w16 w97 w98 w99']
     expected = gluonbert.predict(net, mx.cpu(), vocab, tokenizer, texts)
     calib = fast.encode_batches(net, vocab, tokenizer, texts * 4, batch_size=8)
-    for model in (fast.to_bfloat16(net, static_shape=False),
-                  fast.quantize_int8(net, calib, static_shape=False)):
-        got = gluonbert.predict(model, mx.cpu(), vocab, tokenizer, texts)
-        for want, have in zip(expected, got):
-            assert have.label in ('negative', 'positive')
-            assert have.probability == pytest.approx(want.probability, abs=0.1)
-        single = gluonbert.predict_sentiment(model, mx.cpu(), vocab, tokenizer, texts[0])
-        assert single.label == got[0].label
+    model = (fast.to_bfloat16(net, static_shape=False) if dtype == 'bfloat16' else
+             fast.quantize_int8(net, calib, static_shape=False))
+    got = gluonbert.predict(model, mx.cpu(), vocab, tokenizer, texts)
+    for want, have in zip(expected, got):
+        assert have.label in ('negative', 'positive')
+        assert have.probability == pytest.approx(want.probability, abs=0.1)
+    single = gluonbert.predict_sentiment(model, mx.cpu(), vocab, tokenizer, texts[0])
+    assert single.label == got[0].label
     assert fast.optimize(net, static_shape=False) is net
 
 
@@ -213,7 +216,7 @@ def test_export_reloads_without_gluonbert(trained, tmp_path):
     net.hybridize(static_alloc=True)
     np.testing.assert_allclose(fused, reference, rtol=1e-5, atol=1e-6)
     expected = {}
-    for dtype in ('float32', 'bfloat16', 'int8'):
+    for dtype in fast_dtypes('float32', 'bfloat16', 'int8'):  # bf16 where native
         prefix = str(tmp_path / 'out' / dtype)
         meta = export_classifier(net, vocab, tokenizer, prefix, dtype=dtype,
                                  calib_batches=calib if dtype == 'int8' else None,
@@ -235,7 +238,7 @@ def test_export_reloads_without_gluonbert(trained, tmp_path):
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                             cwd=str(tmp_path), env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.count('ok') == 3
+    assert result.stdout.count('ok') == len(expected)
     for dtype in expected:
         got = np.load(tmp_path / f'{dtype}.npy')
         if dtype == 'float32':
@@ -291,7 +294,10 @@ def test_predict_cli_fast_paths(model_dir, tmp_path, capsys):
     reference = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     calib = tmp_path / 'calib.txt'
     calib.write_text('w60 w61 w62\nw11 w12 w13 w14\n', encoding='utf-8')
-    for flags in (['--dtype', 'bfloat16'], ['--quantize', 'int8', '--calib-file', str(calib)]):
+    flags_to_try = {'int8': ['--quantize', 'int8', '--calib-file', str(calib)],
+                    'bfloat16': ['--dtype', 'bfloat16']}
+    for flags in [flags_to_try[d] for d in fast_dtypes('int8', 'bfloat16')]:
+        # bfloat16 where native; test_hardware covers the refusal on every CPU
         assert predict_main(['--model-dir', model_dir, *flags, *texts]) == 0
         lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
         assert [p['label'] for p in lines] == [p['label'] for p in reference]
@@ -325,6 +331,7 @@ print(losses)
 '''
 
 
+@needs_native_bf16()
 def test_bfloat16_training_steps_are_finite_and_close_to_float32():
     # AMP changes MXNet process-wide: run it in its own interpreter
     code = BF16_TRAINING.format(tests=os.path.join(ROOT, 'tests'))

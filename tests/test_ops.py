@@ -2,6 +2,7 @@
 accumulation, the AdamW update rule, graphs for export, and the fallback without them."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ from mxnet import autograd, gluon
 
 from gluonbert import ops
 from gluonbert.train import AdamW
+from stand_ins import needs_native_bf16
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -189,6 +191,32 @@ def _python(code, **env):
                           env=environment, timeout=120, cwd=ROOT)
 
 
+# Recorded before gluonbert is imported: every way Python starts another process.
+NO_PROCESSES = '''
+import os, subprocess
+spawned = []
+def _refuse(name):
+    def call(*args, **kwargs):
+        spawned.append(name)
+        raise RuntimeError(name + ' called')
+    return call
+subprocess.Popen.__init__ = _refuse('Popen')
+for name in ('fork', 'forkpty', 'posix_spawn', 'posix_spawnp', 'system', 'execv', 'execve'):
+    if hasattr(os, name):
+        setattr(os, name, _refuse(name))
+'''
+TRAIN_STEP = '''
+net = gluonbert.BERTClassifier(gluonbert.BERTModel(gluonbert.BERTConfig.from_preset('tiny')))
+net.initialize()
+net.hybridize()
+trainer = mx.gluon.Trainer(net.collect_params(), 'adamw', {'learning_rate': 1e-3})
+words = mx.nd.array([[2, 7, 8, 3, 0]])
+with mx.autograd.record():
+    loss = net(words, mx.nd.zeros_like(words), mx.nd.array([4])).sum()
+loss.backward()
+trainer.step(1)
+print('trained, spawned:', spawned)
+'''
 FALLBACK = '''
 import json, warnings
 warnings.simplefilter('always')
@@ -212,14 +240,75 @@ def test_turned_off_by_environment():
                       'fused_in_graph': False, 'out': 0.0}
 
 
-def test_a_failed_build_falls_back_with_one_warning(tmp_path):
-    done = _python(FALLBACK, CXX='/bin/false', GLUONBERT_CACHE_DIR=str(tmp_path))
+def test_not_built_means_mxnet_operators_and_no_compiler(tmp_path):
+    """An empty cache: MXNet's operators, no warning, and import plus a forward pass and a
+    training step start no process at all (no compiler, nothing else)."""
+    code = NO_PROCESSES + FALLBACK + TRAIN_STEP
+    done = _python(code, GLUONBERT_CACHE_DIR=str(tmp_path / 'empty'), PATH='/nonexistent')
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-2])
+    assert result == {'loaded': False, 'status': ops.NOT_BUILT, 'fused_in_graph': False,
+                      'out': 0.0}
+    assert done.stdout.splitlines()[-1] == 'trained, spawned: []'
+    assert 'not available' not in done.stderr
+    assert not (tmp_path / 'empty').exists()  # nothing was written to the cache either
+
+
+def test_a_failed_build_is_one_line_and_leaves_nothing(tmp_path):
+    done = _python('import sys; from gluonbert import ops; sys.exit(ops.main(["build"]))',
+                   CXX='/bin/false', GLUONBERT_CACHE_DIR=str(tmp_path))
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == ['gluonbert-ops: error: false failed: 1']
+    assert not list(tmp_path.rglob('*.so'))  # no torn library left behind
+
+
+def _cache_copy(tmp_path):
+    """A cache directory holding a copy of this machine's built library and checksum."""
+    cache = tmp_path / 'cache'
+    (cache / 'ops').mkdir(parents=True)
+    built = ops.library_path()
+    for path in (built, built + '.sha256'):
+        shutil.copy(path, cache / 'ops' / os.path.basename(path))
+    return cache, cache / 'ops' / os.path.basename(built)
+
+
+def test_a_truncated_library_is_not_loaded_and_gets_rebuilt(tmp_path):
+    """A truncated .so would kill the process with SIGBUS when loaded: the checksum stops it,
+    the import works with MXNet's operators and one warning, and a build replaces it."""
+    cache, library = _cache_copy(tmp_path)
+    with open(library, 'r+b') as f:
+        f.truncate(library.stat().st_size // 2)
+    done = _python(FALLBACK, GLUONBERT_CACHE_DIR=str(cache))
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.splitlines()[-1])
-    assert not result['loaded'] and not result['fused_in_graph'] and result['out'] == 0.0
-    assert result['status'].startswith('RuntimeError: false failed')
-    assert done.stderr.count("fused CPU operators are not available") == 1, done.stderr
-    assert not list(tmp_path.rglob('*.so'))  # no torn library left behind
+    assert not result['loaded'] and result['out'] == 0.0
+    assert result['status'] == (f'RuntimeError: {library}: it does not match its checksum '
+                                f'(truncated or damaged); rebuild it with: gluonbert-ops build')
+    assert done.stderr.count('fused CPU operators are not available') == 1, done.stderr
+    done = _python('import sys; from gluonbert import ops; sys.exit(ops.main(["build"]))',
+                   GLUONBERT_CACHE_DIR=str(cache))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f'gluonbert fused CPU operators: loaded from {library}'
+    assert library.stat().st_size == os.path.getsize(ops.library_path())
+
+
+def test_a_cache_of_another_user_is_not_used(tmp_path):
+    cache, library = _cache_copy(tmp_path)
+    if os.getuid() != 0:
+        pytest.skip('needs root to give the cache to another user')
+    os.chown(cache / 'ops', 65534, 65534)
+    done = _python(FALLBACK, GLUONBERT_CACHE_DIR=str(cache))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert not result['loaded']
+    assert result['status'] == (f'RuntimeError: {cache / "ops"} belongs to another user '
+                                f'(uid 65534); set GLUONBERT_CACHE_DIR to a directory of your '
+                                f'own')
+    os.chown(cache / 'ops', 0, 0)
+    os.chmod(cache / 'ops', 0o777)
+    result = json.loads(_python(FALLBACK, GLUONBERT_CACHE_DIR=str(cache)).stdout.splitlines()[-1])
+    assert result['status'] == (f'RuntimeError: {cache / "ops"} is writable by every user; '
+                                f'chmod o-w it, or set GLUONBERT_CACHE_DIR')
 
 
 @pytest.mark.parametrize('fused', [True, False])
@@ -248,7 +337,8 @@ def test_adamw_optimizer_follows_the_textbook_rule(fused, monkeypatch):
     np.testing.assert_allclose(weight.data().asnumpy(), w, rtol=1e-5, atol=1e-6)
 
 
-def test_inference_graphs_keep_the_fused_layer_norm_unless_portable():
+@pytest.mark.parametrize('dtype', ['float32', pytest.param('bfloat16', marks=needs_native_bf16())])
+def test_inference_graphs_keep_the_fused_layer_norm_unless_portable(dtype):
     """The float32 and bfloat16 fast paths keep the fused LayerNorm (AMP keeps it float32);
     portable graphs (exports) and int8 graphs use MXNet's operators only."""
     from gluonbert import fast
@@ -257,15 +347,17 @@ def test_inference_graphs_keep_the_fused_layer_norm_unless_portable():
     net.initialize()
     example = fast.example_inputs(net, batch_size=2, seq_len=8)
     reference = net(*example).asnumpy()
-    for dtype, tolerance in (('float32', 1e-5), ('bfloat16', 5e-2)):
-        fused = fast.prepare(net, dtype, ctx=mx.cpu())
-        portable = fast.prepare(net, dtype, ctx=mx.cpu(), portable=True)
-        assert 'gluonbert_layer_norm' in fused._cached_graph[1].tojson(), dtype
-        assert 'gluonbert_' not in portable._cached_graph[1].tojson(), dtype
-        for model in (fused, portable):
-            np.testing.assert_allclose(model(*example).asnumpy(), reference,
-                                       rtol=tolerance, atol=tolerance)
-        assert 'gluonbert_dropout' not in fused._cached_graph[1].tojson()  # inference graph
+    tolerance = {'float32': 1e-5, 'bfloat16': 5e-2}[dtype]
+    fused = fast.prepare(net, dtype, ctx=mx.cpu())
+    portable = fast.prepare(net, dtype, ctx=mx.cpu(), portable=True)
+    assert 'gluonbert_layer_norm' in fused._cached_graph[1].tojson(), dtype
+    assert 'gluonbert_' not in portable._cached_graph[1].tojson(), dtype
+    for model in (fused, portable):
+        np.testing.assert_allclose(model(*example).asnumpy(), reference,
+                                   rtol=tolerance, atol=tolerance)
+    assert 'gluonbert_dropout' not in fused._cached_graph[1].tojson()  # inference graph
+    if dtype == 'bfloat16':
+        return
     int8 = fast.prepare(net, 'int8', ctx=mx.cpu(), calib_batches=[example])
     assert 'gluonbert_' not in int8._cached_graph[1].tojson()
 

@@ -1,0 +1,42 @@
+"""The exceptions gluonbert raises for problems a user can fix.
+
+Every error that comes from what a user gave (flags, files, data, checkpoints, the machine)
+is a :class:`GluonbertError`. The console commands print such an error as one line and exit
+with status 2; any other exception is a bug and keeps its traceback (exit status 1).
+
+The subclasses also derive from the built-in exception a Python caller would expect
+(``ValueError``, ``RuntimeError``, ``ImportError``), so ``except ValueError`` keeps working.
+This module imports nothing: every other module may use it.
+"""
+
+__all__ = ['GluonbertError', 'UsageError', 'DataError', 'CheckpointError', 'ModelError',
+           'UnsupportedHardwareError', 'EnvironmentProblem']
+
+
+class GluonbertError(Exception):
+    """A problem the user can fix; its message is one line that says what and where."""
+
+
+class UsageError(GluonbertError, ValueError):
+    """Bad arguments or flags."""
+
+
+class DataError(GluonbertError, ValueError):
+    """Bad input data; the message names the file (and line) and what was expected."""
+
+
+class CheckpointError(GluonbertError, ValueError):
+    """A checkpoint or saved run that cannot be used: damaged, of another run, or unsafe."""
+
+
+class ModelError(GluonbertError, ValueError):
+    """A model that cannot be loaded or saved: missing, damaged or unsupported files."""
+
+
+class UnsupportedHardwareError(GluonbertError, RuntimeError):
+    """The machine lacks what was asked for (a CPU feature, GPU kernels); the message says
+    what is missing and what to use instead."""
+
+
+class EnvironmentProblem(GluonbertError, ImportError):
+    """A missing optional package or tool; the message says what to install."""

@@ -2,11 +2,64 @@
 
 Temporary files and directories from :mod:`tempfile` are private (0600/0700); what is
 renamed into place gets the permissions of a normally created file instead (umask applied).
+Files are flushed to disk (``fsync``) before they are renamed, and their directory after,
+so that a power loss cannot leave a renamed but empty file.
+
+Also here: :class:`DirectoryLock` (one run per output directory) and :func:`boundary`,
+the hook point that tests use to stop a run between two writes of a transaction.
 """
+import errno
 import os
 import tempfile
 
-__all__ = ['atomic_write', 'write_text', 'make_public']
+from .errors import UsageError
+
+__all__ = ['DirectoryLock', 'atomic_write', 'boundary', 'fsync_directory', 'fsync_file',
+           'make_public', 'write_text']
+
+# Tests set this to a callable ``hook(name, path)``; :func:`boundary` calls it between two
+# writes of a transaction (see gluonbert.train's checkpoints). None in normal runs.
+_boundary_hook = None
+
+
+def boundary(name, path):
+    """Mark a point between two writes of a transaction: ``name`` says which, ``path`` what
+    was just written. A no-op unless a test has set ``gluonbert._io._boundary_hook``, which
+    may then copy the files as a crash at this point would leave them, or end the process.
+
+    The points: ``'metrics'`` (a line appended to metrics.jsonl), then for each checkpoint
+    ``'checkpoint.staging'``, ``'checkpoint.model.params'``, ``'checkpoint.trainer.states'``,
+    ``'checkpoint.state.json'``, ``'checkpoint.renamed'``, ``'checkpoint.pointer'``,
+    ``'checkpoint.best'`` (best epochs only) and ``'checkpoint.pruned'`` (see
+    ``gluonbert.train._commit_checkpoint``).
+    """
+    if _boundary_hook is not None:
+        _boundary_hook(name, path)
+
+
+def fsync_file(path):
+    """Flush a written file's data to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_directory(path):
+    """Flush a directory's entries (renames, new files) to disk; a no-op where the
+    filesystem cannot sync a directory."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
 
 
 def _umask():
@@ -30,7 +83,9 @@ def atomic_write(path, write):
     try:
         write(tmp)
         make_public(tmp)
+        fsync_file(tmp)
         os.replace(tmp, path)
+        fsync_directory(directory)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -42,3 +97,69 @@ def write_text(path, text):
         with open(tmp, 'w', encoding='utf-8') as f:
             f.write(text)
     atomic_write(path, write)
+
+
+class DirectoryLock:
+    """An exclusive lock on a directory (its file ``.lock``) for the life of a run.
+
+    Held with ``fcntl.flock``, which the kernel releases when the process ends however it
+    ends: a lock left by a killed run blocks nothing. The file holds the owner's pid, for
+    the message a second run gets. Use as a context manager, or call :meth:`release`.
+
+    Parameters
+    ----------
+    directory : str
+        Created if missing.
+
+    Raises
+    ------
+    UsageError
+        ``DIRECTORY is in use by another gluonbert run (pid N)``.
+    """
+
+    NAME = '.lock'
+
+    def __init__(self, directory):
+        self.directory = directory
+        self.path = os.path.join(directory, self.NAME)
+        self._fd = None
+        os.makedirs(directory, exist_ok=True)
+        try:
+            import fcntl
+        except ImportError:  # no flock on this platform: runs are not serialised
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno in (errno.EAGAIN, errno.EACCES):
+                raise UsageError(f'{directory} is in use by another gluonbert run '
+                                 f'({self._owner()}); wait for it to end, or pick '
+                                 f'another directory') from None
+            if err.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                return  # a filesystem without locks: runs are not serialised
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f'{os.getpid()}\n'.encode('ascii'))
+        self._fd = fd
+
+    def _owner(self):
+        try:
+            with open(self.path, encoding='ascii') as f:
+                pid = f.read().strip()
+        except (OSError, UnicodeDecodeError):
+            pid = ''
+        return f'pid {pid}' if pid.isdigit() else 'pid unknown'
+
+    def release(self):
+        """Unlock (the file stays: removing it could race with a run taking the lock)."""
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()

@@ -6,6 +6,10 @@ and prints its traceback (exit status 1).
 """
 import argparse
 import atexit
+import codecs
+import contextlib
+import io
+import itertools
 import json
 import os
 import sys
@@ -20,9 +24,10 @@ PROG_FINETUNE = 'gluonbert-finetune'
 PROG_PREDICT = 'gluonbert-predict'
 
 
-def _fail(prog, message):
+def _fail(prog, message, error):
+    """Print the one line for a user error; GLUONBERT_DEBUG=1 shows its traceback."""
     if os.environ.get('GLUONBERT_DEBUG') == '1':
-        raise  # pylint: disable=misplaced-bare-raise  (re-raise the error being handled)
+        raise error
     print(f'{prog}: error: {message}', file=sys.stderr)
     return 2
 
@@ -43,12 +48,12 @@ def run_command(prog, command, args, *, interrupted=''):
     try:
         command(args)
     except GluonbertError as err:
-        return _fail(prog, str(err))
+        return _fail(prog, str(err), err)
     except OSError as err:
         message = _file_problem(err)
         if message is None:
             raise
-        return _fail(prog, message)
+        return _fail(prog, message, err)
     except KeyboardInterrupt:
         print(f'\n{prog}: interrupted{interrupted}', file=sys.stderr)
         return 130
@@ -131,12 +136,19 @@ def build_finetune_parser():
     model.add_argument('--dataset', default=None,
                        help="'sample' (bundled reviews, default), 'imdb' (downloads), or an "
                             "aclImdb directory")
-    model.add_argument('--train', help='training file (.csv, .tsv or .jsonl)')
-    model.add_argument('--test', help='test file (.csv, .tsv or .jsonl)')
+    model.add_argument('--train', help='training file (.csv, .tsv, .jsonl or .parquet)')
+    model.add_argument('--test', help='test file (.csv, .tsv, .jsonl or .parquet)')
     model.add_argument('--text-column', default='text')
+    model.add_argument('--text-pair-column', default=None, metavar='COLUMN',
+                       help='second text of sentence-pair tasks (GLUE MRPC, RTE, QNLI, ...): '
+                            'the input is [CLS] text [SEP] pair [SEP], segments 0 then 1')
     model.add_argument('--label-column', default='label')
     model.add_argument('--labels', default=None,
-                       help='comma-separated label names, in id order, for other label sets')
+                       help='comma-separated label names, in id order, for other label sets; '
+                            'numbers (e.g. 1,5) match labels by value')
+    model.add_argument('--quoting', choices=('minimal', 'none'), default=None,
+                       help="CSV/TSV quoting: 'minimal' (default; as the csv module and pandas "
+                            "write) or 'none' (quotes are text, as in GLUE's TSV files)")
     seq = parser.add_argument_group('sequence')
     seq.add_argument('--max-len', type=int, default=128)
     seq.add_argument('--truncate', choices=('head', 'head+tail'), default='head')
@@ -200,12 +212,30 @@ def _validate_finetune_args(args):
         raise UsageError('--train and --test go together')
     if args.train and args.dataset:
         raise UsageError('give either --train/--test or --dataset, not both')
-    for path in (args.train, args.test):
-        if path and not os.path.isfile(path):
-            raise UsageError(f'no such file: {path}')
+    _validate_data_args(args)
     if args.dtype == 'bfloat16' and not args.gpus:  # before anything loads
         require_bf16('--dtype bfloat16', 'use --dtype float32')
     _validate_lora_args(args)
+
+
+def _validate_data_args(args):
+    from .data import check_data_file
+    for path in (args.train, args.test):
+        if path:
+            check_data_file(path)  # exists, is a file, has a suffix we read
+    if args.dataset and os.path.isfile(args.dataset):
+        raise UsageError(f'--dataset takes sample, imdb or an aclImdb directory; give data '
+                         f'files with --train {args.dataset} --test TEST_FILE')
+    if args.text_pair_column:
+        if not args.train:
+            raise UsageError('--text-pair-column needs --train/--test files')
+        if args.truncate != 'head':
+            raise UsageError('--truncate head+tail is for single texts; sentence pairs trim '
+                             'the longer text')
+        if args.max_len < 4:
+            raise UsageError(f'--max-len must be >= 4 for sentence pairs, got {args.max_len}')
+    if args.quoting and not args.train:
+        raise UsageError('--quoting is for --train/--test CSV or TSV files')
 
 
 LORA_DEFAULTS = {'lora_alpha': 16.0, 'lora_targets': 'query,value', 'lora_dropout': 0.0}
@@ -256,8 +286,10 @@ def _load_data(args):
     from .data import load_dataset, read_table
     labels = [s.strip() for s in args.labels.split(',')] if args.labels else None
     if args.train:
-        options = dict(text_column=args.text_column, label_column=args.label_column,
-                       labels=labels)
+        options = {'text_column': args.text_column, 'label_column': args.label_column,
+                   'labels': labels, 'text_pair_column': args.text_pair_column}
+        if args.quoting:
+            options['quoting'] = args.quoting
         return read_table(args.train, **options), read_table(args.test, **options)
     name = args.dataset or 'sample'
     return load_dataset(name, 'train'), load_dataset(name, 'test')
@@ -294,8 +326,39 @@ def _save_adapter(args, net, vocab, tokenizer, output_dir):
             'lora': {'rank': rank, 'alpha': alpha, 'dropout': dropout, 'targets': targets}}
 
 
+@contextlib.contextmanager
+def _claim_output_dir(path, group):
+    """``--output-dir`` as an absolute path, created and locked (``OUTPUT_DIR/.lock``) for
+    the run's life, so that a second run on it fails at once; on rank 0 only, the one
+    worker that writes there."""
+    from ._io import DirectoryLock
+    output_dir = os.path.abspath(path)
+    if not group.is_root:
+        yield output_dir
+        return
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise UsageError(f'--output-dir {path} is a file; give a directory')
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f'--output-dir {path}: cannot create it ({err.strerror or err})') \
+            from err
+    with DirectoryLock(output_dir):
+        yield output_dir
+
+
 def finetune(args):
     """Run fine-tuning for parsed arguments; returns the metrics dict."""
+    _validate_finetune_args(args)
+    contexts = _contexts(args.gpus)
+    group, contexts = _join_group(args.kvstore, contexts)
+    # one run per OUTPUT_DIR, claimed before the data and the model load
+    with _claim_output_dir(args.output_dir, group) as output_dir:
+        return _finetune(args, contexts, group, output_dir)
+
+
+def _finetune(args, contexts, group, output_dir):
+    """:func:`finetune` once OUTPUT_DIR is claimed."""
     import mxnet as mx
     from .data import BERTTransform, make_dataloader
     from .model import BERTClassifier
@@ -303,13 +366,16 @@ def finetune(args):
     from .predict import predict_sentiment
     from .pretrained import MINILM_NAME, save_pretrained
     from .timing import NO_TIMER, PhaseTimer
-    from .train import train_loop
+    from .train import load_best_parameters, train_loop
 
-    _validate_finetune_args(args)
-    contexts = _contexts(args.gpus)
-    group, contexts = _join_group(args.kvstore, contexts)
     started = time.perf_counter()
     timer = PhaseTimer() if args.profile else NO_TIMER
+    with timer('read_data'):  # bad data fails before the model loads
+        train_set, test_set = _load_data(args)
+    if train_set.label_names != test_set.label_names:
+        raise UsageError(f'train labels {train_set.label_names} and test labels '
+                         f'{test_set.label_names} differ')
+    label_names = train_set.label_names
     with timer('load_model'):
         bert, vocab, tokenizer, default_lr = _load_model(args, contexts)
     if args.epochs is None:
@@ -317,13 +383,8 @@ def finetune(args):
     if args.max_len > bert.config.max_length:
         raise UsageError(f'--max-len {args.max_len} exceeds the model max_length '
                          f'{bert.config.max_length}')
-    with timer('read_data'):
-        train_set, test_set = _load_data(args)
-    if train_set.label_names != test_set.label_names:
-        raise UsageError(f'train labels {train_set.label_names} and test labels '
-                         f'{test_set.label_names} differ')
-    label_names = train_set.label_names
-    transform = BERTTransform(tokenizer, vocab, max_len=args.max_len, truncate=args.truncate)
+    transform = BERTTransform(tokenizer, vocab, max_len=args.max_len, truncate=args.truncate,
+                              pair=train_set.text_pairs is not None)
     round_to = 8 if contexts[0].device_type == 'gpu' else None
     # each worker of a distributed job reads its own shard (equal shards for training)
     with timer('tokenize'):
@@ -354,9 +415,6 @@ def finetune(args):
               f'{args.lora_targets}: {counts}', flush=True)
     net.hybridize(static_alloc=True)
 
-    output_dir = os.path.abspath(args.output_dir)
-    if group.is_root:  # only rank 0 writes OUTPUT_DIR
-        os.makedirs(output_dir, exist_ok=True)
     lr = args.lr or default_lr
     workers = (f', {group.num_workers} workers ({args.kvstore}, global batch '
                f'{args.batch_size * group.num_workers})' if group.is_distributed else '')
@@ -374,16 +432,20 @@ def finetune(args):
         resume=args.resume, early_stop=args.early_stop,
         metrics_path=os.path.join(output_dir, 'metrics.jsonl'),
         plot_path=os.path.join(output_dir, 'history.png'), progress=not args.no_progress,
-        kvstore=args.kvstore, timer=timer)
+        kvstore=args.kvstore, timer=timer,
+        # flags that change the results besides train_loop's own: --resume checks them
+        run_info={'batch_size': args.batch_size, 'max_len': args.max_len,
+                  'truncate': args.truncate, 'dropout': args.dropout,
+                  'lora': None if args.lora_rank is None else {
+                      'rank': args.lora_rank, 'alpha': args.lora_alpha,
+                      'dropout': args.lora_dropout, 'targets': args.lora_targets}})
     if not group.is_root:  # rank 0 saves the model and the metrics
         return {'rank': group.rank, 'num_workers': group.num_workers, 'history': list(history)}
 
     best = history.best
-    best_params = os.path.join(output_dir, 'checkpoints', 'best.params')
     model_dir = os.path.join(output_dir, 'model')
-    with timer('save'):
-        if os.path.exists(best_params):
-            net.load_parameters(best_params, ctx=contexts)
+    with timer('save'):  # the best epoch's weights, checked against their checkpoint
+        load_best_parameters(net, os.path.join(output_dir, 'checkpoints'), contexts)
         net.extra = {'max_len': args.max_len, 'truncate': args.truncate}
         lora = _save_adapter(args, net, vocab, tokenizer, output_dir) \
             if args.lora_rank is not None else {}
@@ -501,24 +563,124 @@ def _fast_model(args, net, vocab, tokenizer, ctx, num_texts=0):
     return fast.prepare(net, quantize or dtype, calib_batches=calib, ctx=ctx)
 
 
+def _text_problem(text):
+    """Why ``text`` cannot be classified (None if it can)."""
+    if not text:
+        return 'empty line'
+    if not text.strip():
+        return 'blank line (whitespace only)'
+    try:
+        text.encode('utf-8')
+    except UnicodeEncodeError as err:  # e.g. a lone surrogate from undecodable argv bytes
+        return f'not valid Unicode: unpaired surrogate at character {err.start + 1}'
+    return None
+
+
+def _input_lines(stdin):
+    """``(number, text, problem)`` for each line of ``stdin`` as it arrives, ``text`` None
+    where ``problem`` says why. A binary stream (``.buffer`` when there is one) is split at
+    ``\n`` only and decoded here, line by line, so that no input can make invalid output."""
+    source = getattr(stdin, 'buffer', stdin)
+    for number, raw in enumerate(source, 1):
+        newline, cr, bom = (('\n', '\r', '\ufeff') if isinstance(raw, str)
+                            else (b'\n', b'\r', codecs.BOM_UTF8))
+        raw = raw[:-1] if raw.endswith(newline) else raw
+        raw = raw[:-1] if raw.endswith(cr) else raw
+        if number == 1 and raw.startswith(bom):
+            raw = raw[len(bom):]
+        if isinstance(raw, bytes):
+            try:
+                raw = raw.decode('utf-8')
+            except UnicodeDecodeError as err:
+                yield number, None, (f'invalid UTF-8 at byte {err.start + 1} '
+                                     f'(0x{raw[err.start]:02x})')
+                continue
+        problem = _text_problem(raw)
+        yield number, None if problem else raw, problem
+
+
+def _chunks(items, size):
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+# characters str.splitlines() breaks at that json.dumps leaves unescaped: escape them too,
+# so that each output line stays one line for any reader
+_LINE_BREAKS = {0x85: '\\u0085', 0x2028: '\\u2028', 0x2029: '\\u2029'}
+
+
+def _json_lines_writer(stdout):
+    """``write(objects)``: one JSON line each, UTF-8 (to ``.buffer`` when there is one),
+    flushed."""
+    binary = getattr(stdout, 'buffer', None)
+    if binary is None and not isinstance(stdout, io.TextIOBase):
+        binary = stdout
+
+    def write(objects):
+        text = ''.join(json.dumps(obj, ensure_ascii=False).translate(_LINE_BREAKS) + '\n'
+                       for obj in objects)
+        if binary is None:
+            stdout.write(text)
+            stdout.flush()
+            return
+        if binary is not stdout:
+            stdout.flush()  # what was printed before goes first
+        binary.write(text.encode('utf-8'))
+        binary.flush()
+    return write
+
+
 def predict_cli(args, stdin=None, stdout=None):
+    """``gluonbert-predict``: one JSON line per TEXT, or per line of ``stdin`` (a text or
+    binary stream), in order.
+
+    Stdin is read in chunks of ``--batch-size`` lines as they arrive: each chunk is
+    answered before the next is read. A line that cannot be classified (empty, blank,
+    invalid UTF-8) gets ``{"line": N, "error": "..."}`` (``"argument"`` for TEXTs) on its
+    output line. The float32 fast path is used beyond one batch: more TEXTs than
+    ``--batch-size``, or a full first chunk of stdin.
+    """
     from .export import load_classifier
     from .predict import predict
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
+    if args.batch_size < 1:
+        raise UsageError(f'--batch-size must be >= 1, got {args.batch_size}')
+    if args.max_len is not None and args.max_len < 3:
+        raise UsageError(f'--max-len must be >= 3, got {args.max_len}')
     _validate_fast_flags(args)  # before the model loads
     contexts = _contexts(args.gpus)
     # a model directory, or a LoRA adapter merged into its base (the plain model's speed)
     net, vocab, tokenizer = load_classifier(args.model_dir, ctx=contexts[0])
-    texts = args.texts or [line.rstrip('\n') for line in stdin if line.strip()]
-    if not texts:
+    if args.texts:
+        key = 'argument'
+        items = ((i, t, _text_problem(t)) for i, t in enumerate(args.texts, 1))
+    else:
+        key, items = 'line', _input_lines(stdin)
+    chunks = _chunks(items, args.batch_size)
+    first = next(chunks, None)
+    if first is None:
         raise UsageError('no text given (pass TEXT arguments or lines on stdin)')
+    # a full first chunk of stdin: more lines are likely to follow
+    expected = len(args.texts) if args.texts else len(first) + (len(first) == args.batch_size)
     net.hybridize(static_alloc=True)
-    net = _fast_model(args, net, vocab, tokenizer, contexts[0], num_texts=len(texts))
-    for prediction in predict(net, contexts[0], vocab, tokenizer, texts,
-                              batch_size=args.batch_size, max_len=args.max_len):
-        stdout.write(json.dumps(prediction.to_dict(), ensure_ascii=False) + '\n')
-    stdout.flush()
+    net = _fast_model(args, net, vocab, tokenizer, contexts[0], num_texts=expected)
+    write = _json_lines_writer(stdout)
+    try:
+        for chunk in itertools.chain([first], chunks):
+            texts = [text for _, text, problem in chunk if problem is None]
+            predictions = iter(predict(net, contexts[0], vocab, tokenizer, texts,
+                                       batch_size=args.batch_size, max_len=args.max_len))
+            write([{key: number, 'error': problem} if problem else
+                   next(predictions).to_dict() for number, _, problem in chunk])
+    except BrokenPipeError:  # the reader went away (e.g. `| head`): nothing more to say
+        pass
 
 
 def predict_main(argv=None):
@@ -638,8 +800,8 @@ def pretrain(args):
     metrics = {**final, 'steps': args.steps, 'seconds': seconds,
                'sequences_per_second': args.steps * args.batch_size * args.accumulate *
                group.num_workers / seconds, 'model_dir': model_dir,
-               'kvstore': args.kvstore, 'num_workers': group.num_workers, 'parameters': parameter_counts(model),
-               'records': records}
+               'kvstore': args.kvstore, 'num_workers': group.num_workers,
+               'parameters': parameter_counts(model), 'records': records}
     _write_text(os.path.join(output_dir, 'metrics.json'), json.dumps(metrics, indent=2) + '\n')
     print(f"held-out: MLM accuracy {final['mlm_accuracy']:.4f}, MLM loss "
           f"{final['mlm_loss']:.4f} (perplexity {final['mlm_perplexity']:.1f}), NSP accuracy "

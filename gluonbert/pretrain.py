@@ -18,8 +18,10 @@ from mxnet import autograd, gluon
 
 from .data import DataError
 from .distributed import ServerSchedule, get_group, shard
+from .errors import CheckpointError
 from .train import (LinearWarmupSchedule, atomic_write, load_trainer_states, make_trainer,
                     save_trainer_states, _write_text)
+from .train import _assign_parameters, _checked_parameters, _read_json, _rewrite_metrics
 
 __all__ = ['read_corpus', 'split_sentences', 'PretrainingData', 'pretrain_loop',
            'evaluate_pretraining', 'IS_NEXT', 'NOT_NEXT']
@@ -323,12 +325,16 @@ def pretrain_loop(model, data, *, steps, batch_size=32, lr=1e-4, ctx=None, eval_
     step, records = 0, []
     if resume:
         state_path = os.path.join(checkpoint_dir, 'last.json')
-        if os.path.exists(state_path):
-            with open(state_path, encoding='utf-8') as f:
-                state = json.load(f)
-            model.load_parameters(os.path.join(checkpoint_dir, 'last.params'), ctx=ctx)
+        if os.path.exists(state_path):  # checked as fine-tuning checkpoints are: no pickles
+            state = _read_json(state_path, 'checkpoint state')
+            if not isinstance(state.get('step'), int) or not isinstance(state.get('records'),
+                                                                        list):
+                raise CheckpointError(f'{state_path}: damaged checkpoint state (no step or '
+                                      f'records)')
+            arrays = _checked_parameters(model, os.path.join(checkpoint_dir, 'last.params'))
             if not group.update_on_kvstore:
                 load_trainer_states(trainer, os.path.join(checkpoint_dir, 'last.states'))
+            _assign_parameters(model, arrays, [ctx])
             step, records = state['step'], state['records']
         group.check_same(step, 'the step to resume from')
     if group.is_distributed:
@@ -337,6 +343,8 @@ def pretrain_loop(model, data, *, steps, batch_size=32, lr=1e-4, ctx=None, eval_
                 step * group.num_workers  # pylint: disable=protected-access
         group.sync_parameters(trainer, model.collect_params().values())
 
+    if metrics_path and group.is_root:  # one line per logged step: none repeated on resume
+        _rewrite_metrics(metrics_path, records)
     # each worker's shard has len(data) // num_workers examples
     batches_per_epoch = math.ceil(len(data) // group.num_workers / batch_size)
     window = np.zeros(6)

@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 import numpy as np
 import mxnet as mx
 
-from ._io import make_public
+from ._io import fsync_directory, fsync_file, make_public
 from .errors import ModelError
 from .config import BERTConfig
 from .convert import assign_parameters, from_gluonnlp
@@ -40,6 +40,20 @@ class PretrainedError(ModelError):
 
 
 # ----------------------------------------------------------------------------- helpers
+def _read_json(path, what):
+    """A JSON object from ``path``; a damaged or missing file is a one-line error naming it."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            value = json.load(f)
+    except FileNotFoundError:
+        raise PretrainedError(f'{path} is missing') from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise PretrainedError(f'{path}: damaged {what} (not valid JSON: {err})') from err
+    if not isinstance(value, dict):
+        raise PretrainedError(f'{path}: damaged {what} (not a JSON object)')
+    return value
+
+
 def _sha1(path, chunk=1 << 20):
     digest = hashlib.sha1()
     with open(path, 'rb') as f:
@@ -233,9 +247,12 @@ def load_hf_checkpoint(directory, *, ctx=None, with_heads=False):
     Every tensor is mapped and used (or, for pre-training heads with ``with_heads=False``,
     deliberately dropped); every model parameter is set; shapes are checked.
     """
-    with open(os.path.join(directory, 'config.json'), encoding='utf-8') as f:
-        hf_config = json.load(f)
-    config = _config_from_hf(hf_config)
+    config_path = os.path.join(directory, 'config.json')
+    hf_config = _read_json(config_path, 'config')
+    try:
+        config = _config_from_hf(hf_config)
+    except (TypeError, ValueError) as err:  # PretrainedError included: it gets the path
+        raise PretrainedError(f'{config_path}: {err}') from err
     tensors = {_normalise_hf_name(k): v for k, v in _read_hf_tensors(directory).items()}
     # Buffers and tied copies that carry no parameters of their own.
     position_ids = tensors.pop('embeddings.position_ids', None)
@@ -289,8 +306,7 @@ def _hf_tokenizer_options(directory, vocab):
     path = os.path.join(directory, 'tokenizer_config.json')
     settings = {}
     if os.path.exists(path):
-        with open(path, encoding='utf-8') as f:
-            settings = json.load(f)
+        settings = _read_json(path, 'tokenizer settings')
     if 'do_lower_case' in settings:
         options['lower'] = bool(settings['do_lower_case'])
     else:
@@ -379,7 +395,11 @@ def write_model_directory(directory, manifest, params_files, manifest_name, writ
             json.dump(manifest, f, indent=2)
             f.write('\n')
         make_public(staging)  # mkdtemp's directory is private (0700)
+        for name in os.listdir(staging):  # on disk before the rename makes them current
+            fsync_file(os.path.join(staging, name))
+        fsync_directory(staging)
         _swap_into_place(staging, directory)
+        fsync_directory(parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -404,41 +424,77 @@ def _swap_into_place(staging, directory):
         shutil.rmtree(backup, ignore_errors=True)
 
 
+_JSON_KINDS = {int: 'an integer', str: 'a string', bool: 'true or false', list: 'a list',
+               dict: 'an object'}
+
+
 def _load_saved(directory, ctx):
-    with open(os.path.join(directory, MANIFEST), encoding='utf-8') as f:
-        try:
-            manifest = json.load(f)
-        except json.JSONDecodeError as err:
-            raise PretrainedError(f'{directory}/{MANIFEST} is not valid JSON: {err}') from err
+    """Load a :func:`save_pretrained` directory; every damage (bad JSON, a missing key or
+    file, truncated or altered parameters) is a one-line PretrainedError naming the file."""
+    manifest_path = os.path.join(directory, MANIFEST)
+    manifest = _read_json(manifest_path, 'manifest')
     if manifest.get('format') != 'gluonbert' or manifest.get('version') != FORMAT_VERSION:
         raise PretrainedError(f'{directory} is not a gluonbert v{FORMAT_VERSION} model directory')
+
+    def field(key, kind, parent=manifest, label=None):
+        value = parent.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+            raise PretrainedError(f'{manifest_path}: damaged manifest ({label or key} is '
+                                  f'missing or not {_JSON_KINDS[kind]}); save the model again')
+        return value
     params_path = os.path.join(directory, 'model.params')
     if not os.path.exists(params_path):
         raise PretrainedError(f'{params_path} is missing')
+    expected_bytes, expected_sha1 = field('params_bytes', int), field('params_sha1', str)
     # Check before handing the file to MXNet's loader, which can crash on a damaged file.
     size = os.path.getsize(params_path)
-    if size != manifest['params_bytes'] or _sha1(params_path) != manifest['params_sha1']:
+    if size != expected_bytes or _sha1(params_path) != expected_sha1:
         raise PretrainedError(f'{params_path} is corrupt or truncated ({size} bytes, '
-                              f'expected {manifest["params_bytes"]}; checksum mismatch); '
+                              f'expected {expected_bytes}; checksum mismatch); '
                               f'save the model again')
-    config = BERTConfig.from_dict(manifest['config'])
-    kind = manifest['model_class']
+    try:
+        config = BERTConfig.from_dict(field('config', dict))
+    except (TypeError, ValueError) as err:
+        if isinstance(err, PretrainedError):
+            raise
+        raise PretrainedError(f'{manifest_path}: damaged manifest (config: {err})') from err
+    kind = field('model_class', str)
     bert = BERTModel(config)
     if kind == 'BERTModel':
         model = bert
     elif kind == 'BERTClassifier':
-        model = BERTClassifier(bert, num_classes=manifest['num_classes'])
-        model.label_names = list(manifest['label_names'])
+        num_classes, label_names = field('num_classes', int), field('label_names', list)
+        if num_classes < 1 or len(label_names) != num_classes:
+            raise PretrainedError(f'{manifest_path}: damaged manifest ({len(label_names)} '
+                                  f'label names for {num_classes} classes)')
+        model = BERTClassifier(bert, num_classes=num_classes)
+        model.label_names = list(label_names)
     elif kind == 'BERTForPretraining':
         model = BERTForPretraining(bert=bert)
     else:
-        raise PretrainedError(f'unknown model class {kind!r} in {directory}/{MANIFEST}')
-    assign_parameters(model, mx.nd.load(params_path), source=params_path, ctx=_context(ctx))
-    vocab = Vocab.from_file(os.path.join(directory, 'vocab.txt'))
-    options = manifest['tokenizer']
-    tokenizer = BERTTokenizer(vocab, lower=options['lower'],
-                              strip_accents=options.get('strip_accents'),
-                              max_input_chars_per_word=options['max_input_chars_per_word'])
+        raise PretrainedError(f'unknown model class {kind!r} in {manifest_path}')
+    try:
+        arrays = mx.nd.load(params_path)
+    except mx.base.MXNetError as err:
+        raise PretrainedError(f'{params_path}: damaged (MXNet cannot read it); save the '
+                              f'model again') from err
+    try:
+        assign_parameters(model, arrays, source=params_path, ctx=_context(ctx))
+    except ValueError as err:  # names the tensors: the manifest's config does not fit them
+        raise PretrainedError(f'{params_path}: {err}') from err
+    vocab_path = os.path.join(directory, 'vocab.txt')
+    try:
+        vocab = Vocab.from_file(vocab_path)
+    except FileNotFoundError:
+        raise PretrainedError(f'{vocab_path} is missing') from None
+    except ValueError as err:  # UnicodeDecodeError, or special tokens missing
+        raise PretrainedError(f'{vocab_path}: damaged vocabulary ({err})') from err
+    options = field('tokenizer', dict)
+    tokenizer = BERTTokenizer(
+        vocab, lower=field('lower', bool, options, 'tokenizer.lower'),
+        strip_accents=options.get('strip_accents'),
+        max_input_chars_per_word=field('max_input_chars_per_word', int, options,
+                                       'tokenizer.max_input_chars_per_word'))
     model.extra = manifest.get('extra', {})
     return model, vocab, tokenizer
 

@@ -1,4 +1,5 @@
 """The command-line tools, run in-process on tiny data, and the prediction API."""
+import io
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ import pytest
 
 import gluonbert
 from gluonbert.cli import finetune_main, predict_main, pretrain_main
+from gluonbert.errors import UsageError
 from gluonbert.pretrained import load_pretrained
 from stand_ins import write_review_csv
 
@@ -75,7 +77,9 @@ def test_finetune_then_predict(tiny_files, tmp_path, capsys, monkeypatch):
     import io
     monkeypatch.setattr('sys.stdin', io.StringIO('first review\n\nsecond review\n'))
     assert predict_main(['--model-dir', str(out / 'model')]) == 0
-    assert len(capsys.readouterr().out.splitlines()) == 2
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line.get('text') for line in lines] == ['first review', None, 'second review']
+    assert lines[1] == {'line': 2, 'error': 'empty line'}
 
     # resuming a finished run trains no further epochs and keeps the history
     assert finetune_main(finetune_args(train, test, out, '--resume')) == 0
@@ -98,6 +102,24 @@ def test_finetune_bad_input_is_one_line(flags, message, capsys):
     assert len(err.strip().splitlines()) == 1 and 'Traceback' not in err
 
 
+def test_finetune_data_flags_that_do_not_combine(tmp_path, capsys, monkeypatch):
+    from gluonbert import cli
+    monkeypatch.setattr(cli, '_load_model', lambda *a: pytest.fail('the model loaded'))
+    path = write_review_csv(tmp_path / 'pairs.csv', [('a', 'positive')])
+    train = ['--train', path, '--test', path]
+    for flags, message in [
+            (['--dataset', path], (f'--dataset takes sample, imdb or an aclImdb directory; '
+                                   f'give data files with --train {path} --test TEST_FILE')),
+            (['--text-pair-column', 'b'], '--text-pair-column needs --train/--test files'),
+            (['--quoting', 'none'], '--quoting is for --train/--test CSV or TSV files'),
+            ([*train, '--text-pair-column', 'b', '--truncate', 'head+tail'],
+             '--truncate head+tail is for single texts; sentence pairs trim the longer text'),
+            ([*train, '--text-pair-column', 'b', '--max-len', '3'],
+             '--max-len must be >= 4 for sentence pairs, got 3')]:
+        assert finetune_main(['--no-progress', *flags]) == 2
+        assert capsys.readouterr().err == f'gluonbert-finetune: error: {message}\n'
+
+
 def test_finetune_bad_data_names_file_and_line(tmp_path, capsys):
     train = write_review_csv(tmp_path / 'train.csv', [('fine', 'positive'), ('odd', 'maybe')])
     assert finetune_main(finetune_args(train, train, tmp_path / 'x')) == 2
@@ -108,6 +130,133 @@ def test_finetune_bad_data_names_file_and_line(tmp_path, capsys):
 def test_predict_bad_input(tmp_path, capsys):
     assert predict_main(['--model-dir', str(tmp_path / 'absent'), 'text']) == 2
     assert 'no such model directory' in capsys.readouterr().err
+
+
+def test_finetune_sentence_pairs(tmp_path, monkeypatch, capsys):
+    """--text-pair-column: batches of [CLS] A [SEP] B [SEP] with segments 0 then 1, trained
+    and evaluated."""
+    import gluonbert.data
+    rows = ''.join(f'"{a}","{b}",{label}\n' for a, b, label in
+                   [(p, n, 'no') for p, n in zip(POSITIVE, NEGATIVE)] +
+                   [(p, p, 'yes') for p in POSITIVE])
+    path = tmp_path / 'pairs.csv'
+    path.write_text('sentence1,sentence2,label\n' + rows, encoding='utf-8')
+    loaders = []
+    real = gluonbert.data.make_dataloader
+    monkeypatch.setattr(gluonbert.data, 'make_dataloader',
+                        lambda *a, **k: loaders.append(real(*a, **k)) or loaders[-1])
+    out = tmp_path / 'run'
+    assert finetune_main(['--model', 'tiny', '--train', str(path), '--test', str(path),
+                          '--text-column', 'sentence1', '--text-pair-column', 'sentence2',
+                          '--labels', 'no,yes', '--epochs', '1', '--batch-size', '8',
+                          '--max-len', '32', '--output-dir', str(out), '--no-progress']) == 0
+    metrics = json.loads((out / 'metrics.json').read_text())
+    assert metrics['label_names'] == ['no', 'yes'] and metrics['train_examples'] == 12
+    assert len(loaders) == 2  # train and test
+    for loader in loaders:
+        for _, valid_length, segments, _ in loader:
+            for row, length in zip(segments.asnumpy(), valid_length.asnumpy().astype(int)):
+                first_b = int(row[:length].argmax())  # [CLS] A [SEP] is 0, B [SEP] is 1
+                assert first_b > 2 and (row[first_b:length] == 1).all()
+                assert (row[:first_b] == 0).all() and (row[length:] == 0).all()
+    capsys.readouterr()
+
+
+@pytest.fixture(scope='module')
+def tiny_model_dir(tiny_sentiment, tmp_path_factory):
+    from gluonbert.pretrained import save_pretrained
+    net, vocab, tokenizer = tiny_sentiment
+    return save_pretrained(net, vocab, tokenizer, str(tmp_path_factory.mktemp('m') / 'model'))
+
+
+class LinesArriving:
+    """A binary stdin whose lines arrive one by one; ``seen[i]`` is how many output lines
+    existed when line i+1 was read."""
+
+    def __init__(self, lines, stdout):
+        self.lines, self.stdout, self.seen = lines, stdout, []
+
+    def __iter__(self):
+        for line in self.lines:
+            self.seen.append(self.stdout.getvalue().count(b'\n'))
+            yield line
+
+
+def test_predict_streams_stdin_in_batches_and_answers_every_line(tiny_model_dir):
+    from gluonbert.cli import build_predict_parser, predict_cli
+    lines = [b'a lovely film\n', b'\n', b'bad \xff bytes\r\n', b'   \n',
+             'caf\u00e9 \u2028 fine\r\n'.encode(), b'no newline at the end']
+    stdout = io.BytesIO()
+    stdin = LinesArriving(lines, stdout)
+    predict_cli(build_predict_parser().parse_args(['--model-dir', tiny_model_dir,
+                                                   '--batch-size', '2']), stdin, stdout)
+    assert stdin.seen == [0, 0, 2, 2, 4, 4]  # each chunk answered before the next is read
+    output = stdout.getvalue().decode('utf-8')  # strict: valid UTF-8
+    assert output.count('\n') == len(output.splitlines()) == 6  # U+2028 is escaped
+    answers = [json.loads(line) for line in output.splitlines()]
+    assert [a.get('text') for a in answers] == ['a lovely film', None, None, None,
+                                                'caf\u00e9 \u2028 fine', 'no newline at the end']
+    assert answers[1:4] == [{'line': 2, 'error': 'empty line'},
+                            {'line': 3, 'error': 'invalid UTF-8 at byte 5 (0xff)'},
+                            {'line': 4, 'error': 'blank line (whitespace only)'}]
+    for answer in answers[::4] + answers[5:]:
+        assert 'label' in answer and 0 <= answer['probability'] <= 1
+
+
+def test_predict_text_streams_arguments_and_the_fast_path(tiny_model_dir, monkeypatch):
+    from gluonbert.cli import build_predict_parser, predict_cli
+    prepared = []
+    real_prepare = gluonbert.fast.prepare
+    monkeypatch.setattr(gluonbert.fast, 'prepare',
+                        lambda *a, **k: prepared.append(a[1]) or real_prepare(*a, **k))
+
+    def run(argv, stdin_text=''):
+        stdout = io.StringIO()
+        predict_cli(build_predict_parser().parse_args(['--model-dir', tiny_model_dir, *argv]),
+                    io.StringIO(stdin_text), stdout)
+        return [json.loads(line) for line in stdout.getvalue().splitlines()]
+
+    # a text stream (no .buffer): a lone surrogate cannot be written as UTF-8
+    answers = run(['--batch-size', '4'], 'fine\nx \ud800\n')
+    assert answers[1] == {'line': 2, 'error': 'not valid Unicode: unpaired surrogate at '
+                                              'character 3'}
+    assert prepared == []  # the first chunk was not full
+    answers = run(['--batch-size', '2'], 'one\ntwo\nthree\n')
+    assert [a['text'] for a in answers] == ['one', 'two', 'three'] and prepared == ['float32']
+    # TEXT arguments (undecodable argv bytes arrive as lone surrogates)
+    answers = run(['ok', '', 'bad \udcff'])
+    assert answers[1:] == [{'argument': 2, 'error': 'empty line'},
+                           {'argument': 3, 'error': 'not valid Unicode: unpaired surrogate at '
+                                                    'character 5'}]
+    with pytest.raises(UsageError, match='no text given'):
+        run([], '')
+
+
+def test_predict_process_answers_each_batch_while_stdin_is_open(tiny_model_dir):
+    """A real pipe: the first batch is answered before stdin closes; the output is UTF-8."""
+    import threading
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'gluonbert.cli', 'predict', '--model-dir', tiny_model_dir,
+         '--batch-size', '2'], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+    try:
+        process.stdin.write(b'first line\n\xed\xa0\x80 surrogate bytes\n')
+        process.stdin.flush()
+        early = []
+        reader = threading.Thread(target=lambda: early.extend(
+            [process.stdout.readline(), process.stdout.readline()]), daemon=True)
+        reader.start()
+        reader.join(timeout=120)
+        assert len(early) == 2, 'no answer while stdin was still open'
+        process.stdin.write(b'third\n')
+        process.stdin.close()
+        rest = process.stdout.read()
+        assert process.wait(timeout=120) == 0, process.stderr.read()
+    finally:
+        process.kill()
+    answers = [json.loads(line.decode('utf-8')) for line in early + rest.splitlines()]
+    assert answers[0]['text'] == 'first line' and answers[2]['text'] == 'third'
+    assert answers[1] == {'line': 2, 'error': 'invalid UTF-8 at byte 1 (0xed)'}
 
 
 def test_pretrain_cli_output_feeds_finetuning(tmp_path, tiny_files, capsys):

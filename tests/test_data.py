@@ -132,7 +132,8 @@ def test_head_and_head_plus_tail_truncation():
     assert both[0] == vocab.cls_id and both[-1] == vocab.sep_id
     # BERT's default recipe: 128 head tokens + (max_len - 130) tail tokens
     long_text = ' '.join(['a'] * 200 + ['z'] * 500)
-    ids = BERTTransform(whitespace_tokenizer, vocab, max_len=512, truncate='head+tail')(long_text)[0]
+    transform = BERTTransform(whitespace_tokenizer, vocab, max_len=512, truncate='head+tail')
+    ids = transform(long_text)[0]
     assert len(ids) == 512
     assert ids.tolist()[1:129] == [vocab['a']] * 128 and ids.tolist()[129:-1] == [vocab['z']] * 382
     with pytest.raises(ValueError, match='truncate'):
@@ -164,6 +165,44 @@ def test_batches_pad_words_with_pad_id_and_segments_with_zero():
     assert (segments.asnumpy()[short, 5:] == 0).all()
     assert segments.asnumpy()[short, :5].tolist() == [0, 0, 0, 1, 1]
     assert sorted(labels.asnumpy().tolist()) == [0, 1]
+
+
+def test_a_pair_dataset_from_a_file_batches_with_segments_0_then_1(tmp_path):
+    """--text-pair-column: [CLS] A [SEP] is segment 0, B [SEP] segment 1, padding 0."""
+    vocab = WordVocab(WORDS, pad_first=False)
+    path = write(tmp_path / 'pairs.tsv', 'sentence1\tsentence2\tlabel\na b c\td e\tyes\n'
+                                         'a\tb\tno\nf g h i\tj\tyes\n')
+    dataset = data.read_table(path, text_column='sentence1', text_pair_column='sentence2',
+                              labels=['no', 'yes'])
+    assert dataset.text_pairs == ['d e', 'b', 'j']
+    assert dataset[0] == (('a b c', 'd e'), 1)
+    assert dataset.subset([2]).text_pairs == ['j']
+    transform = BERTTransform(whitespace_tokenizer, vocab, max_len=16, pair=True)
+    loader = make_dataloader(dataset, transform, batch_size=3, shuffle=False, bucket=False)
+    words, valid_length, segments, labels = next(iter(loader))
+    assert valid_length.asnumpy().tolist() == [8, 5, 8]
+    assert labels.asnumpy().tolist() == [1, 0, 1]
+    cls, sep = vocab.cls_id, vocab.sep_id
+    assert words.asnumpy()[1].tolist() == [cls, vocab['a'], sep, vocab['b'], sep] + \
+        [vocab.pad_id] * 3
+    # [CLS] A [SEP] | B [SEP] | padding
+    assert segments.asnumpy().tolist() == [[0, 0, 0, 0, 0, 1, 1, 1],    # a b c | d e
+                                           [0, 0, 0, 1, 1, 0, 0, 0],    # a | b | 3 pads
+                                           [0, 0, 0, 0, 0, 0, 1, 1]]    # f g h i | j
+    # a pair dataset with a single-text transform (or the reverse) is refused
+    with pytest.raises(ValueError, match=r'holds sentence pairs: use BERTTransform\(\.\.\., '
+                                         r'pair=True\)'):
+        make_dataloader(dataset, BERTTransform(whitespace_tokenizer, vocab, max_len=16))
+    with pytest.raises(ValueError, match=r'holds single texts: use .*pair=False'):
+        make_dataloader(data.TextClassificationDataset(['a'], [0], ['x', 'y']), transform)
+
+
+def test_load_dataset_reads_files_and_refuses_file_options_for_named_sets(tmp_path):
+    path = write(tmp_path / 'r.jsonl', '{"q": "a", "p": "b", "label": 1}\n')
+    assert data.load_dataset(path, text_column='q', text_pair_column='p')[0] == (('a', 'b'), 1)
+    with pytest.raises(DataError, match=r"^text_pair_column apply to data files \(\.csv, "
+                                        r"\.tsv, \.jsonl, \.parquet\), not to 'sample'$"):
+        data.load_dataset('sample', text_pair_column='p')
 
 
 def test_bucket_sampler_is_deterministic_and_covers_everything():

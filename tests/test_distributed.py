@@ -246,7 +246,7 @@ def test_dist_sync_on_loopback_equals_one_process_on_the_global_batch(tmp_path, 
     # only rank 0 writes: one metrics line per epoch, not one per worker
     lines = (tmp_path / 'metrics.jsonl').read_text().splitlines()
     assert [json.loads(line)['epoch'] for line in lines] == list(range(worker.EPOCHS))
-    assert (tmp_path / 'checkpoints' / 'last.json').exists()
+    assert (tmp_path / 'checkpoints' / 'last').read_text() == f'epoch-{worker.EPOCHS:04d}\n'
     assert not _left_over(_job_pids(tmp_path))
     print(f'dist_sync loopback: max |param diff| fine-tune {diff:.2e}, pre-train '
           f'{pre_diff:.2e}, {time.monotonic() - started:.1f} s')

@@ -191,7 +191,7 @@ def test_phase_timer_charges_engine_work_to_its_phase():
     assert timer.share_outside(wall, compute=('compute',)) == pytest.approx(
         1 - timer.seconds['compute'] / wall)
     lines = timer.table(wall)
-    assert lines[-1].startswith('total') and any('(not in a phase)' in l for l in lines)
+    assert lines[-1].startswith('total') and any('(not in a phase)' in line for line in lines)
     record = timer.to_dict(wall)
     assert record['unaccounted_seconds'] == pytest.approx(1.0, abs=1e-3)
     with pytest.raises(ValueError, match='wall time'):
@@ -216,27 +216,37 @@ def _states(trainer):
             for index, state in trainer._updaters[0].states.items()}
 
 
-def test_trainer_states_round_trip_in_binary_and_pickled_form(tmp_path):
+def test_trainer_states_round_trip_and_pickles_are_refused(tmp_path):
+    from gluonbert.errors import CheckpointError
     from gluonbert.train import load_trainer_states, make_trainer, save_trainer_states
     _, trainer = _trained_trainer()
     expected = _states(trainer)
     counts = dict(trainer._optimizer._index_update_count)
     assert expected and max(counts.values()) == 2
     save_trainer_states(trainer, str(tmp_path / 'binary'))
-    trainer.save_states(str(tmp_path / 'pickled'))  # an older checkpoint's format
-    for name in ('binary', 'pickled'):
-        fresh = make_trainer(tiny_classifier(seed=5), lr=1e-3)
-        load_trainer_states(fresh, str(tmp_path / name))
-        got = _states(fresh)
-        assert set(got) == set(expected)
-        for index in expected:
-            for want, have in zip(expected[index], got[index]):
-                assert np.array_equal(want, have)
-        assert dict(fresh._optimizer._index_update_count) == counts
-        assert fresh._optimizer.num_update == trainer._optimizer.num_update
-    (tmp_path / 'junk').write_bytes(b'not a state file')
-    with pytest.raises(Exception):
-        load_trainer_states(make_trainer(tiny_classifier(), lr=1e-3), str(tmp_path / 'junk'))
+    fresh = make_trainer(tiny_classifier(seed=5), lr=1e-3)
+    load_trainer_states(fresh, str(tmp_path / 'binary'))
+    got = _states(fresh)
+    assert set(got) == set(expected)
+    for index in expected:
+        for want, have in zip(expected[index], got[index]):
+            assert np.array_equal(want, have)
+    assert dict(fresh._optimizer._index_update_count) == counts
+    assert fresh._optimizer.num_update == trainer._optimizer.num_update
+    # an older checkpoint's format, gluon's pickle: refused, not unpickled
+    pickled = tmp_path / 'pickled'
+    trainer.save_states(str(pickled))
+    with pytest.raises(CheckpointError) as refused:
+        load_trainer_states(make_trainer(tiny_classifier(), lr=1e-3), str(pickled))
+    assert str(refused.value) == (
+        f'{pickled}: optimizer states in the old pickle format are not loaded (unsafe); '
+        f'delete it to restart the optimizer from scratch, or start again without --resume')
+    junk = tmp_path / 'junk'
+    junk.write_bytes(b'not a state file')
+    with pytest.raises(CheckpointError) as refused:
+        load_trainer_states(make_trainer(tiny_classifier(), lr=1e-3), str(junk))
+    assert str(refused.value) == (f'{junk}: not an MXNet optimizer state file (damaged, or '
+                                  f'another kind of file)')
 
 
 def test_best_params_is_a_link_to_the_last_checkpoint(tmp_path):
@@ -244,9 +254,12 @@ def test_best_params_is_a_link_to_the_last_checkpoint(tmp_path):
     net = tiny_classifier()
     train_loop(net, synthetic(n=32), synthetic(n=32, seed=1), 1, 1e-3, mx.cpu(),
                progress=False, checkpoint_dir=str(tmp_path))
-    assert os.path.samefile(tmp_path / 'best.params', tmp_path / 'last.params')
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['best.params', 'last.json',
-                                                          'last.params', 'last.states']
+    assert os.path.samefile(tmp_path / 'best.params', tmp_path / 'epoch-0001' / 'model.params')
+    assert (tmp_path / 'last').read_text() == 'epoch-0001\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['.lock', 'best.params', 'epoch-0001',
+                                                          'last']
+    assert sorted(p.name for p in (tmp_path / 'epoch-0001').iterdir()) == [
+        'model.params', 'state.json', 'trainer.states']
     loaded = tiny_classifier(seed=3)
     loaded.load_parameters(str(tmp_path / 'best.params'))
     for name, value in _params(net).items():
@@ -288,9 +301,19 @@ def test_gradient_clipping_matches_clip_global_norm(optimizer, max_norm):
                                    err_msg=name)
 
 
-def test_a_failed_checkpoint_write_is_raised_not_lost(tmp_path):
+def test_a_failed_checkpoint_write_is_raised_not_lost(tmp_path, monkeypatch):
+    import gluonbert._io
+    from gluonbert.errors import UsageError
+
+    def disk_full(name, path):
+        if name == 'checkpoint.model.params':
+            raise OSError(28, 'No space left on device', path)
+    monkeypatch.setattr(gluonbert._io, '_boundary_hook', disk_full)
+    with pytest.raises(OSError, match='No space left on device'):  # from the writer thread
+        train_loop(tiny_classifier(), synthetic(n=32), None, 2, 1e-3, mx.cpu(),
+                   progress=False, checkpoint_dir=str(tmp_path / 'checkpoints'))
     blocker = tmp_path / 'not_a_directory'
     blocker.write_text('a file where the checkpoint directory should be')
-    with pytest.raises(OSError):
+    with pytest.raises(UsageError, match='not_a_directory is a file; checkpoint_dir must be'):
         train_loop(tiny_classifier(), synthetic(n=32), None, 2, 1e-3, mx.cpu(),
                    progress=False, checkpoint_dir=str(blocker))

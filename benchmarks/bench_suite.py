@@ -277,7 +277,7 @@ def _hf_handlers():
         def run(iters):
             with torch.inference_mode(), autocast(request):
                 for _ in range(iters):
-                    net(input_ids=ids, attention_mask=mask, token_type_ids=segments).logits
+                    _ = net(input_ids=ids, attention_mask=mask, token_type_ids=segments).logits
         return run
 
     def training(request):

@@ -15,6 +15,7 @@ from . import _env  # noqa: E402  (thread defaults, before mxnet is imported)
 _env.require_mxnet()
 
 from .config import BERTConfig, PRESETS  # noqa: E402
+from .errors import GluonbertError  # noqa: E402
 from . import ops  # noqa: E402
 from .layers import (PositionalEncoding, LearnedPositionalEncoding, MultiHeadAttention,  # noqa: E402
                      Dropout, LayerNorm, AddNorm, PositionWiseFFN, EncoderBlock, Activation)
@@ -36,3 +37,13 @@ from .pretrain import PretrainingData, pretrain_loop  # noqa: E402
 ops.load()
 
 __version__ = '0.1.0'
+
+__all__ = ['BERTConfig', 'PRESETS', 'ops', 'PositionalEncoding', 'LearnedPositionalEncoding',
+           'MultiHeadAttention', 'Dropout', 'LayerNorm', 'AddNorm', 'PositionWiseFFN',
+           'EncoderBlock', 'Activation', 'MLMDecoder', 'NSClassifier', 'BERTEncoder', 'BERTModel',
+           'BERTClassifier', 'BERTForPretraining', 'from_gluonnlp', 'count_parameters',
+           'parameter_counts', 'Vocab', 'BERTTokenizer', 'load_pretrained', 'save_pretrained',
+           'LoRADense', 'apply_lora', 'merge_lora', 'save_lora', 'load_lora',
+           'lora_parameter_counts', 'BERTTransform', 'make_dataloader', 'load_dataset',
+           'train_loop', 'evaluate_accuracy', 'predict_sentiment', 'predict', 'Prediction',
+           'PretrainingData', 'pretrain_loop', 'GluonbertError', '__version__']

@@ -15,7 +15,7 @@ import os
 import sys
 
 __all__ = ['physical_cores', 'default_num_threads', 'apply_thread_defaults', 'require_mxnet',
-           'thread_flag', 'quiet_native_stderr']
+           'quiet_native_stderr']
 
 INSTALL_HINT = ("install gluonbert with an MXNet flavour: pip install 'gluonbert[cpu]' "
                 "(or 'gluonbert[cu112]' / 'gluonbert[cu117]' for CUDA 11.2 / 11.7 GPUs)")
@@ -85,18 +85,6 @@ def require_mxnet():
 
 
 apply_thread_defaults()
-
-
-@contextlib.contextmanager
-def thread_flag(local, name):
-    """Within the block, ``getattr(local, name)`` is True for this thread (``local``: a
-    ``threading.local``); the previous value comes back after it, also on errors."""
-    previous = getattr(local, name, False)
-    setattr(local, name, True)
-    try:
-        yield
-    finally:
-        setattr(local, name, previous)
 
 
 @contextlib.contextmanager

@@ -12,11 +12,16 @@ import json
 
 from ._io import write_text
 
-__all__ = ['BERTConfig', 'PRESETS', 'ACTIVATIONS']
+__all__ = ['BERTConfig', 'PRESETS', 'ACTIVATIONS', 'KERNELS']
 
 # Activations the FFN understands. 'gelu' is the exact erf form used by BERT;
 # 'gelu_tanh' is the tanh approximation (Hugging Face's gelu_new / gelu_pytorch_tanh).
 ACTIVATIONS = ('gelu', 'gelu_tanh', 'relu', 'tanh', 'sigmoid', 'softrelu')
+# Which operators compute LayerNorm and dropout on CPU in float32: gluonbert's fused ones
+# (gluonbert.ops) or MXNet's. 'auto' is resolved when a model is built: fused if the
+# library is built and loaded. Both compute the same function to float32 rounding, but
+# the dropout masks come from different random streams.
+KERNELS = ('auto', 'fused', 'mxnet')
 POSITION_EMBEDDINGS = ('learned', 'sinusoidal')
 
 
@@ -50,6 +55,9 @@ class BERTConfig:
         FFN activation, one of ``ACTIVATIONS``.
     position_embedding : str
         ``'learned'`` (BERT) or ``'sinusoidal'`` (the original Transformer).
+    kernels : str
+        ``'fused'``, ``'mxnet'`` or ``'auto'`` (see ``KERNELS``); a built model's config
+        holds the resolved choice, which saved models record.
     """
     vocab_size: int = 30522
     units: int = 768
@@ -63,6 +71,7 @@ class BERTConfig:
     layer_norm_eps: float = 1e-12
     activation: str = 'gelu'
     position_embedding: str = 'learned'
+    kernels: str = 'auto'
 
     def __post_init__(self):
         for name in ('vocab_size', 'units', 'hidden_size', 'num_heads', 'num_layers',
@@ -85,6 +94,9 @@ class BERTConfig:
         if self.position_embedding not in POSITION_EMBEDDINGS:
             raise ValueError(f'BERTConfig.position_embedding must be one of '
                              f'{POSITION_EMBEDDINGS}, got {self.position_embedding!r}')
+        if self.kernels not in KERNELS:
+            raise ValueError(f'BERTConfig.kernels must be one of {KERNELS}, '
+                             f'got {self.kernels!r}')
 
     # ----------------------------------------------------------------- presets
     @classmethod
@@ -123,6 +135,12 @@ class BERTConfig:
     def load(cls, path):
         with open(path, encoding='utf-8') as f:
             return cls.from_json(f.read())
+
+    def architecture(self):
+        """The config without ``kernels``: what decides the parameters and the function."""
+        values = self.to_dict()
+        del values['kernels']
+        return values
 
     @property
     def head_units(self):

@@ -57,6 +57,26 @@ def load_classifier(model_dir, ctx=None):
     return net, vocab, tokenizer
 
 
+def _write_graph(model, files):
+    """Write ``model``'s cached graph and parameters to ``files['symbol']`` and
+    ``files['params']``; returns the graph's input names."""
+    from .fast import INPUT_NAMES
+    # written next to the destination, then renamed into place: a crash leaves no torn file
+    staging = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(files['symbol'])),
+                               prefix='.export-')
+    try:
+        # keep AMP's casts in the file: without them a bfloat16 graph would not run
+        model.export(os.path.join(staging, 'model'), epoch=0, remove_amp_cast=False)
+        os.replace(os.path.join(staging, 'model-symbol.json'), files['symbol'])
+        os.replace(os.path.join(staging, 'model-0000.params'), files['params'])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    input_names = [s.name for s in model._cached_graph[0]]  # pylint: disable=protected-access
+    if input_names != list(INPUT_NAMES):
+        raise RuntimeError(f'unexpected input names {input_names}, expected {INPUT_NAMES}')
+    return input_names
+
+
 def _check_prefix(prefix):
     if not prefix or prefix.endswith(('/', os.sep)) or os.path.isdir(prefix):
         raise UsageError(f'--output takes a file prefix such as exported/model (files '
@@ -94,8 +114,8 @@ def export_classifier(net, vocab, tokenizer, prefix, *, dtype='float32', calib_b
         same dtype and to the float32 model).
     """
     from . import __version__
-    from .fast import DTYPES, INPUT_NAMES, prepare
-    from .ops import builtin_ops
+    from .fast import DTYPES, prepare
+    from .layers import kernels_for_tracing
     from .predict import _max_len, label_names_of
     if dtype not in DTYPES:
         raise ValueError(f'dtype must be one of {", ".join(DTYPES)}, got {dtype!r}')
@@ -107,29 +127,18 @@ def export_classifier(net, vocab, tokenizer, prefix, *, dtype='float32', calib_b
         else:
             from .fast import example_inputs
             check_batch = example_inputs(net, batch_size=4, seq_len=min(16, limit))
-    # the cached graph is traced with MXNet's own operators only, so that the float32 file
-    # loads in plain MXNet (gluonbert's fused CPU operators are an extension library)
-    net.hybridize(static_alloc=True)
-    with builtin_ops():
-        reference = net(*check_batch).asnumpy()  # float32 logits; builds the cached graph
-    model = (prepare(net, dtype, calib_batches=calib_batches, portable=True)
-             if dtype != 'float32' else net)
-    expected = model(*check_batch).asnumpy()
     files = {'symbol': f'{prefix}-symbol.json', 'params': f'{prefix}-0000.params',
              'vocab': f'{prefix}-vocab.txt', 'meta': f'{prefix}-meta.json'}
-    # written next to the destination, then renamed into place: a crash leaves no torn file
-    staging = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(prefix)), prefix='.export-')
-    try:
-        # keep AMP's casts in the file: without them a bfloat16 graph would not run
-        model.export(os.path.join(staging, 'model'), epoch=0, remove_amp_cast=False)
-        os.replace(os.path.join(staging, 'model-symbol.json'), files['symbol'])
-        os.replace(os.path.join(staging, 'model-0000.params'), files['params'])
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    # traced with MXNet's own operators only, so that the files load in plain MXNet
+    # (gluonbert's fused CPU operators are an extension library); net is restored after
+    with kernels_for_tracing(net, layer_norm='mxnet', dropout='mxnet'):
+        net.hybridize(static_alloc=True)
+        reference = net(*check_batch).asnumpy()  # float32 logits; builds the cached graph
+        model = (prepare(net, dtype, calib_batches=calib_batches, portable=True)
+                 if dtype != 'float32' else net)
+        expected = model(*check_batch).asnumpy()
+        input_names = _write_graph(model, files)
     vocab.save(files['vocab'])
-    input_names = [s.name for s in model._cached_graph[0]]  # pylint: disable=protected-access
-    if input_names != list(INPUT_NAMES):
-        raise RuntimeError(f'unexpected input names {input_names}, expected {INPUT_NAMES}')
 
     # Reload with plain MXNet, as a user of the files would, and compare.
     with warnings.catch_warnings():

@@ -138,7 +138,7 @@ def read_hosts(path):
     hosts = [h for h in hosts if h]
     if not hosts:
         raise LaunchError(f'--hosts {path} lists no host')
-    for number, host in enumerate(hosts, 1):
+    for host in hosts:
         # a name like '-oProxyCommand=...' would be read by ssh as an option
         if host.startswith('-') or any(c.isspace() for c in host):
             raise LaunchError(f'--hosts {path}: {host!r} is not a host name (host names '

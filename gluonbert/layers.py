@@ -9,21 +9,24 @@ the friendly default; ``'TNC'`` means ``(L, B, U)``, which the fused attention
 kernels want, so :class:`gluonbert.BERTEncoder` runs its layers in ``'TNC'`` and
 transposes once at each end instead of once per layer.
 """
+import contextlib
 import math
-import threading
 
+import mxnet as mx
 import numpy as np
 from mxnet import init, symbol
 from mxnet.gluon import HybridBlock, nn
 
-from . import ops
-from ._env import thread_flag
+from .ops import resolve_kernels
 
 __all__ = ['PositionalEncoding', 'LearnedPositionalEncoding', 'MultiHeadAttention', 'Dropout',
            'LayerNorm', 'AddNorm', 'PositionWiseFFN', 'EncoderBlock', 'Activation',
-           'sinusoidal_table', 'additive_attention_mask']
+           'sinusoidal_table', 'set_kernels', 'kernels_for_tracing', 'ATTENTION_MASKS']
 
 LAYOUTS = ('NTC', 'TNC')
+# How attention masks padded keys; both give exactly the same weights (see
+# MultiHeadAttention): 'select' trains fastest, 'additive' infers fastest.
+ATTENTION_MASKS = ('select', 'additive')
 # BERT's initialisation: N(0, 0.02) weights, zero biases.
 WEIGHT_INIT = init.Normal(0.02)
 
@@ -51,13 +54,13 @@ def sinusoidal_table(max_length, units):
 class _PositionBase(HybridBlock):
     """Adds ``table[position]`` to each step of the input, then applies dropout."""
 
-    def __init__(self, *, units, max_length, dropout, layout, prefix, params):
+    def __init__(self, *, units, max_length, dropout, layout, kernels, prefix, params):
         super().__init__(prefix=prefix, params=params)
         self._units = units
         self._max_length = max_length
         self._layout = _check_layout(layout)
         with self.name_scope():
-            self.dropout_layer = Dropout(rate=dropout)
+            self.dropout_layer = Dropout(rate=dropout, kernels=kernels)
 
     def _add_positions(self, F, x, table):
         seq_axis = 1 if self._layout == 'NTC' else 0
@@ -80,6 +83,8 @@ class PositionalEncoding(_PositionBase):
         Longest sequence supported.
     dropout : float, default 0.0
     layout : {'NTC', 'TNC'}, default 'NTC'
+    kernels : {'auto', 'fused', 'mxnet'}, default 'auto'
+        Operators of the dropout (see :class:`Dropout`).
 
     Inputs:
         - **x**: ``(B, L, U)`` for 'NTC', ``(L, B, U)`` for 'TNC'; ``L <= max_length``.
@@ -88,10 +93,10 @@ class PositionalEncoding(_PositionBase):
         - **y**: same shape as ``x``; ``x + P[:L]`` then dropout.
     """
 
-    def __init__(self, *, units, max_length=512, dropout=0.0, layout='NTC', prefix=None,
-                 params=None):
+    def __init__(self, *, units, max_length=512, dropout=0.0, layout='NTC', kernels='auto',
+                 prefix=None, params=None):
         super().__init__(units=units, max_length=max_length, dropout=dropout, layout=layout,
-                         prefix=prefix, params=params)
+                         kernels=kernels, prefix=prefix, params=params)
         with self.name_scope():
             # A constant: saved with the parameters, never trained.
             self.table = self.params.get_constant('table', sinusoidal_table(max_length, units))
@@ -108,9 +113,9 @@ class LearnedPositionalEncoding(_PositionBase):
     """
 
     def __init__(self, *, units, max_length=512, dropout=0.0, layout='NTC',
-                 weight_initializer=WEIGHT_INIT, prefix=None, params=None):
+                 weight_initializer=WEIGHT_INIT, kernels='auto', prefix=None, params=None):
         super().__init__(units=units, max_length=max_length, dropout=dropout, layout=layout,
-                         prefix=prefix, params=params)
+                         kernels=kernels, prefix=prefix, params=params)
         with self.name_scope():
             self.weight = self.params.get('weight', shape=(max_length, units),
                                           init=weight_initializer)
@@ -145,24 +150,6 @@ class Activation(HybridBlock):
         return f'{self.__class__.__name__}({self._name})'
 
 
-_MASKING = threading.local()
-
-
-def additive_attention_mask():
-    """Trace :class:`MultiHeadAttention` graphs with an additive length mask inside this block.
-
-    Both masks give the same attention weights (masked keys get exactly 0), but MXNet 1.9
-    runs them at different speeds. The default selects scores with ``where`` over a mask
-    broadcast to the scores' shape: its backward is cheap, so it trains fastest. The
-    additive form adds a ``(B, 1, 1, L)`` bias of 0 / -1e30 with ``broadcast_add``: no
-    full-size mask is built, so inference is faster (BERT-base bf16, 32x128 on 2 cores:
-    about 15%), but the broadcast's backward is slow. :mod:`gluonbert.fast` traces its
-    inference graphs inside this block. Affects graphs built (traced) here, not ones
-    cached before.
-    """
-    return thread_flag(_MASKING, 'additive')
-
-
 def _param(F, parameter, like):
     """A child's parameter as a graph input: a Symbol variable or the NDArray on like's context."""
     if F is symbol:
@@ -191,6 +178,11 @@ class MultiHeadAttention(HybridBlock):
     causal : bool, default False
         If True, position i attends only to positions <= i.
     layout : {'NTC', 'TNC'}, default 'NTC'
+    attention_mask : {'select', 'additive'}, default 'select'
+        How keys past ``valid_length`` are masked; the weights are exactly the same, the
+        speed is not (see ``hybrid_forward``).
+    kernels : {'auto', 'fused', 'mxnet'}, default 'auto'
+        Operators of the attention dropout (see :class:`Dropout`).
 
     Inputs:
         - **x**: ``(B, L, U)`` ('NTC') or ``(L, B, U)`` ('TNC').
@@ -203,14 +195,19 @@ class MultiHeadAttention(HybridBlock):
     """
 
     def __init__(self, *, units, num_heads, dropout=0.0, use_bias=True, causal=False,
-                 layout='NTC', weight_initializer=WEIGHT_INIT, prefix=None, params=None):
+                 layout='NTC', attention_mask='select', weight_initializer=WEIGHT_INIT,
+                 kernels='auto', prefix=None, params=None):
         super().__init__(prefix=prefix, params=params)
         if units % num_heads:
             raise ValueError(f'units ({units}) must be divisible by num_heads ({num_heads})')
+        if attention_mask not in ATTENTION_MASKS:
+            raise ValueError(f'attention_mask must be one of {ATTENTION_MASKS}, '
+                             f'got {attention_mask!r}')
         self._units = units
         self._num_heads = num_heads
         self._causal = causal
         self._layout = _check_layout(layout)
+        self.attention_mask = attention_mask
         with self.name_scope():
             dense = dict(units=units, in_units=units, flatten=False, use_bias=use_bias,
                          weight_initializer=weight_initializer)
@@ -218,7 +215,7 @@ class MultiHeadAttention(HybridBlock):
             self.key = nn.Dense(prefix='key_', **dense)
             self.value = nn.Dense(prefix='value_', **dense)
             self.out_proj = nn.Dense(prefix='out_proj_', **dense)
-            self.dropout_layer = Dropout(rate=dropout)
+            self.dropout_layer = Dropout(rate=dropout, kernels=kernels)
 
     @property
     def units(self):
@@ -276,7 +273,11 @@ class MultiHeadAttention(HybridBlock):
             valid = F.broadcast_lesser(positions.reshape((1, -1)),
                                        F.cast(valid_length, 'float32').reshape((-1, 1)))  # (B, L)
             scores = scores.reshape((-1, heads, 0, 0), reverse=True)         # (B, N, L, L)
-            if getattr(_MASKING, 'additive', False):  # see additive_attention_mask
+            # 'select' picks scores with where over a mask broadcast to the scores' shape:
+            # its backward is cheap, so it trains fastest. 'additive' adds a (B, 1, 1, L)
+            # bias of 0 / -1e30: no full-size mask, so inference is faster (BERT-base bf16,
+            # 32x128 on 2 cores: about 15%), but the broadcast's backward is slow.
+            if self.attention_mask == 'additive':
                 # where, not (valid - 1) * 1e30: 0 * inf is NaN should this run in float16
                 bias = F.where(valid, F.zeros_like(valid), F.ones_like(valid) * -1e30)
                 scores = F.broadcast_add(scores, bias.reshape((0, 1, 1, -1)))
@@ -297,17 +298,20 @@ class Dropout(HybridBlock):
     mode) each element is zeroed with probability ``rate`` and the others are scaled by
     ``1 / (1 - rate)``; otherwise the identity.
 
-    On CPU it computes with gluonbert's fused operator (:mod:`gluonbert.ops`; 1.57M elements:
-    4.2 -> 1.2 ms, and no stored mask: the backward recomputes it from the call's random
-    seed, so ``mx.random.seed`` repeats it). An extension operator is not told whether
-    MXNet runs it for training, so the graph tells it: MXNet's own Dropout of the constant 1
-    is 1 in inference and 0 or 2 in training. Inference graphs (:func:`gluonbert.ops.
-    inference_graph`) and GPUs use MXNet's Dropout.
+    With ``kernels='fused'`` it computes on CPU with gluonbert's fused operator
+    (:mod:`gluonbert.ops`; 1.57M elements: 4.2 -> 1.2 ms, and no stored mask: the backward
+    recomputes it from the call's random seed, so ``mx.random.seed`` repeats it). An
+    extension operator is not told whether MXNet runs it for training, so the graph tells
+    it: MXNet's own Dropout of the constant 1 is 1 in inference and 0 or 2 in training.
+    With ``kernels='mxnet'``, and on GPUs, it is MXNet's Dropout. The two draw their masks
+    from different random streams.
 
     Parameters
     ----------
     rate : float
         Probability of dropping an element, in [0, 1).
+    kernels : {'auto', 'fused', 'mxnet'}, default 'auto'
+        Resolved when the block is built (:func:`gluonbert.ops.resolve_kernels`).
 
     Inputs:
         - **x**: any shape.
@@ -316,16 +320,18 @@ class Dropout(HybridBlock):
         - **out**: same shape as ``x``.
     """
 
-    def __init__(self, *, rate, prefix=None, params=None):
+    def __init__(self, *, rate, kernels='auto', prefix=None, params=None):
         super().__init__(prefix=prefix, params=params)
         if not 0 <= rate < 1:
             raise ValueError(f'dropout rate must be in [0, 1), got {rate}')
         self._rate = rate
+        self.kernels = resolve_kernels(kernels)
 
     def hybrid_forward(self, F, x):  # pylint: disable=arguments-differ
         if self._rate == 0:
             return F.identity(x)
-        if ops.fused_dropout():
+        # MXNet makes the input's context current while it runs or traces a block
+        if self.kernels == 'fused' and mx.context.current_context().device_type == 'cpu':
             # a constant 1 of shape (1,), made from x (AMP cannot wrap F.ones) without a
             # gradient path back into x
             one = F.ones_like(F.BlockGrad(F.slice_axis(F.reshape(x, shape=(-1,)), axis=0,
@@ -335,22 +341,25 @@ class Dropout(HybridBlock):
         return F.Dropout(x, p=self._rate)
 
     def __repr__(self):
-        return f'{self.__class__.__name__}(rate={self._rate})'
+        return f'{self.__class__.__name__}(rate={self._rate}, kernels={self.kernels!r})'
 
 
 class LayerNorm(HybridBlock):
     """Layer normalisation over the last axis: ``gamma * (x - mean) / sqrt(var + eps) + beta``.
 
     The parameters are named like ``nn.LayerNorm``'s (``gamma``, ``beta``), so checkpoints
-    are interchangeable. In float32 on CPU it computes with gluonbert's fused operator
-    (:mod:`gluonbert.ops`; its backward is about 25x faster than MXNet's generic one), and
-    with MXNet's ``LayerNorm`` otherwise; the two agree to float32 rounding.
+    are interchangeable. With ``kernels='fused'`` it computes in float32 on CPU with
+    gluonbert's fused operator (:mod:`gluonbert.ops`; its backward is about 25x faster than
+    MXNet's generic one), and with MXNet's ``LayerNorm`` otherwise (``kernels='mxnet'``,
+    other dtypes, GPUs); the two agree to float32 rounding.
 
     Parameters
     ----------
     units : int
         Width U of the normalised (last) axis.
     epsilon : float, default 1e-12
+    kernels : {'auto', 'fused', 'mxnet'}, default 'auto'
+        Resolved when the block is built (:func:`gluonbert.ops.resolve_kernels`).
 
     Inputs:
         - **x**: ``(..., U)``.
@@ -359,9 +368,10 @@ class LayerNorm(HybridBlock):
         - **out**: same shape as ``x``.
     """
 
-    def __init__(self, *, units, epsilon=1e-12, prefix=None, params=None):
+    def __init__(self, *, units, epsilon=1e-12, kernels='auto', prefix=None, params=None):
         super().__init__(prefix=prefix, params=params)
         self._epsilon = epsilon
+        self.kernels = resolve_kernels(kernels)
         with self.name_scope():
             self.gamma = self.params.get('gamma', shape=(units,), init='ones',
                                          allow_deferred_init=True)
@@ -369,7 +379,7 @@ class LayerNorm(HybridBlock):
                                         allow_deferred_init=True)
 
     def hybrid_forward(self, F, x, gamma, beta):  # pylint: disable=arguments-differ
-        if ops.fused_for(self.gamma):
+        if self.kernels == 'fused' and _float32_on_cpu(self.gamma):
             # An extension operator's backward always overwrites its input gradients (MXNet
             # does not pass it the write/add request): behind identity copies MXNet itself
             # applies grad_req='add' (gradient accumulation) and sums over several uses.
@@ -378,7 +388,20 @@ class LayerNorm(HybridBlock):
         return F.LayerNorm(x, gamma, beta, axis=-1, eps=self._epsilon)
 
     def __repr__(self):
-        return f'{self.__class__.__name__}(units={self.gamma.shape[0]}, eps={self._epsilon})'
+        return (f'{self.__class__.__name__}(units={self.gamma.shape[0]}, eps={self._epsilon}, '
+                f'kernels={self.kernels!r})')
+
+
+def _float32_on_cpu(parameter):
+    """Whether ``parameter`` is float32 and lives on CPU contexts only (where the fused
+    operators exist)."""
+    if np.dtype(parameter.dtype) != np.float32:
+        return False
+    try:
+        contexts = parameter.list_ctx()
+    except RuntimeError:  # not initialized: no context yet
+        return False
+    return bool(contexts) and all(ctx.device_type == 'cpu' for ctx in contexts)
 
 
 class AddNorm(HybridBlock):
@@ -389,6 +412,8 @@ class AddNorm(HybridBlock):
     units : int
     dropout : float, default 0.0
     epsilon : float, default 1e-12
+    kernels : {'auto', 'fused', 'mxnet'}, default 'auto'
+        Operators of the dropout and the LayerNorm.
 
     Inputs:
         - **x**: residual input, ``(..., U)``.
@@ -398,11 +423,12 @@ class AddNorm(HybridBlock):
         - **out**: same shape as ``x``.
     """
 
-    def __init__(self, *, units, dropout=0.0, epsilon=1e-12, prefix=None, params=None):
+    def __init__(self, *, units, dropout=0.0, epsilon=1e-12, kernels='auto', prefix=None,
+                 params=None):
         super().__init__(prefix=prefix, params=params)
         with self.name_scope():
-            self.dropout_layer = Dropout(rate=dropout)
-            self.norm = LayerNorm(units=units, epsilon=epsilon)
+            self.dropout_layer = Dropout(rate=dropout, kernels=kernels)
+            self.norm = LayerNorm(units=units, epsilon=epsilon, kernels=kernels)
 
     def hybrid_forward(self, F, x, y):  # pylint: disable=arguments-differ
         return self.norm(x + self.dropout_layer(y))
@@ -457,6 +483,8 @@ class EncoderBlock(HybridBlock):
     activation : str, default 'gelu'
     causal : bool, default False
     layout : {'NTC', 'TNC'}, default 'NTC'
+    kernels : {'auto', 'fused', 'mxnet'}, default 'auto'
+        Operators of the dropouts and LayerNorms.
 
     Inputs:
         - **x**: ``(B, L, U)`` ('NTC') or ``(L, B, U)`` ('TNC').
@@ -468,22 +496,88 @@ class EncoderBlock(HybridBlock):
 
     def __init__(self, *, units, hidden_size, num_heads, dropout=0.0, attention_dropout=None,
                  layer_norm_eps=1e-12, activation='gelu', causal=False, layout='NTC',
-                 prefix=None, params=None):
+                 kernels='auto', prefix=None, params=None):
         super().__init__(prefix=prefix, params=params)
         if attention_dropout is None:
             attention_dropout = dropout
         with self.name_scope():
             self.attention = MultiHeadAttention(units=units, num_heads=num_heads,
                                                 dropout=attention_dropout, causal=causal,
-                                                layout=layout, prefix='attention_')
+                                                layout=layout, kernels=kernels,
+                                                prefix='attention_')
             self.attention_norm = AddNorm(units=units, dropout=dropout, epsilon=layer_norm_eps,
-                                          prefix='attention_norm_')
+                                          kernels=kernels, prefix='attention_norm_')
             self.ffn = PositionWiseFFN(units=units, hidden_size=hidden_size,
                                        activation=activation, prefix='ffn_')
             self.ffn_norm = AddNorm(units=units, dropout=dropout, epsilon=layer_norm_eps,
-                                    prefix='ffn_norm_')
+                                    kernels=kernels, prefix='ffn_norm_')
 
     def hybrid_forward(self, F, x, valid_length=None):  # pylint: disable=arguments-differ
         attended, _ = self.attention(x, valid_length)
         x = self.attention_norm(x, attended)
         return self.ffn_norm(x, self.ffn(x))
+
+
+# ----------------------------------------------------------------- kernel choice
+def _blocks(block):
+    yield block
+    for child in block._children.values():  # pylint: disable=protected-access  (Gluon 1.x
+        yield from _blocks(child)           # keeps children here; no public iterator)
+
+
+def _change_kernels(block, layer_norm, dropout, attention_mask):
+    """Set the settings on every block inside ``block``; returns how to undo it."""
+    if attention_mask is not None and attention_mask not in ATTENTION_MASKS:
+        raise ValueError(f'attention_mask must be one of {ATTENTION_MASKS}, '
+                         f'got {attention_mask!r}')
+    wanted = {LayerNorm: ('kernels', layer_norm and resolve_kernels(layer_norm)),
+              Dropout: ('kernels', dropout and resolve_kernels(dropout)),
+              MultiHeadAttention: ('attention_mask', attention_mask)}
+    undo = []
+    for child in _blocks(block):
+        name, value = wanted.get(type(child), (None, None))
+        if value is not None:
+            undo.append((child, name, getattr(child, name)))
+            setattr(child, name, value)
+    return undo
+
+
+def _hybrid_blocks(block):
+    return [b for b in _blocks(block) if isinstance(b, HybridBlock)]
+
+
+def set_kernels(block, *, layer_norm=None, dropout=None, attention_mask=None):
+    """Set, in ``block`` and every block inside it, the operators LayerNorm and dropout
+    compute with (``'fused'``/``'mxnet'``/``'auto'``) and the attention mask
+    (``'select'``/``'additive'``); None leaves a setting as it is. Cached graphs of
+    hybridized blocks are dropped, so the next call traces with the new choice.
+    """
+    _change_kernels(block, layer_norm, dropout, attention_mask)
+    for child in _hybrid_blocks(block):
+        child._clear_cached_op()  # pylint: disable=protected-access  (re-trace next call)
+
+
+@contextlib.contextmanager
+def kernels_for_tracing(block, *, layer_norm=None, dropout=None, attention_mask=None):
+    """Within the block, graphs of ``block`` are traced with the given kernels (settings
+    as :func:`set_kernels`); afterwards every setting is restored. For tracing a graph to
+    convert or export, e.g. with MXNet's operators only::
+
+        with kernels_for_tracing(net, layer_norm='mxnet', dropout='mxnet'):
+            sym = net(*[mx.sym.var(n) for n in ('data0', 'data1', 'data2')])
+
+    A symbolic call like this one leaves a hybridized block's cached graph alone. A cached
+    graph built inside (``net.hybridize()`` then a call, e.g. to export it) is dropped on
+    the way out, so that the block traces with its own settings again.
+    """
+    hybrid = _hybrid_blocks(block)
+    cached = [b._cached_graph for b in hybrid]  # pylint: disable=protected-access
+    undo = _change_kernels(block, layer_norm, dropout, attention_mask)
+    try:
+        yield block
+    finally:
+        for child, name, value in undo:
+            setattr(child, name, value)
+        for child, graph in zip(hybrid, cached):
+            if child._cached_graph is not graph:  # pylint: disable=protected-access
+                child._clear_cached_op()  # pylint: disable=protected-access

@@ -11,6 +11,7 @@ import mxnet as mx
 from mxnet.gluon import HybridBlock, nn
 
 from .config import BERTConfig
+from .ops import resolve_kernels
 from .heads import MLMDecoder, NSClassifier
 from .layers import (WEIGHT_INIT, Dropout, EncoderBlock, LayerNorm, LearnedPositionalEncoding,
                      PositionalEncoding)
@@ -86,6 +87,9 @@ class BERTEncoder(HybridBlock):
     layer_norm_eps : float, default 1e-12
     activation : str, default 'gelu'
     position_embedding : {'learned', 'sinusoidal'}, default 'learned'
+    kernels : {'auto', 'fused', 'mxnet'}, default 'auto'
+        Operators of LayerNorm and dropout, resolved here (``self.config.kernels`` holds
+        the answer; see :func:`gluonbert.ops.resolve_kernels`).
 
     Inputs:
         - **words**: ``(B, L)``
@@ -99,16 +103,17 @@ class BERTEncoder(HybridBlock):
     def __init__(self, *, vocab_size, units, hidden_size, num_heads, num_layers, dropout,
                  max_length=512, type_vocab_size=2, attention_dropout=None,
                  layer_norm_eps=1e-12, activation='gelu', position_embedding='learned',
-                 prefix=None, params=None):
+                 kernels='auto', prefix=None, params=None):
         super().__init__(prefix=prefix, params=params)
         # Validates every argument with a clear message.
-        self.config = BERTConfig(
+        self.config = BERTConfig(kernels=resolve_kernels(kernels),
             vocab_size=vocab_size, units=units, hidden_size=hidden_size, num_heads=num_heads,
             num_layers=num_layers, max_length=max_length, type_vocab_size=type_vocab_size,
             dropout=dropout, attention_dropout=dropout if attention_dropout is None
             else attention_dropout, layer_norm_eps=layer_norm_eps, activation=activation,
             position_embedding=position_embedding)
         cfg = self.config
+        kernels = cfg.kernels
         with self.name_scope():
             self.word_embed = nn.Embedding(vocab_size, units, weight_initializer=WEIGHT_INIT,
                                            prefix='word_embed_')
@@ -119,15 +124,16 @@ class BERTEncoder(HybridBlock):
                             else PositionalEncoding)
             # Dropout comes after the LayerNorm (BERT's order), not inside the position block.
             self.position_embed = position_cls(units=units, max_length=max_length, dropout=0.0,
-                                               layout='TNC', prefix='position_embed_')
-            self.embed_norm = LayerNorm(units=units, epsilon=layer_norm_eps)
-            self.embed_dropout = Dropout(rate=dropout)
+                                               layout='TNC', kernels=kernels,
+                                               prefix='position_embed_')
+            self.embed_norm = LayerNorm(units=units, epsilon=layer_norm_eps, kernels=kernels)
+            self.embed_dropout = Dropout(rate=dropout, kernels=kernels)
             self.layers = nn.HybridSequential(prefix='layers_')
             for _ in range(num_layers):
                 self.layers.add(EncoderBlock(
                     units=units, hidden_size=hidden_size, num_heads=num_heads, dropout=dropout,
                     attention_dropout=cfg.attention_dropout, layer_norm_eps=layer_norm_eps,
-                    activation=activation, layout='TNC'))
+                    activation=activation, layout='TNC', kernels=kernels))
 
     def __call__(self, words, segments, valid_length=None):  # pylint: disable=arguments-differ
         if not isinstance(words, mx.sym.Symbol):
@@ -156,6 +162,7 @@ class BERTModel(HybridBlock):
     Parameters
     ----------
     config : BERTConfig
+        ``config.kernels`` 'auto' is resolved here: ``self.config`` holds the answer.
 
     Inputs:
         - **words**: ``(B, L)``
@@ -172,13 +179,13 @@ class BERTModel(HybridBlock):
         if not isinstance(config, BERTConfig):
             raise TypeError(f'BERTModel takes a BERTConfig (e.g. BERTConfig.from_preset('
                             f'"bert_12_768_12")), got {type(config).__name__}')
-        self.config = config
         fields = config.to_dict()
         with self.name_scope():
             self.encoder = BERTEncoder(prefix='encoder_', **fields)
             self.pooler = nn.Dense(config.units, in_units=config.units, flatten=False,
                                    activation='tanh', weight_initializer=WEIGHT_INIT,
                                    prefix='pooler_')
+        self.config = self.encoder.config  # with the kernels resolved
 
     def forward(self, words, segments, valid_length=None):  # pylint: disable=arguments-differ
         if not isinstance(words, mx.sym.Symbol) and self._active:
@@ -226,7 +233,7 @@ class BERTClassifier(HybridBlock):
         with self.name_scope():
             self.classifier = nn.HybridSequential(prefix='classifier_')
             with self.classifier.name_scope():
-                self.classifier.add(Dropout(rate=dropout))
+                self.classifier.add(Dropout(rate=dropout, kernels=bert.config.kernels))
                 self.classifier.add(nn.Dense(num_classes, in_units=bert.config.units,
                                              weight_initializer=WEIGHT_INIT))
 
@@ -274,7 +281,7 @@ class BERTForPretraining(HybridBlock):
             if config is None:
                 raise TypeError('BERTForPretraining needs a config or a bert model')
             bert = BERTModel(config)
-        elif config is not None and config != bert.config:
+        elif config is not None and config.architecture() != bert.config.architecture():
             raise ValueError('config does not match the given bert model')
         self.config = bert.config
         self.bert = bert
@@ -283,6 +290,7 @@ class BERTForPretraining(HybridBlock):
             self.mlm_decoder = MLMDecoder(vocab_size=cfg.vocab_size, units=cfg.units,
                                           activation=cfg.activation,
                                           layer_norm_eps=cfg.layer_norm_eps,
+                                          kernels=cfg.kernels,
                                           embedding_weight=bert.encoder.word_embed.weight,
                                           prefix='mlm_decoder_')
             self.ns_classifier = NSClassifier(units=cfg.units, prefix='ns_classifier_')

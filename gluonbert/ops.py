@@ -14,11 +14,13 @@ gluonbert is imported it loads the library if it is built and intact: the cache 
 library's SHA-256 beside it, and a library that does not match (truncated, damaged), or a
 cache that belongs to another user or is writable by everyone, is not loaded.
 
-Used by :class:`gluonbert.layers.LayerNorm` (float32 on CPU), the ``adamw`` optimizer
-(float32 on CPU, no ``clip_gradient``) and gradient clipping on CPU; everything else runs
-MXNet's own operators. Graphs
-traced inside :func:`builtin_ops` use MXNet's operators only: :mod:`gluonbert.fast` traces
-its inference and export graphs there, so exported models load with plain MXNet.
+Which blocks use it is decided when they are built, never while a graph is traced:
+:class:`gluonbert.layers.LayerNorm` and :class:`gluonbert.layers.Dropout` take
+``kernels='fused'|'mxnet'|'auto'`` (a model takes ``BERTConfig.kernels``;
+:func:`resolve_kernels` turns 'auto' into one of the others) and compute with it in float32
+on CPU; the ``adamw`` optimizer and gradient clipping take the same choice. Graphs for
+export are traced with ``kernels='mxnet'`` (:func:`gluonbert.layers.kernels_for_tracing`),
+so exported models load with plain MXNet.
 
 ``GLUONBERT_FUSED_OPS=0`` turns the library off. When it is not built, gluonbert uses
 MXNet's operators (:func:`status` says so); when it is damaged or fails to load, gluonbert
@@ -39,13 +41,12 @@ import threading
 import warnings
 
 import mxnet as mx
-import numpy as np
 
-from ._env import thread_flag
 from ._io import write_text
+from .config import KERNELS
+from .errors import EnvironmentProblem
 
-__all__ = ['OPS', 'load', 'status', 'build', 'library_path', 'builtin_ops',
-           'inference_graph', 'fused_for', 'fused_dropout']
+__all__ = ['OPS', 'load', 'status', 'build', 'library_path', 'resolve_kernels', 'main']
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc', 'fused_ops.cc')
 OPS = ('gluonbert_layer_norm', 'gluonbert_multi_adamw_update', 'gluonbert_multi_sum_sq',
@@ -62,7 +63,6 @@ NOT_BUILT = 'not built yet (build once per machine: gluonbert-ops build)'
 
 _LOCK = threading.RLock()
 _STATE = {'loaded': False, 'reason': 'not loaded yet', 'tried': False}
-_LOCAL = threading.local()
 
 
 def _mxnet_dir():
@@ -281,39 +281,24 @@ def status():
     return _STATE['reason']
 
 
-def builtin_ops():
-    """Within this block, graphs are traced with MXNet's own operators only (for graphs that
-    are converted by AMP or the quantizer, or exported for plain MXNet)."""
-    return thread_flag(_LOCAL, 'builtin')
+def resolve_kernels(kernels):
+    """The operators a block computes LayerNorm and dropout with: ``'fused'`` or ``'mxnet'``.
 
-
-def inference_graph():
-    """Within this block, graphs are traced for inference: dropout (an identity there) stays
-    MXNet's operator, which needs no mask."""
-    return thread_flag(_LOCAL, 'inference')
-
-
-def fused_dropout():
-    """Whether a dropout traced now uses the fused operator: on a CPU context (MXNet makes the
-    input's context current while tracing), library loaded, outside :func:`builtin_ops` and
-    :func:`inference_graph`."""
-    if getattr(_LOCAL, 'builtin', False) or getattr(_LOCAL, 'inference', False):
-        return False
-    return mx.context.current_context().device_type == 'cpu' and load()
-
-
-def fused_for(parameter):
-    """Whether a block owning ``parameter`` computes with the fused operators: float32, on
-    CPU contexts only, library loaded (built on first use), not inside :func:`builtin_ops`."""
-    if getattr(_LOCAL, 'builtin', False) or np.dtype(parameter.dtype) != np.float32:
-        return False
-    try:
-        contexts = parameter.list_ctx()
-    except RuntimeError:  # not initialized: no context yet
-        return False
-    if not contexts or any(ctx.device_type != 'cpu' for ctx in contexts):
-        return False
-    return load()
+    ``'auto'`` is ``'fused'`` when the library is loaded, else ``'mxnet'``; ``'fused'``
+    without the library is an :class:`~gluonbert.errors.EnvironmentProblem`. Called when
+    a block is built: the answer is fixed then, never looked up while a graph is traced.
+    """
+    if kernels not in KERNELS:
+        raise ValueError(f'kernels must be one of {KERNELS}, got {kernels!r}')
+    if kernels == 'mxnet':
+        return 'mxnet'
+    if load():
+        return 'fused'
+    if kernels == 'auto':
+        return 'mxnet'
+    raise EnvironmentProblem(f"kernels='fused' needs gluonbert's fused CPU operators, which "
+                             f"are not available ({status()}); build them with gluonbert-ops "
+                             f"build, or use kernels='mxnet'")
 
 
 def main(argv=None):

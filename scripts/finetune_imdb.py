@@ -45,8 +45,8 @@ def main(argv=None):
     # 3. Reviews -> [CLS] tokens [SEP], segment ids, valid_length; length-bucketed batches.
     train_set, test_set = load_dataset(args.dataset, 'train'), load_dataset(args.dataset, 'test')
     if args.limit:
-        train_set.texts, train_set.labels = train_set.texts[:args.limit], train_set.labels[:args.limit]
-        test_set.texts, test_set.labels = test_set.texts[:args.limit], test_set.labels[:args.limit]
+        train_set = train_set.subset(range(min(args.limit, len(train_set))))
+        test_set = test_set.subset(range(min(args.limit, len(test_set))))
     transform = BERTTransform(tokenizer, vocabulary, max_len=args.max_len)
     train_data = make_dataloader(train_set, transform, batch_size=args.batch_size,
                                  pad_id=vocabulary.pad_id)

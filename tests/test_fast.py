@@ -20,7 +20,9 @@ import mxnet as mx
 import pytest
 
 import gluonbert
-from gluonbert import fast, ops
+from gluonbert import fast
+from gluonbert.fast import passes
+from gluonbert.layers import kernels_for_tracing
 from gluonbert.export import export_classifier, export_main
 from gluonbert.cli import predict_main
 from gluonbert.tokenizer import BERTTokenizer, Vocab
@@ -71,19 +73,26 @@ def margin(probabilities):
     return top[:, -1] - top[:, -2]
 
 
-def test_patch_amp_lists_is_idempotent():
-    first = list(fast.patch_amp_lists())
-    second = list(fast.patch_amp_lists())
-    assert first == second
-    for op in fast.INTERLEAVED_ATTENTION_OPS:
-        assert second.count(op) == 1
+def test_conversion_leaves_amps_global_list_as_it_was():
+    """AMP checks operators against its global float32 list: a conversion adds the fused
+    kernels for its own time only (training AMP is process-wide and is tested apart)."""
+    from mxnet.contrib.amp.lists import symbol_bf16
+    from gluonbert.fast.convert import _amp_fp32_ops  # pylint: disable=protected-access
+    before = list(symbol_bf16.FP32_FUNCS)
+    with _amp_fp32_ops():
+        inside = list(symbol_bf16.FP32_FUNCS)
+        with _amp_fp32_ops():  # nested: nothing added twice
+            assert list(symbol_bf16.FP32_FUNCS) == inside
+    assert symbol_bf16.FP32_FUNCS == before
+    for op in fast.INTERLEAVED_ATTENTION_OPS + ('gluonbert_layer_norm', 'gluonbert_dropout'):
+        assert inside.count(op) == 1
 
 
 def test_fold_constants_is_exact(trained):
     net, _, _, batches = trained
     inputs = model_inputs(batches[0])
-    names, sym = fast._trace(net, inputs)
-    arg_params, _ = fast._param_values(net, sym)
+    names, sym = passes.trace(net, inputs)
+    arg_params, _ = passes.param_values(net, sym)
     folded, folded_params, folded_names = fast.fold_constants(sym, arg_params)
     assert folded_names and len(folded.list_arguments()) < len(sym.list_arguments())
 
@@ -117,7 +126,9 @@ def test_float32_fast_path_matches_and_leaves_the_net_alone(trained):
     np.testing.assert_allclose(fused(*short).asnumpy(), net(*short).asnumpy(), rtol=1e-4,
                                atol=1e-5)
     assert net._cached_graph is cached  # net's own (training) graph is untouched
-    assert isinstance(fast.prepare(net, 'float32'), fast.InferenceClassifier)
+    prepared = fast.prepare(net, 'float32')
+    assert isinstance(prepared, fast.InferenceClassifier) and prepared is not net
+    assert net._cached_graph is cached
 
 
 @needs_native_bf16()
@@ -210,10 +221,10 @@ def test_export_reloads_without_gluonbert(trained, tmp_path):
     fused = net(*inputs).asnumpy()
     # the float32 file is identical to the model computed with MXNet's own operators, and
     # within float32 rounding of the model's own graph (gluonbert's fused LayerNorm)
-    with ops.builtin_ops():
+    with kernels_for_tracing(net, layer_norm='mxnet', dropout='mxnet'):
         net.hybridize(static_alloc=True)  # traced afresh inside the block
         reference = net(*inputs).asnumpy()
-    net.hybridize(static_alloc=True)
+    assert np.array_equal(net(*inputs).asnumpy(), fused)  # its own kernels again
     np.testing.assert_allclose(fused, reference, rtol=1e-5, atol=1e-6)
     expected = {}
     for dtype in fast_dtypes('float32', 'bfloat16', 'int8'):  # bf16 where native

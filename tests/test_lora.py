@@ -251,7 +251,8 @@ def review_files(tmp_path):
     rows = [('a wonderful, moving film', 'positive'), ('great acting, lovely', 'positive'),
             ('I loved it, brilliant', 'positive'), ('a boring, awful mess', 'negative'),
             ('terrible acting, dull plot', 'negative'), ('I hated it, dreadful', 'negative')]
-    return write_review_csv(tmp_path / 'train.csv', rows * 2), write_review_csv(tmp_path / 'test.csv', rows)
+    return (write_review_csv(tmp_path / 'train.csv', rows * 2),
+            write_review_csv(tmp_path / 'test.csv', rows))
 
 
 def _finetune_args(train, test, output_dir, *extra):

@@ -14,6 +14,7 @@ import mxnet as mx
 from mxnet import autograd, gluon
 
 from gluonbert import ops
+from gluonbert.layers import kernels_for_tracing
 from gluonbert.train import AdamW
 from stand_ins import needs_native_bf16
 
@@ -60,12 +61,17 @@ def test_layer_norm_matches_mxnet(shape, eps):
 
 def test_layer_norm_block_uses_the_fused_operator_unless_told_not_to():
     norm = gluonbert.LayerNorm(units=8, epsilon=1e-5)
+    assert norm.kernels == 'fused'  # 'auto' with the library loaded
     norm.initialize()
     x = mx.sym.var('x')
     assert 'gluonbert_layer_norm' in norm(x).tojson()
-    with ops.builtin_ops():
+    with kernels_for_tracing(norm, layer_norm='mxnet'):
         graph = norm(x).tojson()
     assert 'gluonbert_layer_norm' not in graph and '"LayerNorm"' in graph
+    assert norm.kernels == 'fused'  # restored
+    built_mxnet = gluonbert.LayerNorm(units=8, kernels='mxnet')
+    built_mxnet.initialize()
+    assert 'gluonbert_layer_norm' not in built_mxnet(x).tojson()
     # float16 parameters (GPU models) use MXNet's operator
     norm.cast('float16')
     assert 'gluonbert_layer_norm' not in norm(x).tojson()
@@ -79,7 +85,7 @@ def test_layer_norm_block_accumulates_gradients(hybridize):
     grads = {}
     for fused in (True, False):
         mx.random.seed(0)
-        norm = gluonbert.LayerNorm(units=8, epsilon=1e-5)
+        norm = gluonbert.LayerNorm(units=8, epsilon=1e-5, kernels='fused' if fused else 'mxnet')
         norm.initialize(mx.init.Uniform(1.0))
         norm.collect_params().setattr('grad_req', 'add')
         if hybridize:
@@ -88,11 +94,7 @@ def test_layer_norm_block_accumulates_gradients(hybridize):
         inputs.attach_grad(grad_req='add')
         for dy in dys:
             with autograd.record():
-                if fused:
-                    y = norm(inputs)
-                else:
-                    with ops.builtin_ops():
-                        y = norm(inputs)
+                y = norm(inputs)
             y.backward(dy)
         grads[fused] = [inputs.grad.asnumpy(), norm.gamma.grad().asnumpy(),
                         norm.beta.grad().asnumpy()]
@@ -404,13 +406,67 @@ def test_dropout_masks_are_independent_of_position_and_call():
     assert abs(np.corrcoef(first.ravel(), second.ravel())[0, 1]) < 0.01
 
 
-def test_inference_graphs_use_mxnet_dropout():
-    block = gluonbert.Dropout(rate=0.1)
+def test_dropout_kernels_are_chosen_when_built():
     x = mx.sym.var('x')
-    with ops.inference_graph():
+    block = gluonbert.Dropout(rate=0.1)
+    assert block.kernels == 'fused' and 'gluonbert_dropout' in block(x).tojson()
+    assert 'gluonbert_dropout' not in gluonbert.Dropout(rate=0.1, kernels='mxnet')(x).tojson()
+    with kernels_for_tracing(block, dropout='mxnet'):
         assert 'gluonbert_dropout' not in block(x).tojson()
-    with ops.builtin_ops():
-        assert 'gluonbert_dropout' not in block(x).tojson()
+    assert 'gluonbert_dropout' in block(x).tojson()
     assert gluonbert.Dropout(rate=0.0)(x).tojson().count('"op": "_copy"') == 1
     with pytest.raises(ValueError, match='rate'):
         gluonbert.Dropout(rate=1.0)
+
+
+def test_kernels_resolve_when_built_and_fused_without_the_library_is_refused(monkeypatch):
+    from gluonbert.errors import EnvironmentProblem
+    assert ops.resolve_kernels('auto') == 'fused' and ops.resolve_kernels('mxnet') == 'mxnet'
+    monkeypatch.setattr(ops, 'load', lambda: False)
+    monkeypatch.setitem(ops._STATE, 'reason', ops.NOT_BUILT)  # pylint: disable=protected-access
+    assert ops.resolve_kernels('auto') == 'mxnet'
+    with pytest.raises(EnvironmentProblem) as caught:
+        gluonbert.BERTModel(gluonbert.BERTConfig.from_preset('tiny', kernels='fused'))
+    assert str(caught.value) == (
+        "kernels='fused' needs gluonbert's fused CPU operators, which are not available "
+        "(not built yet (build once per machine: gluonbert-ops build)); build them with "
+        "gluonbert-ops build, or use kernels='mxnet'")
+    model = gluonbert.BERTModel(gluonbert.BERTConfig.from_preset('tiny'))
+    assert model.config.kernels == 'mxnet'  # what it computes with is recorded in its config
+    assert {b.kernels for b in (model.encoder.embed_norm, model.encoder.embed_dropout)} == \
+        {'mxnet'}
+    with pytest.raises(ValueError, match='BERTConfig.kernels must be one of'):
+        gluonbert.BERTConfig.from_preset('tiny', kernels='fast')
+
+
+def _train_tiny(kernels, seed):
+    """Weights of a tiny classifier after a few dropout-heavy steps."""
+    from gluonbert.train import train_loop
+    from stand_ins import synthetic_sentiment_batches
+
+    class Loader(list):
+        batch_sampler = None
+    mx.random.seed(seed)
+    np.random.seed(seed)
+    config = gluonbert.BERTConfig.from_preset('tiny', dropout=0.3, kernels=kernels)
+    net = gluonbert.BERTClassifier(gluonbert.BERTModel(config), dropout=0.3)
+    net.initialize()
+    net.hybridize(static_alloc=True)
+    train_loop(net, Loader(synthetic_sentiment_batches(n=32, batch_size=8)), None, 1, 1e-3,
+               mx.cpu(), progress=False, seed=seed)
+    # structural names (as save_parameters writes them): the same in both runs
+    return {name: p.data().asnumpy()
+            for name, p in net._collect_params_with_prefix().items()}  # pylint: disable=protected-access
+
+
+def test_same_seed_and_kernels_give_identical_weights():
+    """The kernels are part of what a run is: with the same ones a seed repeats the run bit
+    for bit; fused and MXNet dropout draw different masks, so the two runs differ."""
+    runs = {kernels: [_train_tiny(kernels, seed=5) for _ in range(2)]
+            for kernels in ('fused', 'mxnet')}
+    for kernels, (first, second) in runs.items():
+        assert first.keys() == second.keys()
+        for name in first:
+            assert np.array_equal(first[name], second[name]), (kernels, name)
+    fused, plain = runs['fused'][0], runs['mxnet'][0]
+    assert any(not np.allclose(fused[n], plain[n], atol=1e-4) for n in fused)

@@ -580,7 +580,8 @@ def tokenization_group(settings, hf, keep):
 def padding_group(settings, keep):
     """Padding waste on a long-tailed (log-normal) length distribution, batch 32."""
     import numpy as np
-    from gluonbert.data import BucketSampler, _PlainSampler, padding_waste
+    from gluonbert.data import BucketSampler, padding_waste
+    from gluonbert.data.batching import _PlainSampler
     rng = np.random.RandomState(0)
     lengths = np.clip(rng.lognormal(np.log(120), 0.7, settings['padding_examples']),
                       8, 512).astype(int)

@@ -11,6 +11,7 @@ if sys.version_info < (3, 8) or sys.version_info >= (3, 12):
         f'this is Python {sys.version_info.major}.{sys.version_info.minor}')
 
 from . import _env  # noqa: E402  (thread defaults, before mxnet is imported)
+from ._env import apply_thread_defaults, default_num_threads  # noqa: E402
 
 _env.require_mxnet()
 
@@ -20,7 +21,8 @@ from . import ops  # noqa: E402
 from .layers import (PositionalEncoding, LearnedPositionalEncoding, MultiHeadAttention,  # noqa: E402
                      Dropout, LayerNorm, AddNorm, PositionWiseFFN, EncoderBlock, Activation)
 from .heads import MLMDecoder, NSClassifier  # noqa: E402
-from .model import BERTEncoder, BERTModel, BERTClassifier, BERTForPretraining  # noqa: E402
+from .model import (BERTEncoder, BERTModel, BERTClassifier, BERTForPretraining,  # noqa: E402
+                    ClassifierInfo)
 from .convert import from_gluonnlp  # noqa: E402
 from .params import count_parameters, parameter_counts  # noqa: E402
 from .tokenizer import Vocab, BERTTokenizer  # noqa: E402
@@ -36,7 +38,7 @@ from .pretrain import PretrainingData, pretrain_loop  # noqa: E402
 # builds them; nothing is compiled here or later)
 ops.load()
 
-__version__ = '0.1.0'
+from ._version import __version__  # noqa: E402
 
 __all__ = ['BERTConfig', 'PRESETS', 'ops', 'PositionalEncoding', 'LearnedPositionalEncoding',
            'MultiHeadAttention', 'Dropout', 'LayerNorm', 'AddNorm', 'PositionWiseFFN',
@@ -46,4 +48,5 @@ __all__ = ['BERTConfig', 'PRESETS', 'ops', 'PositionalEncoding', 'LearnedPositio
            'LoRADense', 'apply_lora', 'merge_lora', 'save_lora', 'load_lora',
            'lora_parameter_counts', 'BERTTransform', 'make_dataloader', 'load_dataset',
            'train_loop', 'evaluate_accuracy', 'predict_sentiment', 'predict', 'Prediction',
-           'PretrainingData', 'pretrain_loop', 'GluonbertError', '__version__']
+           'PretrainingData', 'pretrain_loop', 'GluonbertError', 'ClassifierInfo',
+           'apply_thread_defaults', 'default_num_threads', '__version__']

@@ -9,13 +9,14 @@ Also here: :class:`DirectoryLock` (one run per output directory) and :func:`boun
 the hook point that tests use to stop a run between two writes of a transaction.
 """
 import errno
+import hashlib
 import os
 import tempfile
 
 from .errors import UsageError
 
-__all__ = ['DirectoryLock', 'atomic_write', 'boundary', 'fsync_directory', 'fsync_file',
-           'make_public', 'write_text']
+__all__ = ['DirectoryLock', 'atomic_write', 'boundary', 'file_sha1', 'fsync_directory',
+           'fsync_file', 'make_public', 'write_text']
 
 # Tests set this to a callable ``hook(name, path)``; :func:`boundary` calls it between two
 # writes of a transaction (see gluonbert.train's checkpoints). None in normal runs.
@@ -31,7 +32,7 @@ def boundary(name, path):
     ``'checkpoint.staging'``, ``'checkpoint.model.params'``, ``'checkpoint.trainer.states'``,
     ``'checkpoint.state.json'``, ``'checkpoint.renamed'``, ``'checkpoint.pointer'``,
     ``'checkpoint.best'`` (best epochs only) and ``'checkpoint.pruned'`` (see
-    ``gluonbert.train._commit_checkpoint``).
+    ``gluonbert.engine.checkpoint.commit_checkpoint``).
     """
     if _boundary_hook is not None:
         _boundary_hook(name, path)
@@ -163,3 +164,12 @@ class DirectoryLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+def file_sha1(path, chunk=1 << 20):
+    """The hex sha1 digest of a file, read ``chunk`` bytes at a time."""
+    digest = hashlib.sha1()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(chunk), b''):
+            digest.update(block)
+    return digest.hexdigest()

@@ -69,13 +69,15 @@ def assign_parameters(target, arrays, *, source='checkpoint', allow_missing=(), 
         param = params[name]
         if not isinstance(value, mx.nd.NDArray):
             value = mx.nd.array(value, dtype=param.dtype)
-        if ctx is not None and param._data is None:  # pylint: disable=protected-access
-            param._load_init(value, ctx, cast_dtype=True)  # pylint: disable=protected-access
+        # SLF001, why: Parameter has no public "is it initialised" and no public way to
+        # initialise it with a given value (initialize() would draw random weights first)
+        if ctx is not None and param._data is None:  # noqa: SLF001  (see above)
+            param._load_init(value, ctx, cast_dtype=True)  # noqa: SLF001  (see above)
         else:
             param.set_data(value)
     if ctx is not None:
         for name, param in params.items():
-            if name not in arrays and param._data is None:  # pylint: disable=protected-access
+            if name not in arrays and param._data is None:  # noqa: SLF001  (as above)
                 param.initialize(ctx=ctx)
 
 
@@ -83,9 +85,10 @@ def _activation_name(ffn):
     act = ffn.activation
     kind = type(act).__name__
     if kind == 'GELU':
+        # private: GluonNLP's GELU keeps its `approximate` setting in a private attribute only
         return 'gelu_tanh' if getattr(act, '_approximate', False) else 'gelu'
     if kind == 'Activation':
-        return act._act_type  # pylint: disable=protected-access
+        return act._act_type  # noqa: SLF001  nn.Activation has no public getter
     raise ValueError(f'unsupported GluonNLP FFN activation {act!r}')
 
 
@@ -115,17 +118,20 @@ def _config_from_gluonnlp(nlp_model, arrays):
     if not cells:
         raise ValueError('the GluonNLP model has no transformer cells')
     cell = cells[0]
+    # the shapes come from the weights; SLF001, why: GluonNLP keeps the other settings its
+    # BERTEncoder was built with in private attributes only
+    max_length, units = arrays['encoder.position_weight'].shape
     return BERTConfig(
         vocab_size=arrays['word_embed.0.weight'].shape[0],
-        units=encoder._units,  # pylint: disable=protected-access
+        units=units,
         hidden_size=arrays['encoder.transformer_cells.0.ffn.ffn_1.weight'].shape[0],
-        num_heads=cell.attention_cell._num_heads,  # pylint: disable=protected-access
+        num_heads=cell.attention_cell._num_heads,  # noqa: SLF001  (see above)
         num_layers=len(cells),
-        max_length=encoder._max_length,  # pylint: disable=protected-access
+        max_length=max_length,
         type_vocab_size=arrays['token_type_embed.0.weight'].shape[0],
-        dropout=encoder._dropout,  # pylint: disable=protected-access
-        attention_dropout=encoder._dropout,  # pylint: disable=protected-access
-        layer_norm_eps=encoder._layer_norm_eps,  # pylint: disable=protected-access
+        dropout=encoder._dropout,  # noqa: SLF001  (see above)
+        attention_dropout=encoder._dropout,  # noqa: SLF001  (see above)
+        layer_norm_eps=encoder._layer_norm_eps,  # noqa: SLF001  (see above)
         activation=_activation_name(cell.ffn))
 
 
@@ -134,7 +140,7 @@ def _finish_deferred_init(nlp_model):
     ctx = list(nlp_model.collect_params().values())[0].list_ctx()[0]
     words = mx.nd.zeros((1, 2), ctx=ctx)
     args = [words, words, mx.nd.array([2], ctx=ctx)]
-    if getattr(nlp_model, '_use_decoder', False):
+    if hasattr(nlp_model, 'decoder'):  # built exactly when use_decoder=True
         args.append(mx.nd.zeros((1, 1), ctx=ctx))
     nlp_model(*args)
 
@@ -167,12 +173,16 @@ def from_gluonnlp(nlp_model, *, ctx=None, with_heads=None):
     if not isinstance(nlp_model, gluonnlp.model.BERTModel) or \
             type(nlp_model).__name__ != 'BERTModel':
         raise TypeError(f'expected a gluonnlp.model.BERTModel, got {type(nlp_model).__name__}')
-    if not nlp_model._use_token_type_embed or not nlp_model._use_pooler:  # pylint: disable=protected-access
+    # GluonNLP's BERTModel has these two blocks exactly when built with use_token_type_embed
+    # and use_pooler
+    if not hasattr(nlp_model, 'token_type_embed') or not hasattr(nlp_model, 'pooler'):
         raise ValueError('the GluonNLP model must have token type embeddings and a pooler '
                          '(use_token_type_embed=True, use_pooler=True)')
-    if nlp_model.encoder._output_all_encodings:  # pylint: disable=protected-access
+    if nlp_model.encoder._output_all_encodings:  # noqa: SLF001  private only, as above
         raise ValueError('convert a model built with output_all_encodings=False')
-    source = nlp_model._collect_params_with_prefix()  # pylint: disable=protected-access
+    # SLF001, why: the structural names save_parameters writes, every shared parameter under
+    # each of its names (named_parameters keeps one name: the tied decoder weight is needed)
+    source = nlp_model._collect_params_with_prefix()  # noqa: SLF001  (see above)
     if any(p.shape is None or 0 in p.shape for p in source.values()):
         _finish_deferred_init(nlp_model)
     arrays = {name: p.data().copyto(mx.cpu()) for name, p in source.items()}

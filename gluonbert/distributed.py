@@ -30,7 +30,7 @@ import mxnet as mx
 from mxnet.kvstore.base import KVStoreBase
 from mxnet.kvstore.kvstore import KVStore
 
-from . import ops
+from .data.batching import shard_indices
 from .errors import EnvironmentProblem, GluonbertError
 
 __all__ = ['KVSTORES', 'Group', 'get_group', 'shard_indices', 'shard', 'DistributedError',
@@ -58,24 +58,6 @@ class DistributedError(GluonbertError, ValueError):
 
 class HorovodUnavailable(EnvironmentProblem):
     """``kvstore='horovod'`` without an importable ``horovod.mxnet``."""
-
-
-def shard_indices(num_items, num_shards=1, shard_index=0, *, even=True):
-    """Indices of shard ``shard_index`` out of ``num_shards``: every ``num_shards``-th item
-    from ``shard_index`` on, so data sorted by label or length spreads over all shards.
-
-    ``even=True`` (training) drops the last ``num_items % num_shards`` items so every shard
-    has ``num_items // num_shards`` items and every worker runs the same number of steps;
-    ``even=False`` (evaluation) keeps every item, the shards differing by at most one.
-    Strided shards also make batch ``i`` of the shards together exactly batch ``i`` of a
-    single process whose batch is ``num_shards`` times larger (without shuffling).
-    """
-    if not isinstance(num_shards, int) or num_shards < 1:
-        raise ValueError(f'num_shards must be a positive integer, got {num_shards!r}')
-    if not isinstance(shard_index, int) or not 0 <= shard_index < num_shards:
-        raise ValueError(f'shard_index must be in [0, {num_shards}), got {shard_index!r}')
-    stop = num_items // num_shards * num_shards if even else num_items
-    return list(range(shard_index, stop, num_shards))
 
 
 def shard(items, num_shards=1, shard_index=0, *, even=True):
@@ -188,12 +170,15 @@ class Group:
                                    f'{value}); every worker must see the same checkpoint '
                                    f'directory (a shared filesystem)')
 
-    def sync_parameters(self, trainer, params):
-        """Give every worker rank 0's parameter values before the first update.
+    def broadcast_parameters(self, params, kvstore=None, *, reserved=0):
+        """Give every worker rank 0's values of ``params`` (all workers must call it).
 
-        ``gluon.Trainer`` would broadcast its parameters at its first update, after the
-        first gradients were computed from each worker's own initial values; this does it
-        up front, and also copies the parameters the trainer does not hold (frozen ones).
+        Horovod broadcasts them itself. With parameter servers they go through ``kvstore``
+        (the view a trainer has of the job's kvstore, whose keys ``0 .. reserved - 1`` are
+        the trainer's own), one key each from the upper half of its range. The training
+        engine calls it for the parameters a trainer does not hold (frozen ones), after
+        starting the trainer (which broadcasts its own): see
+        :func:`gluonbert.engine.loop.sync_parameters`.
         """
         if not self.is_distributed:
             return
@@ -201,18 +186,11 @@ class Group:
         if self._hvd is not None:
             self._hvd.broadcast_parameters({p.name: p.data() for p in params}, root_rank=0)
             return
-        # pylint: disable=protected-access  (MXNet 1.9 has no public "initialise now")
-        if not trainer._kv_initialized:
-            trainer._init_kvstore()
-        if trainer._params_to_init:
-            trainer._init_params()
-        held = {p.name for p in trainer._params}
-        frozen = [p for p in params if p.name not in held]
-        if len(trainer._params) > _FROZEN_KEY or len(frozen) > _FROZEN_KEY:
+        if reserved > _FROZEN_KEY or len(params) > _FROZEN_KEY:
             raise DistributedError('too many parameters for the kvstore key range')
-        for index, param in enumerate(sorted(frozen, key=lambda p: p.name)):
+        for index, param in enumerate(sorted(params, key=lambda p: p.name)):
             arrays = param.list_data()
-            trainer._kvstore.broadcast(_FROZEN_KEY + index, arrays[0], out=arrays)
+            kvstore.broadcast(_FROZEN_KEY + index, arrays[0], out=arrays)
 
     def allreduce_grads(self, trainer, params, contexts):
         """Sum the gradients over the contexts and the workers (in place)."""
@@ -221,63 +199,11 @@ class Group:
             self._hvd.grouped_allreduce_([p.grad(contexts[0]) for p in params],
                                          op=self._hvd.Sum, name='gluonbert.grads')
 
-    def step(self, trainer, params, contexts, lr, max_grad_norm):
-        """One update: all-reduce the gradients, clip their global norm, apply them.
-
-        Under ``dist_async`` the servers hold the optimizer and the learning-rate schedule:
-        each worker clips its own gradients and pushes them.
-        """
-        if self.update_on_kvstore:
-            _clip(params, contexts, max_grad_norm)
-            trainer.step(1)
-            return
-        trainer.set_learning_rate(lr)
-        self.allreduce_grads(trainer, params, contexts)
-        _clip(params, contexts, max_grad_norm, trainer.optimizer)
-        trainer.update(1)
-
-    def release(self, params):
-        """After training under ``dist_async``: detach the parameters from their trainer, so
-        that new values can be loaded into them (MXNet refuses while the servers own them)."""
-        if self.update_on_kvstore:
-            for param in params:
-                param._set_trainer(None)  # pylint: disable=protected-access
-
     def check_contexts(self, contexts):
         if self._hvd is not None and len(contexts) > 1:
             raise DistributedError('kvstore horovod trains one context per process: start one '
                                    'process per GPU with horovodrun (gluonbert-finetune picks '
                                    'GPU LOCAL_RANK of --gpus)')
-
-
-def _clip(params, contexts, max_grad_norm, optimizer=None):
-    """Clip each context's gradients to global norm ``max_grad_norm`` (None/0: no clipping).
-
-    The norm is one fused ``multi_sum_sq`` per context. An optimizer with a ``grad_scale``
-    attribute (gluonbert's AdamW; one context) takes the factor instead, and its update
-    op applies it as part of ``rescale_grad``: no extra pass over the gradients, which
-    halved the clipping + update time of a MiniLM step. Otherwise the gradients are scaled
-    in place, as ``gluon.utils.clip_global_norm`` does.
-    """
-    fold = optimizer is not None and hasattr(optimizer, 'grad_scale') and len(contexts) == 1
-    if fold:
-        optimizer.grad_scale = None
-    if not max_grad_norm:
-        return
-    for c in contexts:
-        grads = [p.grad(c) for p in params]
-        if c.device_type == 'cpu' and ops.load() and all(g.dtype == np.float32 for g in grads):
-            # gluonbert's operator: one vectorised pass, double accumulation
-            sum_sq = mx.nd.gluonbert_multi_sum_sq(*grads, num_arrays=len(grads))
-        else:
-            sum_sq = mx.nd.multi_sum_sq(*grads, num_arrays=len(grads)).sum()
-        total_norm = mx.nd.sqrt(sum_sq)
-        scale = mx.nd.minimum(max_grad_norm / (total_norm + 1e-8), 1.0)  # (1,)
-        if fold:
-            optimizer.grad_scale = scale
-        else:
-            for grad in grads:
-                grad *= scale
 
 
 class ServerSchedule(mx.lr_scheduler.LRScheduler):
@@ -415,5 +341,8 @@ def _leave(group):
     if store is None:
         return
     mx.nd.waitall()
-    mx.base.check_call(mx.base._LIB.MXKVStoreFree(store.handle))  # pylint: disable=protected-access
+    # a private MXNet call (no public API frees a KVStore now): Python frees a
+    # KVStore when its last reference goes, which trainers may still hold; the C API frees
+    # it now (tests/test_distributed.py checks that MXNet still has it)
+    mx.base.check_call(mx.base._LIB.MXKVStoreFree(store.handle))  # noqa: SLF001  see above
     store.__class__ = _FreedKVStore  # freed: its own __del__ must not free it again

@@ -19,12 +19,15 @@ import dataclasses
 import functools
 import os
 import platform
+import shutil
+import subprocess
 
 from ._env import quiet_native_stderr
 from .errors import UnsupportedHardwareError
 
 __all__ = ['CPUInfo', 'cpu_info', 'bf16_support', 'has_native_bf16', 'require_bf16',
-           'REPORTED_FLAGS', 'DISABLE_BF16_ENV']
+           'REPORTED_FLAGS', 'DISABLE_BF16_ENV', 'require_gpu_kernels',
+           'gpu_compute_capabilities']
 
 # The flags that decide gluonbert's fast paths, in the names Linux's /proc/cpuinfo uses.
 REPORTED_FLAGS = ('avx2', 'fma', 'avx512f', 'avx512_bf16', 'amx_bf16', 'amx_int8',
@@ -123,3 +126,63 @@ def require_bf16(what='bfloat16', instead='use float32, or int8 for speed'):
     supported, reason = bf16_support()
     if not supported:
         raise UnsupportedHardwareError(f'{what} needs native bfloat16, but {reason}; {instead}')
+
+
+GPU_README = 'see the README section "GPUs"'
+
+
+def gpu_compute_capabilities():
+    """Compute capabilities of the NVIDIA GPUs (``['9.0', ...]``) from ``nvidia-smi``, or
+    [] where there is none (or no driver)."""
+    smi = shutil.which('nvidia-smi')
+    if not smi:
+        return []
+    try:
+        done = subprocess.run([smi, '--query-gpu=compute_cap', '--format=csv,noheader'],
+                              capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if done.returncode != 0:
+        return []
+    return [line.strip() for line in done.stdout.splitlines() if line.strip()]
+
+
+def _gpu_probe(ctx):
+    """Run one tiny kernel on ``ctx``; None when it ran, else MXNet's first error line."""
+    import mxnet as mx
+    try:
+        with quiet_native_stderr():
+            value = float((mx.nd.ones((2, 2), ctx=ctx) * 2).sum().asscalar())
+    except mx.base.MXNetError as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        meaningful = [line for line in lines if not line.startswith(('Traceback', '['))]
+        return (meaningful or lines or ['no message'])[-1][:200]
+    return None if value == 8.0 else f'a test kernel computed {value} instead of 8'
+
+
+def require_gpu_kernels(ctx, capability=None):
+    """Raise :class:`UnsupportedHardwareError` unless MXNet runs kernels on GPU ``ctx``.
+
+    PyPI's ``mxnet-cu112``/``mxnet-cu117`` wheels carry no kernels for compute capability
+    9.0 (H100/H200): there every operator fails with "no kernel image is available for
+    execution on the device", deep inside the first forward pass. One tiny kernel is run
+    here instead, and its failure becomes one line that names the GPU's compute capability
+    (``capability``, default from nvidia-smi) and points to the README. A CPU context
+    passes.
+    """
+    if ctx.device_type != 'gpu':
+        return
+    problem = _gpu_probe(ctx)
+    if problem is None:
+        return
+    if capability is None:
+        found = gpu_compute_capabilities()
+        capability = found[ctx.device_id] if ctx.device_id < len(found) else None
+    which = f'GPU {ctx.device_id}' + (f' (compute capability {capability})' if capability
+                                      else '')
+    if 'no kernel image' in problem:
+        raise UnsupportedHardwareError(
+            f'this MXNet build has no CUDA kernels for {which}: PyPI\'s mxnet-cu112/cu117 '
+            f'wheels stop before compute capability 9.0 (H100/H200); build MXNet for this GPU '
+            f'or run on CPU ({GPU_README})')
+    raise UnsupportedHardwareError(f'MXNet cannot run on {which}: {problem} ({GPU_README})')

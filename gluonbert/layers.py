@@ -21,7 +21,8 @@ from .ops import resolve_kernels
 
 __all__ = ['PositionalEncoding', 'LearnedPositionalEncoding', 'MultiHeadAttention', 'Dropout',
            'LayerNorm', 'AddNorm', 'PositionWiseFFN', 'EncoderBlock', 'Activation',
-           'sinusoidal_table', 'set_kernels', 'kernels_for_tracing', 'ATTENTION_MASKS']
+           'sinusoidal_table', 'set_kernels', 'kernels_for_tracing', 'ATTENTION_MASKS',
+           'parameter_input']
 
 LAYOUTS = ('NTC', 'TNC')
 # How attention masks padded keys; both give exactly the same weights (see
@@ -150,8 +151,14 @@ class Activation(HybridBlock):
         return f'{self.__class__.__name__}({self._name})'
 
 
-def _param(F, parameter, like):
-    """A child's parameter as a graph input: a Symbol variable or the NDArray on like's context."""
+def parameter_input(F, parameter, like):
+    """``parameter`` as an input of a graph that ``F`` builds: its Symbol variable when
+    tracing (``F`` is ``mx.sym``), else its NDArray on the context of ``like`` (an input).
+
+    For a block that computes with another block's parameters (a child's, as
+    :class:`MultiHeadAttention` fuses its projections, or a wrapped layer's, as
+    :class:`gluonbert.lora.LoRADense`), which ``hybrid_forward`` is not handed.
+    """
     if F is symbol:
         return parameter.var()
     return parameter.data(like.context)
@@ -235,13 +242,13 @@ class MultiHeadAttention(HybridBlock):
         heads = self._num_heads
         if self._fusable():
             # (U, U) weights -> (N, D, U) -> concat per head -> (3U, U): one GEMM.
-            weights = [_param(F, p.weight, x).reshape((heads, -1, self._units))
+            weights = [parameter_input(F, p.weight, x).reshape((heads, -1, self._units))
                        for p in (self.query, self.key, self.value)]
             weight = F.concat(*weights, dim=1).reshape((-1, self._units))
             if self.query.bias is None:
                 return F.FullyConnected(x, weight, num_hidden=3 * self._units, no_bias=True,
                                         flatten=False)
-            biases = [_param(F, p.bias, x).reshape((heads, -1))
+            biases = [parameter_input(F, p.bias, x).reshape((heads, -1))
                       for p in (self.query, self.key, self.value)]
             bias = F.stack(*biases, axis=1).reshape((-1,))
             return F.FullyConnected(x, weight, bias, num_hidden=3 * self._units, flatten=False)
@@ -326,6 +333,11 @@ class Dropout(HybridBlock):
             raise ValueError(f'dropout rate must be in [0, 1), got {rate}')
         self._rate = rate
         self.kernels = resolve_kernels(kernels)
+
+    @property
+    def rate(self):
+        """Probability of dropping an element."""
+        return self._rate
 
     def hybrid_forward(self, F, x):  # pylint: disable=arguments-differ
         if self._rate == 0:
@@ -521,8 +533,8 @@ class EncoderBlock(HybridBlock):
 # ----------------------------------------------------------------- kernel choice
 def _blocks(block):
     yield block
-    for child in block._children.values():  # pylint: disable=protected-access  (Gluon 1.x
-        yield from _blocks(child)           # keeps children here; no public iterator)
+    for child in block._children.values():  # noqa: SLF001  Gluon 1.x: no public iterator
+        yield from _blocks(child)
 
 
 def _change_kernels(block, layer_norm, dropout, attention_mask):
@@ -554,7 +566,7 @@ def set_kernels(block, *, layer_norm=None, dropout=None, attention_mask=None):
     """
     _change_kernels(block, layer_norm, dropout, attention_mask)
     for child in _hybrid_blocks(block):
-        child._clear_cached_op()  # pylint: disable=protected-access  (re-trace next call)
+        child._clear_cached_op()  # noqa: SLF001  re-trace next call; no public API
 
 
 @contextlib.contextmanager
@@ -571,7 +583,7 @@ def kernels_for_tracing(block, *, layer_norm=None, dropout=None, attention_mask=
     the way out, so that the block traces with its own settings again.
     """
     hybrid = _hybrid_blocks(block)
-    cached = [b._cached_graph for b in hybrid]  # pylint: disable=protected-access
+    cached = [b._cached_graph for b in hybrid]  # noqa: SLF001  no public getter
     undo = _change_kernels(block, layer_norm, dropout, attention_mask)
     try:
         yield block
@@ -579,5 +591,5 @@ def kernels_for_tracing(block, *, layer_norm=None, dropout=None, attention_mask=
         for child, name, value in undo:
             setattr(child, name, value)
         for child, graph in zip(hybrid, cached):
-            if child._cached_graph is not graph:  # pylint: disable=protected-access
-                child._clear_cached_op()  # pylint: disable=protected-access
+            if child._cached_graph is not graph:  # noqa: SLF001  no public getter
+                child._clear_cached_op()  # noqa: SLF001  re-trace next call; no public API

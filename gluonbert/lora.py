@@ -26,12 +26,13 @@ import mxnet as mx
 from mxnet import init
 from mxnet.gluon import HybridBlock, nn
 
-from .layers import MultiHeadAttention, PositionWiseFFN, _param
+from .layers import MultiHeadAttention, PositionWiseFFN, parameter_input
 from .model import BERTClassifier
 from .params import count_parameters, named_parameters
 
 __all__ = ['LoRADense', 'LoRACounts', 'apply_lora', 'merge_lora', 'lora_parameter_counts',
-           'base_parameters', 'save_lora', 'load_lora', 'TARGETS', 'ADAPTER_MANIFEST']
+           'lora_settings', 'normalise_targets', 'base_parameters', 'save_lora',
+           'save_lora_base', 'load_lora', 'TARGETS', 'ADAPTER_MANIFEST']
 
 # Projections LoRA can adapt, and the block type that owns each of them.
 TARGETS = ('query', 'key', 'value', 'out_proj', 'ffn_1', 'ffn_2')
@@ -89,7 +90,7 @@ class LoRADense(HybridBlock):
         super().__init__(prefix=base.prefix + 'lora_' if prefix is None else prefix,
                          params=params)
         self._units, self._in_units = units, in_units
-        self._flatten = base._flatten  # pylint: disable=protected-access
+        self._flatten = base._flatten  # noqa: SLF001  Dense has no public flatten setting
         self.rank, self.alpha, self.dropout = rank, float(alpha), float(dropout)
         self.scale = self.alpha / rank
         self.base = base
@@ -111,9 +112,9 @@ class LoRADense(HybridBlock):
 
     def hybrid_forward(self, F, x, lora_a, lora_b):  # pylint: disable=arguments-differ
         base = self.base
-        bias = None if base.bias is None else _param(F, base.bias, x)
+        bias = None if base.bias is None else parameter_input(F, base.bias, x)
         # The frozen layer before its activation: the update is added to W x + b.
-        y = F.FullyConnected(x, _param(F, base.weight, x), bias, no_bias=bias is None,
+        y = F.FullyConnected(x, parameter_input(F, base.weight, x), bias, no_bias=bias is None,
                              num_hidden=self._units, flatten=self._flatten)   # (..., units)
         h = x if self.lora_dropout is None else self.lora_dropout(x)
         h = F.FullyConnected(h, lora_a, no_bias=True, num_hidden=self.rank,
@@ -152,14 +153,14 @@ def _check_alpha_dropout(alpha, dropout):
 def _walk(block, path=''):
     """Yield ``(structural path, block)`` for block and all its descendants."""
     yield path, block
-    for name, child in block._children.items():  # pylint: disable=protected-access
+    for name, child in block._children.items():  # noqa: SLF001  Gluon 1.x: no public API
         yield from _walk(child, f'{path}.{name}' if path else name)
 
 
 def _lora_sites(model):
     """``[(path, parent, child name, LoRADense)]`` for every LoRA layer in model."""
     return [(path, parent, name, child) for path, parent in _walk(model)
-            for name, child in parent._children.items()  # pylint: disable=protected-access
+            for name, child in parent._children.items()  # noqa: SLF001  (as in _walk)
             if isinstance(child, LoRADense)]
 
 
@@ -169,17 +170,34 @@ def _replace_child(parent, name, new):
     # Block.__setattr__ refuses to change a child's type, so set the attribute directly.
     object.__setattr__(parent, name, new)
     # match the parent's hybridization so an imperative call of the parent behaves alike
-    new.hybridize(parent._active, **dict(parent._flags))  # pylint: disable=protected-access
+    # SLF001, why: a block's hybridize settings have no public getter
+    new.hybridize(parent._active, **dict(parent._flags))  # noqa: SLF001
 
 
 def _clear_cached_graphs(model):
     """Forget every traced graph: the next hybridized call traces the new structure."""
     for _, block in _walk(model):
         if isinstance(block, HybridBlock):
-            block._clear_cached_op()  # pylint: disable=protected-access
+            block._clear_cached_op()  # noqa: SLF001  gluon has no public way to drop it
 
 
-def _normalise_targets(targets):
+def normalise_targets(targets):
+    """LoRA target names in canonical order (:data:`TARGETS`), duplicates dropped and
+    ``output`` read as ``out_proj``.
+
+    Parameters
+    ----------
+    targets : sequence of str, or comma-separated str
+
+    Returns
+    -------
+    list of str
+
+    Raises
+    ------
+    ValueError
+        An unknown name, or no name at all.
+    """
     if isinstance(targets, str):
         targets = targets.split(',')
     try:
@@ -287,7 +305,7 @@ def apply_lora(model, rank=8, alpha=16, dropout=0.0, targets=('query', 'value'))
         Bad rank, alpha, dropout or target names; a target that matches no layer; a model
         that already has LoRA layers; an uninitialized model.
     """
-    names = _normalise_targets(targets)
+    names = normalise_targets(targets)
     _check_alpha_dropout(alpha, dropout)
     if _lora_sites(model):
         raise ValueError('LoRA is already applied to this model; merge_lora(model) first, '
@@ -350,8 +368,11 @@ def merge_lora(model):
     return model
 
 
-def _lora_settings(model):
-    """(rank, alpha, dropout, targets) shared by every LoRA layer of model."""
+def lora_settings(model):
+    """``(rank, alpha, dropout, targets)`` shared by every LoRA layer of ``model``.
+
+    Raises ValueError when the model has no LoRA layers or they differ.
+    """
     sites = _lora_sites(model)
     if not sites:
         raise ValueError('the model has no LoRA layers (apply_lora first)')
@@ -405,11 +426,11 @@ def save_lora(model, path, *, base_model='minilm', label_names=None, max_len=Non
         name, or a model directory (stored relative to ``path``). Must be the weights LoRA
         was applied to.
     label_names : list of str, optional
-        Default ``model.label_names`` or ``'0'``, ``'1'``, ...
+        Replace the label names of ``model.info``.
     max_len : int, optional
-        Default ``model.extra['max_len']`` if set.
+        Replace the max_len of ``model.info``.
     extra : dict, optional
-        JSON-serialisable metadata, given back as ``net.extra`` by :func:`load_lora`.
+        JSON-serialisable metadata (provenance) stored under ``"extra"``.
 
     Returns
     -------
@@ -420,27 +441,61 @@ def save_lora(model, path, *, base_model='minilm', label_names=None, max_len=Non
     if not isinstance(model, BERTClassifier):
         raise TypeError(f'save_lora saves a BERTClassifier with LoRA, got '
                         f'{type(model).__name__}')
-    rank, alpha, dropout, targets = _lora_settings(model)
+    rank, alpha, dropout, targets = lora_settings(model)
     directory = os.path.abspath(os.fspath(path))
-    label_names = list(label_names or getattr(model, 'label_names', None) or
-                       [str(i) for i in range(model.num_classes)])
-    if len(label_names) != model.num_classes:
-        raise ValueError(f'{len(label_names)} label names for {model.num_classes} classes')
-    model_extra = getattr(model, 'extra', None) or {}
+    info = model.info
+    if label_names is not None:
+        info = dataclasses.replace(info, label_names=list(label_names))
+        if len(info.label_names) != model.num_classes:
+            raise ValueError(f'{len(info.label_names)} label names for {model.num_classes} '
+                             f'classes')
+    if max_len is not None:
+        info = dataclasses.replace(info, max_len=max_len)
     manifest = {
         'format': ADAPTER_FORMAT, 'version': ADAPTER_VERSION,
         'base_model': _base_reference(base_model, directory),
         'config': model.config.to_dict(),
         'rank': rank, 'alpha': alpha, 'dropout': dropout, 'targets': targets,
-        'num_classes': model.num_classes, 'label_names': label_names,
-        'classifier_dropout': float(getattr(model.classifier[0], '_rate', 0.0)),
-        'max_len': max_len if max_len is not None else model_extra.get('max_len'),
-        'extra': dict(extra if extra is not None else model_extra),
+        'num_classes': model.num_classes, 'label_names': info.label_names,
+        'classifier_dropout': float(getattr(model.classifier[0], 'rate', 0.0)),
+        'max_len': info.max_len, 'classifier': info.to_dict(), 'extra': dict(extra or {}),
     }
     arrays = {name: p.data().as_in_context(mx.cpu())
               for name, p in _adapter_parameters(model).items()}
     return write_model_directory(directory, manifest, {ADAPTER_PARAMS: arrays},
                                  ADAPTER_MANIFEST)
+
+
+def save_lora_base(model, vocab, tokenizer, directory, *, extra=None):
+    """Write the frozen base encoder of a LoRA model as a plain model directory.
+
+    An adapter names its base; a base with random weights (a config preset trained with
+    LoRA from scratch) cannot be rebuilt from a name, so save it with this and pass the
+    directory as :func:`save_lora`'s ``base_model``. LoRA's matrices and the head are left
+    out: the directory loads with ``load_pretrained`` as a :class:`~gluonbert.BERTModel`.
+
+    Parameters
+    ----------
+    model : BERTClassifier or BERTModel, with LoRA applied or not
+    vocab, tokenizer : its vocabulary and tokenizer
+    directory : str
+    extra : dict, optional
+        JSON-serialisable metadata for the manifest.
+
+    Returns
+    -------
+    str
+        The absolute model directory.
+    """
+    from .convert import assign_parameters
+    from .model import BERTModel
+    from .pretrained import save_pretrained
+    bert = getattr(model, 'bert', model)
+    base = BERTModel(bert.config)
+    base.initialize(ctx=mx.cpu())
+    assign_parameters(base, {name: p.data() for name, p in base_parameters(bert).items()},
+                      source='the frozen base')
+    return save_pretrained(base, vocab, tokenizer, directory, extra=extra)
 
 
 def _read_adapter_manifest(directory):
@@ -469,41 +524,32 @@ def load_lora(path, ctx=None):
     Returns
     -------
     (net, vocab, tokenizer)
-        ``net`` is a :class:`BERTClassifier` with LoRA layers (unmerged), its
-        ``label_names`` and ``extra`` (with ``max_len``) set.
+        ``net`` is a :class:`BERTClassifier` with LoRA layers (unmerged) and its
+        :class:`~gluonbert.model.ClassifierInfo`.
     """
     from .convert import assign_parameters
     from .config import BERTConfig
-    from .pretrained import (MINILM_NAME, ZOO_MODELS, PretrainedError, _sha1,
-                             load_pretrained)
+    from .pretrained import (MINILM_NAME, ZOO_MODELS, PretrainedError, classifier_info,
+                             load_pretrained, verify_params_file)
     directory = os.path.abspath(os.fspath(path))
     manifest = _read_adapter_manifest(directory)
     params_path = os.path.join(directory, ADAPTER_PARAMS)
-    if not os.path.exists(params_path):
-        raise PretrainedError(f'{params_path} is missing')
-    # checked before MXNet's loader sees the file: it can crash on a damaged one
-    size = os.path.getsize(params_path)
-    if size != manifest['params_bytes'] or _sha1(params_path) != manifest['params_sha1']:
-        raise PretrainedError(f'{params_path} is corrupt or truncated ({size} bytes, expected '
-                              f'{manifest["params_bytes"]}; checksum mismatch)')
+    verify_params_file(params_path, manifest.get('params_bytes'), manifest.get('params_sha1'))
+    info = classifier_info(manifest, os.path.join(directory, ADAPTER_MANIFEST))
     base = manifest['base_model']
     if base not in (MINILM_NAME,) + ZOO_MODELS:
         base = os.path.normpath(os.path.join(directory, base))
     loaded, vocab, tokenizer = load_pretrained(base, ctx=ctx)
     bert = getattr(loaded, 'bert', loaded)  # a fine-tuned or pre-training directory
-    if bert.config != BERTConfig.from_dict(manifest['config']):
+    if bert.config.architecture() != BERTConfig.from_dict(manifest['config']).architecture():
         raise PretrainedError(f'the adapter in {directory} was trained on a model with a '
                               f'different config than {base}')
     net = BERTClassifier(bert, num_classes=manifest['num_classes'],
-                         dropout=manifest['classifier_dropout'])
+                         dropout=manifest['classifier_dropout'], info=info)
     net.classifier.initialize(ctx=mx.cpu() if ctx is None else ctx)
     apply_lora(net, rank=manifest['rank'], alpha=manifest['alpha'],
                dropout=manifest['dropout'], targets=manifest['targets'])
     adapter = _adapter_parameters(net)
     assign_parameters(net, mx.nd.load(params_path), source=params_path,
                       allow_missing=[n for n in named_parameters(net) if n not in adapter])
-    net.label_names = list(manifest['label_names'])
-    net.extra = dict(manifest.get('extra') or {})
-    if manifest.get('max_len') is not None:
-        net.extra['max_len'] = manifest['max_len']
     return net, vocab, tokenizer

@@ -6,17 +6,107 @@ Inputs everywhere (legend in :mod:`gluonbert.config`):
 - ``segments``: ``(B, L)`` segment (token type) ids, 0 for sentence A and padding, 1 for B.
 - ``valid_length``: ``(B,)`` number of real tokens per example, or None for no padding.
 """
+import dataclasses
+
 import numpy as np
 import mxnet as mx
 from mxnet.gluon import HybridBlock, nn
 
 from .config import BERTConfig
+from .errors import ModelError
 from .ops import resolve_kernels
 from .heads import MLMDecoder, NSClassifier
 from .layers import (WEIGHT_INIT, Dropout, EncoderBlock, LayerNorm, LearnedPositionalEncoding,
                      PositionalEncoding)
 
-__all__ = ['BERTEncoder', 'BERTModel', 'BERTClassifier', 'BERTForPretraining']
+__all__ = ['BERTEncoder', 'BERTModel', 'BERTClassifier', 'BERTForPretraining',
+           'ClassifierInfo', 'TRUNCATIONS', 'MAX_CALIBRATION_TEXTS']
+
+
+TRUNCATIONS = ('head', 'head+tail')
+MAX_CALIBRATION_TEXTS = 64
+
+
+@dataclasses.dataclass
+class ClassifierInfo:
+    """What a classifier needs besides its weights to predict as it was trained.
+
+    Saved in the model directory's manifest and read back typed (:meth:`from_dict`).
+
+    Parameters
+    ----------
+    label_names : list of str
+        Class names in id order (the dataset's; ``'0'``, ``'1'``, ... when unknown).
+    max_len : int, default 128
+        Tokens per sequence in training, [CLS] and [SEP] included.
+    truncate : {'head', 'head+tail'}, default 'head'
+        How longer texts were cut (see :class:`gluonbert.data.BERTTransform`).
+    text_pair : bool, default False
+        Trained on sentence pairs (segment 0 then 1).
+    kernels : {'fused', 'mxnet'} or None
+        The LayerNorm/dropout kernels that trained it; None when unknown.
+    calibration_texts : list, default []
+        Up to 64 training inputs (texts, or ``[text, pair]`` lists for pair tasks) kept for
+        int8 calibration and export checks on the model's own task.
+    """
+    label_names: list
+    max_len: int = 128
+    truncate: str = 'head'
+    text_pair: bool = False
+    kernels: str = None
+    calibration_texts: list = dataclasses.field(default_factory=list)
+
+    def __post_init__(self):
+        names = self.label_names
+        if not isinstance(names, (list, tuple)) or len(names) < 2 or \
+                not all(isinstance(n, str) and n for n in names):
+            raise ModelError(f'ClassifierInfo.label_names must be a list of at least 2 '
+                             f'non-empty strings, got {names!r}')
+        if len(set(names)) != len(names):
+            raise ModelError(f'ClassifierInfo.label_names repeat a name: {names!r}')
+        self.label_names = list(names)
+        if isinstance(self.max_len, bool) or not isinstance(self.max_len, int) or \
+                self.max_len < 3:
+            raise ModelError(f'ClassifierInfo.max_len must be an integer >= 3, '
+                             f'got {self.max_len!r}')
+        if self.truncate not in TRUNCATIONS:
+            raise ModelError(f'ClassifierInfo.truncate must be one of {TRUNCATIONS}, '
+                             f'got {self.truncate!r}')
+        if not isinstance(self.text_pair, bool):
+            raise ModelError(f'ClassifierInfo.text_pair must be true or false, '
+                             f'got {self.text_pair!r}')
+        if self.kernels not in (None, 'fused', 'mxnet'):
+            raise ModelError(f"ClassifierInfo.kernels must be 'fused', 'mxnet' or null, "
+                             f"got {self.kernels!r}")
+        texts = self.calibration_texts
+        if not isinstance(texts, (list, tuple)) or not all(
+                isinstance(t, str) or isinstance(t, (list, tuple)) and len(t) == 2 and
+                all(isinstance(x, str) for x in t) for t in texts):
+            raise ModelError('ClassifierInfo.calibration_texts must be a list of texts (or '
+                             '[text, pair] lists)')
+        self.calibration_texts = [t if isinstance(t, str) else list(t)
+                                  for t in texts][:MAX_CALIBRATION_TEXTS]
+
+    @classmethod
+    def default(cls, num_classes):
+        """Info for a classifier nobody described: classes named by their ids."""
+        return cls([str(i) for i in range(num_classes)])
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values):
+        """Build from a manifest's dict; unknown keys and wrong types are a ModelError."""
+        if not isinstance(values, dict):
+            raise ModelError(f'classifier info must be an object, got {type(values).__name__}')
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ModelError(f'unknown classifier info field(s): {", ".join(unknown)}')
+        if 'label_names' not in values:
+            raise ModelError('classifier info has no label_names')
+        return cls(**values)
 
 
 def check_inputs(words, segments, valid_length, *, max_length, vocab_size=None,
@@ -210,6 +300,10 @@ class BERTClassifier(HybridBlock):
     bert : BERTModel
     num_classes : int, default 2
     dropout : float, default 0.1
+    info : ClassifierInfo, optional
+        Label names, training max_len and truncation, ...; default
+        :meth:`ClassifierInfo.default` (classes named '0', '1', ...). Its label count must
+        be ``num_classes``. Readable as ``net.info`` (and ``net.label_names``).
 
     Inputs:
         - **words**: ``(B, L)``
@@ -220,7 +314,8 @@ class BERTClassifier(HybridBlock):
         - **logits**: ``(B, num_classes)``
     """
 
-    def __init__(self, bert, num_classes=2, dropout=0.1, prefix=None, params=None):
+    def __init__(self, bert, num_classes=2, dropout=0.1, prefix=None, params=None, *,
+                 info=None):
         super().__init__(prefix=prefix, params=params)
         if not isinstance(bert, BERTModel):
             raise TypeError(f'BERTClassifier wraps a gluonbert BERTModel, got '
@@ -229,6 +324,7 @@ class BERTClassifier(HybridBlock):
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f'num_classes must be an integer >= 2, got {num_classes!r}')
         self.num_classes = num_classes
+        self.info = info if info is not None else ClassifierInfo.default(num_classes)
         self.bert = bert
         with self.name_scope():
             self.classifier = nn.HybridSequential(prefix='classifier_')
@@ -240,6 +336,28 @@ class BERTClassifier(HybridBlock):
     @property
     def config(self):
         return self.bert.config
+
+    @property
+    def info(self):
+        """The :class:`ClassifierInfo` (label names, max_len, truncation, ...)."""
+        return self._info
+
+    @info.setter
+    def info(self, info):
+        if not isinstance(info, ClassifierInfo):
+            raise TypeError(f'info must be a ClassifierInfo, got {type(info).__name__}')
+        if len(info.label_names) != self.num_classes:
+            raise ModelError(f'{len(info.label_names)} label names for {self.num_classes} '
+                             f'classes')
+        self._info = info
+
+    @property
+    def label_names(self):
+        return list(self._info.label_names)
+
+    @label_names.setter
+    def label_names(self, names):
+        self.info = dataclasses.replace(self._info, label_names=list(names))
 
     def forward(self, words, segments, valid_length=None):  # pylint: disable=arguments-differ
         if not isinstance(words, mx.sym.Symbol) and self._active:

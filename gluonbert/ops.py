@@ -46,7 +46,7 @@ from ._io import write_text
 from .config import KERNELS
 from .errors import EnvironmentProblem
 
-__all__ = ['OPS', 'load', 'status', 'build', 'library_path', 'resolve_kernels', 'main']
+__all__ = ['OPS', 'load', 'status', 'build', 'library_path', 'resolve_kernels']
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc', 'fused_ops.cc')
 OPS = ('gluonbert_layer_norm', 'gluonbert_multi_adamw_update', 'gluonbert_multi_sum_sq',
@@ -200,6 +200,7 @@ def build(*, quiet=False, timeout=BUILD_TIMEOUT_S):
 
 def _amp_initialized():
     amp_module = sys.modules.get('mxnet.contrib.amp.amp')
+    # private: AMP records its initialisation in a private module attribute only
     return bool(getattr(amp_module, '_amp_initialized', False))
 
 
@@ -207,7 +208,8 @@ def _register_python_functions():
     """Make mx.nd.<op> and mx.sym.<op> for the library's operators.
 
     ``mx.library.load`` would regenerate every operator's Python function (0.3 s), which
-    would also undo AMP's wrappers; only these operators are new.
+    would also undo AMP's wrappers; only these operators are new. That takes MXNet's
+    private C handle and function factories (the ones ``mx.library.load`` uses).
     """
     from mxnet.base import _LIB, OpHandle, c_str, check_call
     from mxnet.ndarray.register import _make_ndarray_function
@@ -263,6 +265,8 @@ def load():
                     problem = f'{path}: {problem}; rebuild it with: gluonbert-ops build'
             if problem:
                 raise RuntimeError(problem)
+            # MXNet's C handle: mx.library.load would also regenerate every operator's
+            # Python function (see _register_python_functions)
             from mxnet.base import _LIB, check_call, mx_uint
             check_call(_LIB.MXLoadLib(ctypes.c_char_p(path.encode('utf-8')), mx_uint(0)))
             _register_python_functions()
@@ -299,27 +303,3 @@ def resolve_kernels(kernels):
     raise EnvironmentProblem(f"kernels='fused' needs gluonbert's fused CPU operators, which "
                              f"are not available ({status()}); build them with gluonbert-ops "
                              f"build, or use kernels='mxnet'")
-
-
-def main(argv=None):
-    """``gluonbert-ops [build|status]``: build (if needed) and load the library, or say
-    whether it is loaded; exit status 1 when it is not usable."""
-    import argparse
-    parser = argparse.ArgumentParser(
-        prog='gluonbert-ops', description="gluonbert's fused CPU operators: build them once "
-                                          "per machine (about 5 s), or show their status.")
-    parser.add_argument('action', nargs='?', choices=('build', 'status'), default='build')
-    args = parser.parse_args(argv)
-    if args.action == 'build':
-        try:
-            build(quiet=True)
-        except RuntimeError as err:
-            print(f'gluonbert-ops: error: {err}', file=sys.stderr)
-            return 1
-    ok = load()
-    print(f'gluonbert fused CPU operators: {status()}')
-    return 0 if ok else 1
-
-
-if __name__ == '__main__':
-    sys.exit(main())

@@ -1,9 +1,10 @@
-"""Parameter counting, overall and per component."""
+"""Parameter helpers: names, counts (overall and per component), and initialising what a
+checkpoint did not provide."""
 import collections
 
 import numpy as np
 
-__all__ = ['count_parameters', 'parameter_counts', 'named_parameters']
+__all__ = ['count_parameters', 'parameter_counts', 'named_parameters', 'initialize_missing']
 
 
 def named_parameters(block):
@@ -12,7 +13,8 @@ def named_parameters(block):
     Structural names follow the attribute path, e.g. ``encoder.layers.0.attention.query.weight``.
     """
     seen, named = set(), collections.OrderedDict()
-    for name, param in block._collect_params_with_prefix().items():  # pylint: disable=protected-access
+    # SLF001, why: collect_params names by prefix; this is save_parameters' structural naming
+    for name, param in block._collect_params_with_prefix().items():  # noqa: SLF001
         if id(param) not in seen:
             seen.add(id(param))
             named[name] = param
@@ -59,3 +61,34 @@ def parameter_counts(block):
             continue  # the sinusoidal table is a constant, not a parameter
         counts[_component(name)] = counts.get(_component(name), 0) + _size(param)
     return counts
+
+
+def initialize_missing(block, ctx=None, init=None):
+    """Initialise the parameters of ``block`` that have no value yet; leave the others.
+
+    For a model assembled from loaded weights and new parts, e.g. pre-training heads on an
+    encoder whose checkpoint has none: ``block.initialize()`` would warn about (and skip)
+    the loaded parameters, this initialises only the rest. Parameters waiting for a
+    deferred initialisation (their shape is known at the first forward pass) count as
+    initialised.
+
+    Parameters
+    ----------
+    block : mxnet.gluon.Block
+    ctx : Context or list of Context, optional
+        Where the new values live (default: the current context).
+    init : Initializer, optional
+        Default: each parameter's own initializer, else MXNet's default.
+
+    Returns
+    -------
+    list of str
+        The structural names of the parameters initialised.
+    """
+    fresh = []
+    for name, param in named_parameters(block).items():
+        # a Parameter has neither data nor a pending deferred init until initialize()
+        if param._data is None and not param._deferred_init:  # noqa: SLF001  no public test
+            param.initialize(init=init, ctx=ctx)
+            fresh.append(name)
+    return fresh

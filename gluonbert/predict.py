@@ -4,9 +4,10 @@ import dataclasses
 import numpy as np
 import mxnet as mx
 
-__all__ = ['Prediction', 'predict_sentiment', 'predict', 'label_names_of']
+from .model import ClassifierInfo
 
-DEFAULT_MAX_LEN = 128
+__all__ = ['Prediction', 'predict_sentiment', 'predict', 'label_names_of', 'info_of',
+           'encoder_for', 'max_len_for']
 
 
 @dataclasses.dataclass
@@ -27,13 +28,19 @@ class Prediction:
         return f'{self.label} ({self.probability:.3f})'
 
 
+def info_of(net):
+    """The :class:`~gluonbert.model.ClassifierInfo` of a classifier (a
+    :class:`~gluonbert.BERTClassifier` or a converted one); for another block with
+    ``num_classes``, the default info (classes named by their ids)."""
+    info = getattr(net, 'info', None)
+    if isinstance(info, ClassifierInfo):
+        return info
+    return ClassifierInfo.default(getattr(net, 'num_classes', 2))
+
+
 def label_names_of(net):
-    """The class names a classifier was trained with (``negative``/``positive`` for 2)."""
-    names = getattr(net, 'label_names', None)
-    if names:
-        return list(names)
-    num_classes = getattr(net, 'num_classes', 2)
-    return ['negative', 'positive'] if num_classes == 2 else [str(i) for i in range(num_classes)]
+    """The class names a classifier was trained with (its info's)."""
+    return list(info_of(net).label_names)
 
 
 def _check_text(text, index=None):
@@ -46,18 +53,20 @@ def _check_text(text, index=None):
         raise ValueError(f'text{where} is empty or whitespace only; nothing to classify')
 
 
-def _encoder(net, vocabulary, tokenizer, max_len):
-    """text -> [CLS] tokens [SEP] ids, truncated as the model was trained (``net.extra``'s
-    ``truncate``, default head) so that very long text is still predicted."""
+def encoder_for(net, vocabulary, tokenizer, max_len=None):
+    """text -> [CLS] tokens [SEP] ids, truncated as the model was trained (its info's
+    ``truncate`` and ``max_len``, unless ``max_len`` is given) so that very long text is
+    still predicted."""
     from .data import BERTTransform
-    truncate = getattr(net, 'extra', {}).get('truncate', 'head')
-    transform = BERTTransform(tokenizer, vocabulary, max_len=max_len, truncate=truncate)
+    transform = BERTTransform(tokenizer, vocabulary, max_len=max_len_for(net, max_len),
+                              truncate=info_of(net).truncate)
     return lambda text: transform(text)[0].tolist()
 
 
-def _max_len(net, max_len):
+def max_len_for(net, max_len=None):
+    """``max_len``, or the model's training max_len, capped at its position table."""
     if max_len is None:
-        max_len = getattr(net, 'extra', {}).get('max_len', DEFAULT_MAX_LEN)
+        max_len = info_of(net).max_len
     config = getattr(net, 'config', None)
     if config is not None:
         max_len = min(max_len, config.max_length)
@@ -68,12 +77,9 @@ def _max_len(net, max_len):
 
 def _run(net, ctx, id_lists, pad_id):
     """Probabilities (len(id_lists), num_classes) for one padded batch."""
-    longest = max(len(ids) for ids in id_lists)
-    words = np.full((len(id_lists), longest), pad_id, dtype=np.float32)
-    for row, ids in enumerate(id_lists):
-        words[row, :len(ids)] = ids
-    valid_length = mx.nd.array([len(ids) for ids in id_lists], ctx=ctx)
-    words = mx.nd.array(words, ctx=ctx)
+    from .data import pad_ids
+    words, valid_length = pad_ids(id_lists, pad_id)
+    words, valid_length = mx.nd.array(words, ctx=ctx), mx.nd.array(valid_length, ctx=ctx)
     logits = net(words, mx.nd.zeros_like(words), valid_length)
     return mx.nd.softmax(logits.astype('float32'), axis=-1).asnumpy()
 
@@ -96,7 +102,7 @@ def predict_sentiment(net, ctx, vocabulary, tokenizer, sentence, max_len=None):
     """
     _check_text(sentence)
     names = label_names_of(net)
-    ids = _encoder(net, vocabulary, tokenizer, _max_len(net, max_len))(sentence)
+    ids = encoder_for(net, vocabulary, tokenizer, max_len)(sentence)
     return _prediction(sentence, _run(net, ctx, [ids], vocabulary.pad_id)[0], names)
 
 
@@ -116,8 +122,7 @@ def predict(net, ctx, vocabulary, tokenizer, texts, batch_size=32, max_len=None)
     for index, text in enumerate(texts):
         _check_text(text, index)
     names = label_names_of(net)
-    limit = _max_len(net, max_len)
-    encode = _encoder(net, vocabulary, tokenizer, limit)
+    encode = encoder_for(net, vocabulary, tokenizer, max_len)
     encoded = [encode(text) for text in texts]
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
     results = [None] * len(texts)

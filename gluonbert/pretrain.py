@@ -4,24 +4,84 @@ Batches are ``(input_ids, segments, valid_length, masked_positions, masked_ids,
 masked_weights, nsp_labels)`` with shapes ``(B, L), (B, L), (B,), (B, M), (B, M), (B, M),
 (B,)``. ``masked_weights`` is 1 for real predictions and 0 for padding slots, so padded
 predictions do not count. NSP label 0 means "B follows A", 1 means "B is random".
+
+The loop is built from :mod:`gluonbert.engine`, as fine-tuning is: the same step function,
+optimizer, seeding, callbacks and transactional checkpoints.
+
+Parameters of :func:`pretrain_loop`
+-----------------------------------
+model : BERTForPretraining
+data : PretrainingData
+    Re-masked every epoch (dynamic masking); epochs repeat until ``steps`` is reached.
+steps : int
+    Optimizer updates in all (a resumed run may be given more: its schedule is stretched).
+batch_size : int
+    Sequences per batch (per worker); ``accumulate`` batches make an update.
+lr, warmup_ratio, weight_decay, max_grad_norm, optimizer
+    As for :func:`gluonbert.train_loop`.
+ctx : mx.Context, default ``mx.cpu()``
+eval_data : PretrainingData, optional
+    Held-out examples, evaluated at every logged step.
+seed : int
+    Seeds MXNet, numpy and Python before every update
+    (:func:`gluonbert.engine.seed_everything`), so a resumed run replays the dropout.
+checkpoint_dir : str, optional
+    Transactional checkpoints (``step-NNNN/`` directories and the pointer file ``last``,
+    see :mod:`gluonbert.engine.checkpoint`; the directory is locked while the run lasts)
+    every ``checkpoint_every`` updates and after the last one. Each records the exact data
+    position (batches consumed) and the metric sums not yet logged, so that ``resume=True``
+    continues bit for bit as if uninterrupted, the metrics file included (but for
+    ``sequences_per_second``). A resume checks the checkpoint is of the same run: model
+    configuration, data (a fingerprint of the tokenized documents and the masking
+    settings), ``lr``, ``batch_size``, ``accumulate``, ``seed``... (a
+    :class:`~gluonbert.errors.CheckpointError` names what differs).
+checkpoint_every : int, optional
+    Default: ``log_interval`` (``checkpoint_interval``, its former name, is still taken).
+resume : bool
+    Continue from ``checkpoint_dir``'s last checkpoint; a fresh start where there is none.
+metrics_path : str, optional
+    One JSON line per logged step; rebuilt from the checkpoint on resume.
+log_interval : int
+    Updates per logged record (and the last update).
+progress : bool
+    tqdm progress bar.
+kvstore : {'device', 'local', 'dist_sync', 'dist_device_sync', 'dist_async', 'horovod'}
+    Distributed kinds (see :mod:`gluonbert.distributed`): each worker takes every N-th
+    example of each epoch (equal shards), ``batch_size`` is per worker, the gradients (each
+    worker's mean loss) are averaged over the workers, the logged and evaluated metrics are
+    over all workers, and only rank 0 writes files. Every worker passes the same ``data``,
+    ``eval_data`` and ``seed``.
+plot_path : str, optional
+    PNG of the loss and accuracy curves against the step.
+early_stop : int, optional
+    Stop after this many logged records without a lower MLM loss (held-out with
+    ``eval_data``).
+
+Returns: the logged records (a list of dicts) with ``step``, the training metrics since
+the last record (``mlm_loss``, ``mlm_accuracy``, ``mlm_perplexity``, ``nsp_loss``,
+``nsp_accuracy``), ``sequences_per_second``, ``lr``, ``kernels`` (what the optimizer and
+clipping computed with) and, with ``eval_data``, ``eval_*`` metrics.
 """
 import csv
+import functools
+import hashlib
 import json
 import math
 import os
 import re
 import time
+import warnings
 
 import numpy as np
 import mxnet as mx
-from mxnet import autograd, gluon
+from mxnet import gluon
 
-from .data import DataError
-from .distributed import ServerSchedule, get_group, shard
-from .errors import CheckpointError
-from .train import (LinearWarmupSchedule, atomic_write, load_trainer_states, make_trainer,
-                    save_trainer_states, _write_text)
-from .train import _assign_parameters, _checked_parameters, _read_json, _rewrite_metrics
+from .data import DataError, pad_ids, truncate_pair
+from .distributed import get_group, shard
+from .engine.loop import (Checkpointer, EarlyStopping, MetricsWriter, Plotter, Session, Step,
+                          place_parameters, plot_curves, seed_everything)
+from .engine.optim import model_kernels, run_trainer, trainable
+from .engine.resume import run_record
 
 __all__ = ['read_corpus', 'split_sentences', 'PretrainingData', 'pretrain_loop',
            'evaluate_pretraining', 'IS_NEXT', 'NOT_NEXT']
@@ -150,6 +210,19 @@ class PretrainingData:
     def __len__(self):
         return len(self._anchors)
 
+    def fingerprint(self):
+        """``{'examples', 'sha256'}`` of the tokenized documents and the settings that make
+        the examples (lengths, masking, seed): what a resumed run must be given again."""
+        settings = {'max_len': self.max_len, 'max_predictions': self.max_predictions,
+                    'mask_prob': self.mask_prob, 'seed': self.seed, 'vocab': len(self.vocab)}
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode('utf-8'))
+        for document in self.documents:  # lengths first: the bytes parse one way only
+            digest.update(np.int64(len(document)).tobytes())
+            for ids in document:
+                digest.update(np.int64(len(ids)).tobytes())
+                digest.update(np.asarray(ids, dtype=np.int64).tobytes())
+        return {'examples': len(self), 'sha256': digest.hexdigest()}
+
     def examples(self, epoch=0):
         """All examples of one epoch, in a shuffled order; masking differs per epoch."""
         rng = np.random.RandomState((self.seed * 1_000_003 + epoch) % (2 ** 32))
@@ -167,8 +240,7 @@ class PretrainingData:
             other += other >= doc_index  # any document but this one
             other_doc = self.documents[other]
             second, label = list(other_doc[rng.randint(len(other_doc))]), NOT_NEXT
-        while len(first) + len(second) > self.max_len - 3:  # trim the longer side
-            (first if len(first) >= len(second) else second).pop()
+        first, second = truncate_pair(first, second, self.max_len - 3)
         vocab = self.vocab
         ids = [vocab.cls_id] + first + [vocab.sep_id] + second + [vocab.sep_id]
         segments = [0] * (len(first) + 2) + [1] * (len(second) + 1)
@@ -200,23 +272,14 @@ class PretrainingData:
 
     def batchify(self, examples, ctx=None):
         ctx = ctx or mx.cpu()
-        size, longest = len(examples), max(len(e[0]) for e in examples)
         m = self.max_predictions
-        input_ids = np.full((size, longest), self.vocab.pad_id, dtype=np.float32)
-        segments = np.zeros((size, longest), dtype=np.float32)  # padding is segment 0
-        valid_length = np.zeros(size, dtype=np.float32)
-        positions = np.zeros((size, m), dtype=np.float32)
-        targets = np.zeros((size, m), dtype=np.float32)
-        weights = np.zeros((size, m), dtype=np.float32)
-        labels = np.zeros(size, dtype=np.float32)
-        for row, (ids, segs, pos, tgt, label) in enumerate(examples):
-            input_ids[row, :len(ids)] = ids
-            segments[row, :len(segs)] = segs
-            valid_length[row] = len(ids)
-            positions[row, :len(pos)] = pos
-            targets[row, :len(tgt)] = tgt
-            weights[row, :len(pos)] = 1
-            labels[row] = label
+        input_ids, valid_length = pad_ids([e[0] for e in examples], self.vocab.pad_id)
+        # padding is segment 0; unused prediction slots point at position 0 with weight 0
+        segments, _ = pad_ids([e[1] for e in examples], 0, length=input_ids.shape[1])
+        positions, predicted = pad_ids([e[2] for e in examples], 0, length=m)
+        targets, _ = pad_ids([e[3] for e in examples], 0, length=m)
+        weights = (np.arange(m) < predicted[:, None]).astype(np.float32)     # (B, M)
+        labels = np.array([e[4] for e in examples], dtype=np.float32)
         return tuple(mx.nd.array(a, ctx=ctx) for a in
                      (input_ids, segments, valid_length, positions, targets, weights, labels))
 
@@ -265,142 +328,173 @@ def evaluate_pretraining(model, batches, *, group=None):
     return _summarise(totals)
 
 
-def pretrain_loop(model, data, *, steps, batch_size=32, lr=1e-4, ctx=None, eval_data=None,
-                  warmup_ratio=0.1, weight_decay=0.01, max_grad_norm=1.0, accumulate=1,
-                  optimizer='adamw', seed=0, checkpoint_dir=None, checkpoint_interval=None,
-                  resume=False, metrics_path=None, log_interval=50, progress=True,
-                  kvstore='device'):
-    """Pre-train a :class:`BERTForPretraining` with MLM + NSP for ``steps`` updates.
+class _Window:
+    """The training metric sums since the last logged record (what a record averages)."""
 
-    Parameters
-    ----------
-    model : BERTForPretraining
-    data : PretrainingData
-        Re-masked every epoch (dynamic masking); epochs repeat until ``steps`` is reached.
-    eval_data : PretrainingData, optional
-        Held-out examples, evaluated every ``log_interval`` steps and at the end.
-    checkpoint_dir : str, optional
-        Atomic checkpoints every ``checkpoint_interval`` steps (default: every log interval)
-        and at the end; ``resume=True`` continues from the last one exactly.
-    kvstore : {'device', 'local', 'dist_sync', 'dist_device_sync', 'dist_async', 'horovod'}
-        Distributed kinds (see :mod:`gluonbert.distributed`): each worker takes every
-        N-th example of each epoch (equal shards), ``batch_size`` is per worker, the
-        gradients (each worker's mean loss) are averaged over the workers, the logged and
-        evaluated metrics are over all workers, and only rank 0 writes files. Every worker
-        passes the same ``data``, ``eval_data`` and ``seed``.
+    def __init__(self, saved=None):
+        self.reset(saved)
 
-    Returns
-    -------
-    list of dict
-        Logged records with ``step``, the training metrics since the last record
-        (``mlm_loss``, ``mlm_accuracy``, ``mlm_perplexity``, ``nsp_loss``, ``nsp_accuracy``),
-        ``sequences_per_second`` and, with eval_data, ``eval_*`` metrics.
-    """
-    from tqdm.auto import tqdm
-    ctx = ctx or mx.cpu()
+    def reset(self, saved=None):
+        """Empty, or the sums a checkpoint saved (:meth:`saved`)."""
+        saved = saved or [0.0] * 7
+        self.sums, self.sequences = np.array(saved[:6], dtype=np.float64), saved[6]
+        self.start = time.perf_counter()
+
+    def add(self, stats, sequences):
+        self.sums += _read(stats)
+        self.sequences += sequences
+
+    def fold(self, group):
+        """Sum the windows of the workers into rank 0's (all workers call it), so that a
+        checkpoint holds them all; the record later sums them again."""
+        if group.is_distributed and group.metrics_are_global:
+            total = group.allreduce([*self.sums, self.sequences])
+            self.sums, self.sequences = (total[:6], total[6]) if group.is_root else \
+                (np.zeros(6), 0)
+
+    def saved(self):
+        return [float(x) for x in self.sums] + [float(self.sequences)]
+
+    def record(self, step, lr, group):
+        """The record of the window (over every worker), then an empty window."""
+        if group.is_distributed:  # over every worker's shard
+            *sums, sequences = group.allreduce([*self.sums, self.sequences])
+        else:
+            sums, sequences = self.sums, self.sequences
+        record = {'step': step, **_summarise(sums),
+                  'sequences_per_second': sequences / (time.perf_counter() - self.start),
+                  'lr': lr}
+        self.reset()
+        return record
+
+
+class _EpochBatches:
+    """Batch number ``position`` of the run (epochs follow each other), each epoch's
+    batches made when it begins."""
+
+    def __init__(self, data, batch_size, ctx, shards, num_workers):
+        self.data, self.batch_size, self.ctx, self.shards = data, batch_size, ctx, shards
+        # each worker's shard has len(data) // num_workers examples
+        self.per_epoch = math.ceil(len(data) // num_workers / batch_size)
+        self.epoch, self.batches = None, None
+
+    def __getitem__(self, position):
+        epoch = position // self.per_epoch
+        if epoch != self.epoch:
+            self.epoch, self.batches = epoch, self.data.batches(
+                self.batch_size, epoch=epoch, ctx=self.ctx, **self.shards)
+        return self.batches[position % self.per_epoch]
+
+
+def plot_pretraining(records, path):
+    """Save the MLM and NSP loss and accuracy curves of ``records`` as a PNG."""
+    def lines(*keys):  # the curves of the metrics the records have
+        return [(label, [r.get(key) for r in records], style) for key, label, style in keys
+                if any(r.get(key) is not None for r in records)]
+    plot_curves(path, [r['step'] for r in records], 'step', [
+        ('loss', lines(('mlm_loss', 'MLM', 'o-'), ('nsp_loss', 'NSP', 'o-'),
+                       ('eval_mlm_loss', 'held-out MLM', 's-'))),
+        ('accuracy', lines(('mlm_accuracy', 'MLM', 'o-'), ('nsp_accuracy', 'NSP', 'o-'),
+                           ('eval_mlm_accuracy', 'held-out MLM', 's-')))])
+
+
+def _checked_arguments(steps, resume, checkpoint_dir, log_interval, checkpoint_every,
+                       checkpoint_interval, accumulate):
+    """``checkpoint_every`` once pretrain_loop's arguments are checked."""
     if steps < 1:
         raise ValueError(f'steps must be >= 1, got {steps}')
     if resume and not checkpoint_dir:
         raise ValueError('resume=True needs a checkpoint_dir')
-    group = get_group(kvstore)
-    progress = progress and group.is_root
-    shards = ({'num_shards': group.num_workers, 'shard_index': group.rank}
-              if group.is_distributed else {})
-    schedule = LinearWarmupSchedule(lr, steps, warmup_ratio)
-    trainer = make_trainer(model, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-                           kvstore=group.trainer_kvstore(),
-                           update_on_kvstore=group.update_on_kvstore,
-                           lr_scheduler=ServerSchedule(LinearWarmupSchedule(
-                               lr, steps * group.num_workers, warmup_ratio))
-                           if group.update_on_kvstore else None)
-    params = [p for p in model.collect_params().values() if p.grad_req != 'null']
-    if accumulate > 1:
-        for param in params:
-            param.grad_req = 'add'
+    for name, value in (('log_interval', log_interval), ('accumulate', accumulate)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f'{name} must be a positive integer, got {value!r}')
+    if checkpoint_interval is not None:
+        warnings.warn('pretrain_loop(checkpoint_interval=) is now checkpoint_every=',
+                      DeprecationWarning, stacklevel=3)
+        checkpoint_every = checkpoint_every or checkpoint_interval
+    checkpoint_every = checkpoint_every or log_interval
+    if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise ValueError(f'checkpoint_every must be a positive integer, got '
+                         f'{checkpoint_every!r}')
+    return checkpoint_every
+
+
+def pretrain_loop(model, data, *, steps, batch_size=32, lr=1e-4, ctx=None, eval_data=None,
+                  warmup_ratio=0.1, weight_decay=0.01, max_grad_norm=1.0, accumulate=1,
+                  optimizer='adamw', seed=0, checkpoint_dir=None, checkpoint_every=None,
+                  resume=False, metrics_path=None, log_interval=50, progress=True,
+                  kvstore='device', plot_path=None, early_stop=None, checkpoint_interval=None):
+    """Pre-train a :class:`BERTForPretraining` with MLM + NSP for ``steps`` updates;
+    returns the logged records. The parameters are described in :mod:`gluonbert.pretrain`.
+    """
+    from tqdm.auto import tqdm
+    every = _checked_arguments(steps, resume, checkpoint_dir, log_interval, checkpoint_every,
+                               checkpoint_interval, accumulate)
+    ctx, group = ctx or mx.cpu(), get_group(kvstore)
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-    checkpoint_interval = checkpoint_interval or log_interval
+    root, shards = group.is_root, ({'num_shards': group.num_workers, 'shard_index': group.rank}
+                                   if group.is_distributed else {})
+    place_parameters(model, [ctx])
+    kernels = model_kernels(model)
+    trainer, schedule = run_trainer(model, group, optimizer=optimizer, lr=lr, kernels=kernels,
+                                    weight_decay=weight_decay, total_steps=steps,
+                                    warmup_ratio=warmup_ratio)
+    step = Step(trainer, trainable(model), [ctx], group, schedule, accumulate=accumulate,
+                max_grad_norm=max_grad_norm, kernels=kernels)
+    settings = {'lr': lr, 'optimizer': optimizer, 'weight_decay': weight_decay,
+                'warmup_ratio': warmup_ratio, 'max_grad_norm': max_grad_norm or None,
+                'accumulate': accumulate, 'batch_size': batch_size, 'seed': seed,
+                'workers': group.num_workers, 'optimizer_on_servers': group.update_on_kvstore}
+    session = Session(model, step, [
+        EarlyStopping(early_stop), MetricsWriter(metrics_path) if metrics_path and root else None,
+        Checkpointer(checkpoint_dir, kind='step', every=every, total=steps, resume=resume,
+                     static={'steps': steps, 'seed': seed}, run=lambda: run_record(
+                         model, settings, data.fingerprint(),
+                         eval_data.fingerprint() if eval_data else None)),
+        Plotter(plot_path, plot_pretraining) if plot_path and root else None])
     eval_batches = eval_data.batches(batch_size, epoch=0, ctx=ctx, even_shards=False,
                                      **shards) if eval_data else None
+    batches = _EpochBatches(data, batch_size, ctx, shards, group.num_workers)
+    divisor = max(1, group.gradient_divisor)  # summed over the workers: their mean
+    with session as state:
+        window = _Window(state.extra.get('window') if root else None)
+        # the data position (the first checkpoint layout recorded the step only)
+        state.batches = state.batches or state.step * accumulate
+        bar = tqdm(total=steps, initial=state.step, desc='pre-training', unit='step',
+                   disable=not (progress and root), dynamic_ncols=True)
+        while state.step < steps and not state.stop:
+            seed_everything(seed, state.step, group.rank)  # dropout: a function of the step
+            for index in range(accumulate):
+                batch = batches[state.batches]
+                stats = step(state, functools.partial(_forward, model, batch, loss_fn,
+                                                      accumulate, divisor),
+                             update=index + 1 == accumulate)
+                window.add(stats, batch[0].shape[0])
+            bar.update(1)
+            if state.step % log_interval == 0 or state.step == steps:
+                record = dict(window.record(state.step, schedule(state.step), group),
+                              kernels=kernels)
+                if eval_batches is not None:
+                    record.update({f'eval_{k}': v for k, v in evaluate_pretraining(
+                        model, eval_batches, group=group).items()})
+                bar.set_postfix(mlm=f"{record['mlm_loss']:.3f}",
+                                nsp=f"{record['nsp_accuracy']:.2f}")
+                session.record(record, -record.get('eval_mlm_loss', record['mlm_loss']),
+                               last=state.step == steps)
+            elif checkpoint_dir and state.step % every == 0:
+                window.fold(group)  # the checkpoint holds every worker's sums
+            state.extra['window'] = window.saved()
+            session.updated()
+        bar.close()
+    return state.history
 
-    step, records = 0, []
-    if resume:
-        state_path = os.path.join(checkpoint_dir, 'last.json')
-        if os.path.exists(state_path):  # checked as fine-tuning checkpoints are: no pickles
-            state = _read_json(state_path, 'checkpoint state')
-            if not isinstance(state.get('step'), int) or not isinstance(state.get('records'),
-                                                                        list):
-                raise CheckpointError(f'{state_path}: damaged checkpoint state (no step or '
-                                      f'records)')
-            arrays = _checked_parameters(model, os.path.join(checkpoint_dir, 'last.params'))
-            if not group.update_on_kvstore:
-                load_trainer_states(trainer, os.path.join(checkpoint_dir, 'last.states'))
-            _assign_parameters(model, arrays, [ctx])
-            step, records = state['step'], state['records']
-        group.check_same(step, 'the step to resume from')
-    if group.is_distributed:
-        if group.update_on_kvstore:  # the servers' schedule continues where it was
-            trainer._optimizer.begin_num_update = trainer._optimizer.num_update = \
-                step * group.num_workers  # pylint: disable=protected-access
-        group.sync_parameters(trainer, model.collect_params().values())
 
-    if metrics_path and group.is_root:  # one line per logged step: none repeated on resume
-        _rewrite_metrics(metrics_path, records)
-    # each worker's shard has len(data) // num_workers examples
-    batches_per_epoch = math.ceil(len(data) // group.num_workers / batch_size)
-    window = np.zeros(6)
-    window_start, window_sequences = time.perf_counter(), 0
-    bar = tqdm(total=steps, initial=step, desc='pre-training', unit='step',
-               disable=not progress, dynamic_ncols=True)
-    consumed = step * accumulate  # batches consumed so far, which fixes the data position
-    epoch, epoch_batches = None, None
-    while step < steps:
-        # dropout randomness is a function of the step (and rank), so a resumed run replays it
-        mx.random.seed((seed * 1_000_003 + step + 104_729 * group.rank) % (2 ** 31))
-        for _ in range(accumulate):
-            if epoch != consumed // batches_per_epoch:
-                epoch = consumed // batches_per_epoch
-                epoch_batches = data.batches(batch_size, epoch=epoch, ctx=ctx, **shards)
-            batch = epoch_batches[consumed % batches_per_epoch]
-            with autograd.record():
-                mlm_loss, nsp_loss, stats = _losses(model, batch, loss_fn)
-                loss = (mlm_loss + nsp_loss) / accumulate
-                if group.gradient_divisor > 1:  # summed over the workers: their mean
-                    loss = loss / group.gradient_divisor
-            loss.backward()
-            window += _read(stats)
-            window_sequences += batch[0].shape[0]
-            consumed += 1
-        step += 1
-        group.step(trainer, params, [ctx], schedule(step), max_grad_norm)
-        if accumulate > 1:
-            for param in params:
-                param.zero_grad()
-        bar.update(1)
-        if step % log_interval == 0 or step == steps:
-            if group.is_distributed:  # over every worker's shard
-                *window, window_sequences = group.allreduce([*window, window_sequences])
-            record = {'step': step, **_summarise(window),
-                      'sequences_per_second': window_sequences /
-                      (time.perf_counter() - window_start), 'lr': schedule(step)}
-            if eval_batches is not None:
-                record.update({f'eval_{k}': v for k, v in
-                               evaluate_pretraining(model, eval_batches, group=group).items()})
-            records.append(record)
-            bar.set_postfix(mlm=f"{record['mlm_loss']:.3f}", nsp=f"{record['nsp_accuracy']:.2f}")
-            if metrics_path and group.is_root:
-                os.makedirs(os.path.dirname(os.path.abspath(metrics_path)), exist_ok=True)
-                with open(metrics_path, 'a', encoding='utf-8') as f:
-                    f.write(json.dumps(record) + '\n')
-            window = np.zeros(6)
-            window_start, window_sequences = time.perf_counter(), 0
-        if checkpoint_dir and group.is_root and (step % checkpoint_interval == 0 or
-                                                 step == steps):
-            atomic_write(os.path.join(checkpoint_dir, 'last.params'), model.save_parameters)
-            if not group.update_on_kvstore:  # dist_async: the states live on the servers
-                atomic_write(os.path.join(checkpoint_dir, 'last.states'),
-                             lambda tmp: save_trainer_states(trainer, tmp))
-            _write_text(os.path.join(checkpoint_dir, 'last.json'),
-                        json.dumps({'step': step, 'records': records}))
-    bar.close()
-    group.release(params)
-    return records
+def _forward(model, batch, loss_fn, accumulate, divisor):
+    """The loss of one batch for :class:`~gluonbert.engine.Step` (divided so that the
+    gradients of an update are those of the mean over its batches and the workers), and
+    the batch's metric sums."""
+    mlm_loss, nsp_loss, stats = _losses(model, batch, loss_fn)
+    loss = (mlm_loss + nsp_loss) / accumulate
+    if divisor > 1:
+        loss = loss / divisor
+    return [loss], stats

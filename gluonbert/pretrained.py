@@ -3,28 +3,27 @@ embedded MiniLM, and directories written by :func:`save_pretrained`.
 
 ``load_pretrained(name_or_path)`` returns ``(model, vocab, tokenizer)``.
 """
-import hashlib
+import dataclasses
 import json
 import os
 import re
 import shutil
-import socket
 import tempfile
-import threading
-from urllib.parse import urlparse
 
 import numpy as np
 import mxnet as mx
 
-from ._io import fsync_directory, fsync_file, make_public
+from ._io import file_sha1, fsync_directory, fsync_file, make_public
+from ._net import reachable_url
 from .errors import ModelError
 from .config import BERTConfig
 from .convert import assign_parameters, from_gluonnlp
-from .model import BERTClassifier, BERTForPretraining, BERTModel
+from .model import BERTClassifier, BERTForPretraining, BERTModel, ClassifierInfo
 from .params import named_parameters
 from .tokenizer import BERTTokenizer, Vocab
 
 __all__ = ['load_pretrained', 'save_pretrained', 'PretrainedError', 'ZOO_MODELS',
+           'verify_params_file', 'classifier_info', 'write_model_directory',
            'MINILM_NAME', 'load_hf_checkpoint']
 
 MINILM_NAME = 'minilm'
@@ -54,39 +53,6 @@ def _read_json(path, what):
     return value
 
 
-def _sha1(path, chunk=1 << 20):
-    digest = hashlib.sha1()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(chunk), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _reachable(url, timeout=1.5):
-    """Whether a TCP connection to url's host opens within ``timeout`` seconds.
-
-    Name resolution cannot be given a timeout directly, so the probe runs in a daemon
-    thread and is abandoned after ``timeout``.
-    """
-    if os.environ.get('GLUONBERT_OFFLINE') == '1':
-        return False
-    parsed = urlparse(url)
-    host, port = parsed.hostname, parsed.port or (443 if parsed.scheme == 'https' else 80)
-    result = []
-
-    def probe():
-        try:
-            with socket.create_connection((host, port), timeout=timeout):
-                result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
-
-
 def _context(ctx):
     return mx.cpu() if ctx is None else ctx
 
@@ -98,13 +64,15 @@ def _zoo_files(model_name, dataset_name, root):
     import gluonnlp  # noqa: F401  (registers the BERT sha1s in model_store)
     from gluonnlp.data import utils as data_utils
     key = f'{model_name}_{dataset_name}'
-    if key not in model_store._model_sha1:  # pylint: disable=protected-access
-        known = sorted(k[len(model_name) + 1:] for k in model_store._model_sha1  # pylint: disable=protected-access
-                       if k.startswith(model_name + '_'))
+    # SLF001, why: the zoos' sha1 tables are private; their public short_hash gives 8 of the
+    # 40 digits, and the files are checked against all 40
+    sha1s = model_store._model_sha1  # noqa: SLF001  (see above)
+    if key not in sha1s:
+        known = sorted(k[len(model_name) + 1:] for k in sha1s if k.startswith(model_name + '_'))
         raise PretrainedError(f'GluonNLP has no pretrained {model_name} for dataset '
                               f'{dataset_name!r}; available: {", ".join(known)}')
-    params_sha1 = model_store._model_sha1[key]  # pylint: disable=protected-access
-    vocab_sha1 = data_utils._vocab_sha1[dataset_name][0]  # pylint: disable=protected-access
+    params_sha1 = sha1s[key]
+    vocab_sha1 = data_utils._vocab_sha1[dataset_name][0]  # noqa: SLF001  (see above)
     return [('parameters', f'{key}-{params_sha1[:8]}.params', params_sha1),
             ('vocabulary', f'{dataset_name}-{vocab_sha1[:8]}.vocab', vocab_sha1)]
 
@@ -123,12 +91,12 @@ def _check_zoo_cache(model_name, dataset_name, root):
         if not os.path.exists(path):
             missing.append(file_name)
             problems.append(f'{kind} file {file_name} is missing')
-        elif _sha1(path) != sha1:
-            problems.append(f'{kind} file {path} is corrupt or incomplete (sha1 {_sha1(path)}, '
+        elif file_sha1(path) != sha1:
+            problems.append(f'{kind} file {path} is corrupt or incomplete (sha1 {file_sha1(path)}, '
                             f'expected {sha1}); delete it and download it again')
     if not problems:
         return
-    if missing and len(missing) == len(problems) and _reachable(repo_url):
+    if missing and len(missing) == len(problems) and reachable_url(repo_url):
         return  # GluonNLP downloads them
     files = ', '.join(f for _, f, _ in _zoo_files(model_name, dataset_name, root))
     raise PretrainedError(
@@ -344,9 +312,11 @@ def save_pretrained(model, vocab, tokenizer, directory, *, label_names=None, ext
     tokenizer : BERTTokenizer
     directory : str
     label_names : list of str, optional
-        Class names for a classifier (default: ``model.label_names`` if set).
+        Class names for a classifier, replacing those of ``model.info``.
     extra : dict, optional
-        JSON-serialisable metadata stored under ``"extra"``.
+        JSON-serialisable metadata stored under ``"extra"`` (provenance: nothing reads it
+        back to decide how to compute; a classifier's :class:`~gluonbert.model.
+        ClassifierInfo` is saved under ``"classifier"``).
     """
     if not isinstance(model, (BERTModel, BERTClassifier, BERTForPretraining)):
         raise TypeError(f'save_pretrained takes a gluonbert model, got {type(model).__name__}')
@@ -357,12 +327,15 @@ def save_pretrained(model, vocab, tokenizer, directory, *, label_names=None, ext
                               'max_input_chars_per_word': tokenizer.max_input_chars_per_word},
                 'extra': extra or {}}
     if isinstance(model, BERTClassifier):
-        label_names = list(label_names or getattr(model, 'label_names', None) or
-                           [str(i) for i in range(model.num_classes)])
-        if len(label_names) != model.num_classes:
-            raise ValueError(f'{len(label_names)} label names for {model.num_classes} classes')
+        info = model.info
+        if label_names is not None:
+            info = dataclasses.replace(info, label_names=list(label_names))
+            if len(info.label_names) != model.num_classes:
+                raise ModelError(f'{len(info.label_names)} label names for '
+                                 f'{model.num_classes} classes')
         manifest['num_classes'] = model.num_classes
-        manifest['label_names'] = label_names
+        manifest['label_names'] = info.label_names  # also in 'classifier'; kept for readers
+        manifest['classifier'] = info.to_dict()
 
     arrays = {name: p.data().as_in_context(mx.cpu())
               for name, p in named_parameters(model).items()}
@@ -387,7 +360,7 @@ def write_model_directory(directory, manifest, params_files, manifest_name, writ
         for file_name, arrays in params_files.items():
             params_path = os.path.join(staging, file_name)
             mx.nd.save(params_path, arrays)
-            manifest['params_sha1'] = _sha1(params_path)
+            manifest['params_sha1'] = file_sha1(params_path)
             manifest['params_bytes'] = os.path.getsize(params_path)
         if write_extra:
             write_extra(staging)
@@ -424,6 +397,19 @@ def _swap_into_place(staging, directory):
         shutil.rmtree(backup, ignore_errors=True)
 
 
+def verify_params_file(params_path, expected_bytes, expected_sha1):
+    """Raise PretrainedError unless ``params_path`` exists with the size and sha1 its
+    manifest recorded. Run before MXNet's loader sees the file: it can crash on a damaged
+    one."""
+    if not os.path.exists(params_path):
+        raise PretrainedError(f'{params_path} is missing')
+    size = os.path.getsize(params_path)
+    if size != expected_bytes or file_sha1(params_path) != expected_sha1:
+        raise PretrainedError(f'{params_path} is corrupt or truncated ({size} bytes, '
+                              f'expected {expected_bytes}; checksum mismatch); '
+                              f'save the model again')
+
+
 _JSON_KINDS = {int: 'an integer', str: 'a string', bool: 'true or false', list: 'a list',
                dict: 'an object'}
 
@@ -443,21 +429,16 @@ def _load_saved(directory, ctx):
                                   f'missing or not {_JSON_KINDS[kind]}); save the model again')
         return value
     params_path = os.path.join(directory, 'model.params')
-    if not os.path.exists(params_path):
-        raise PretrainedError(f'{params_path} is missing')
-    expected_bytes, expected_sha1 = field('params_bytes', int), field('params_sha1', str)
-    # Check before handing the file to MXNet's loader, which can crash on a damaged file.
-    size = os.path.getsize(params_path)
-    if size != expected_bytes or _sha1(params_path) != expected_sha1:
-        raise PretrainedError(f'{params_path} is corrupt or truncated ({size} bytes, '
-                              f'expected {expected_bytes}; checksum mismatch); '
-                              f'save the model again')
+    verify_params_file(params_path, field('params_bytes', int), field('params_sha1', str))
     try:
         config = BERTConfig.from_dict(field('config', dict))
     except (TypeError, ValueError) as err:
         if isinstance(err, PretrainedError):
             raise
         raise PretrainedError(f'{manifest_path}: damaged manifest (config: {err})') from err
+    # the kernels are this machine's choice (the same function); the ones that trained a
+    # classifier stay in its info
+    config = dataclasses.replace(config, kernels='auto')
     kind = field('model_class', str)
     bert = BERTModel(config)
     if kind == 'BERTModel':
@@ -467,8 +448,8 @@ def _load_saved(directory, ctx):
         if num_classes < 1 or len(label_names) != num_classes:
             raise PretrainedError(f'{manifest_path}: damaged manifest ({len(label_names)} '
                                   f'label names for {num_classes} classes)')
-        model = BERTClassifier(bert, num_classes=num_classes)
-        model.label_names = list(label_names)
+        model = BERTClassifier(bert, num_classes=num_classes,
+                               info=classifier_info(manifest, manifest_path))
     elif kind == 'BERTForPretraining':
         model = BERTForPretraining(bert=bert)
     else:
@@ -495,8 +476,22 @@ def _load_saved(directory, ctx):
         strip_accents=options.get('strip_accents'),
         max_input_chars_per_word=field('max_input_chars_per_word', int, options,
                                        'tokenizer.max_input_chars_per_word'))
-    model.extra = manifest.get('extra', {})
     return model, vocab, tokenizer
+
+
+def classifier_info(manifest, manifest_path):
+    """The ClassifierInfo of a model or adapter manifest (a PretrainedError naming
+    ``manifest_path`` if damaged); manifests written before it existed keep the label
+    names, max_len and truncation under 'label_names', 'extra' and 'max_len'."""
+    try:
+        if 'classifier' in manifest:
+            return ClassifierInfo.from_dict(manifest['classifier'])
+        extra = manifest.get('extra') if isinstance(manifest.get('extra'), dict) else {}
+        return ClassifierInfo(label_names=manifest.get('label_names'),
+                              max_len=manifest.get('max_len') or extra.get('max_len', 128),
+                              truncate=extra.get('truncate', 'head'))
+    except ModelError as err:
+        raise PretrainedError(f'{manifest_path}: damaged manifest ({err})') from err
 
 
 # ------------------------------------------------------------------------ entry point

@@ -103,15 +103,22 @@ def tiny_pretraining_model(vocab_size, seed):
     return model
 
 
-def pretrain(kvstore, batch_size):
+def pretrain(kvstore, batch_size, out_dir=None):
+    """(parameters, records) of the pre-training run; with ``out_dir``, a checkpoint after
+    every update (between the records too: the workers' metric sums are then summed into
+    rank 0's checkpoint)."""
     from gluonbert.distributed import get_group
     from gluonbert.pretrain import pretrain_loop
     group = get_group(kvstore)
     data, held_out, vocab = pretraining_data()
     model = tiny_pretraining_model(len(vocab), seed=group.rank)
+    files = {}
+    if out_dir:
+        files = dict(checkpoint_dir=os.path.join(out_dir, 'pretrain-checkpoints'),
+                     checkpoint_every=1)
     records = pretrain_loop(model, data, steps=PRETRAIN_STEPS, batch_size=batch_size, lr=1e-3,
                             eval_data=held_out, log_interval=2, progress=False,
-                            kvstore=kvstore)
+                            kvstore=kvstore, **files)
     params = {k: v.data().asnumpy() for k, v in model._collect_params_with_prefix().items()}
     return params, records
 
@@ -130,7 +137,7 @@ def main():
     group = get_group(args.kvstore)
     print(f'rank {group.rank} of {group.num_workers}', flush=True)
     params, history = finetune(args.kvstore, PER_WORKER_BATCH, args.out_dir)
-    pre_params, records = pretrain(args.kvstore, PER_WORKER_BATCH)
+    pre_params, records = pretrain(args.kvstore, PER_WORKER_BATCH, args.out_dir)
     np.savez(os.path.join(args.out_dir, f'rank{group.rank}.npz'), **params,
              **{f'pretrain/{k}': v for k, v in pre_params.items()})
     with open(os.path.join(args.out_dir, f'rank{group.rank}.json'), 'w') as f:

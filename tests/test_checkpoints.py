@@ -16,7 +16,7 @@ import pytest
 
 import gluonbert
 import gluonbert._io
-from gluonbert import cli
+from gluonbert.cli import finetune as cli
 from gluonbert.cli import finetune_main
 from gluonbert.errors import CheckpointError, ModelError, UsageError
 from gluonbert.pretrained import load_pretrained, save_pretrained
@@ -161,9 +161,14 @@ def test_resume_refuses_other_settings_and_models(tmp_path):
     three = gluonbert.BERTClassifier(gluonbert.BERTModel(gluonbert.BERTConfig.from_preset(
         'tiny', dropout=0.1)), num_classes=3, dropout=0.1)
     three.initialize()
-    with pytest.raises(CheckpointError) as refused:
+    with pytest.raises(CheckpointError) as refused:  # (a classifier names its classes)
         _train(tmp_path, net=three, resume=True)
-    params = checkpoints / 'epoch-0001' / 'model.params'
+    assert str(refused.value) == (f'{checkpoints}: cannot resume: label names differ '
+                                  f'(checkpoint: 0, 1; this run: 0, 1, 2)')
+    from gluonbert.train import load_best_parameters
+    with pytest.raises(CheckpointError) as refused:  # each parameter is checked before use
+        load_best_parameters(three, str(checkpoints), mx.cpu())
+    params = checkpoints / 'best.params'
     assert str(refused.value) == (f'{params}: cannot resume: parameter classifier.1.weight '
                                   f'has shape (2, 32) in the checkpoint, (3, 32) in this model')
     with pytest.raises(CheckpointError) as refused:

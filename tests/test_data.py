@@ -150,6 +150,37 @@ def test_pair_transform_segments_and_budget():
                             + vocab[['f', 'g']] + [vocab.sep_id])
 
 
+def _pop_longer(first, second, max_tokens):
+    """The reference loop: pop one token from the longer side (A on ties) until it fits."""
+    first, second = list(first), list(second)
+    while len(first) + len(second) > max_tokens:
+        (first if len(first) >= len(second) else second).pop()
+    return first, second
+
+
+def test_truncate_pair_trims_the_longer_side_first():
+    from gluonbert.data import truncate_pair
+    a, b = list('abcdefg'), list('xyz')
+    assert truncate_pair(a, b, 10) == (a, b)                               # fits: unchanged
+    assert truncate_pair(a, b, 8) == (list('abcde'), list('xyz'))          # A alone
+    assert truncate_pair(b, a, 8) == (list('xyz'), list('abcde'))          # B alone
+    assert truncate_pair(a, b, 5) == (list('ab'), list('xyz'))             # A down to 2 < 3
+    assert truncate_pair(a, b, 4) == (list('ab'), list('xy'))              # then in turn
+    assert truncate_pair(list('abc'), list('xyz'), 5) == (list('ab'), list('xyz'))  # tie: A
+    assert truncate_pair(a, b, 0) == ([], [])
+    assert a == list('abcdefg') and b == list('xyz')                      # inputs unchanged
+    ids = np.arange(6)
+    first, second = truncate_pair(ids, ids[:2], 5)
+    assert first.tolist() == [0, 1, 2] and second.tolist() == [0, 1]
+    for la in range(8):
+        for lb in range(8):
+            for budget in range(16):
+                assert truncate_pair(list(range(la)), list(range(100, 100 + lb)), budget) == \
+                    _pop_longer(range(la), range(100, 100 + lb), budget), (la, lb, budget)
+    with pytest.raises(ValueError, match='max_tokens'):
+        truncate_pair(a, b, -1)
+
+
 # ------------------------------------------------------------------------- batching
 def test_batches_pad_words_with_pad_id_and_segments_with_zero():
     vocab = WordVocab(WORDS, pad_first=False)
@@ -252,3 +283,68 @@ def test_subset_and_default_pad_id_from_the_vocabulary():
     loader = make_dataloader([('a b c', 1), ('a', 0)], transform, batch_size=2, shuffle=False)
     words = next(iter(loader))[0].asnumpy()
     assert (words[0, 3:] == vocab.pad_id).all() and vocab.pad_id != 0
+
+
+def test_pad_ids_pads_rows_and_returns_valid_lengths():
+    from gluonbert.data import pad_ids
+    padded, valid_length = pad_ids([[5, 6, 7], [8], np.array([9, 10])], pad_id=1)
+    assert padded.dtype == np.float32 and valid_length.dtype == np.float32
+    assert padded.tolist() == [[5, 6, 7], [8, 1, 1], [9, 10, 1]]
+    assert valid_length.tolist() == [3, 1, 2]
+    padded, _ = pad_ids([[5, 6, 7], [8]], pad_id=0, round_to=4, dtype=np.int32)
+    assert padded.dtype == np.int32 and padded.tolist() == [[5, 6, 7, 0], [8, 0, 0, 0]]
+    padded, valid_length = pad_ids([[1], [2, 3]], 9, length=5)
+    assert padded.tolist() == [[1, 9, 9, 9, 9], [2, 3, 9, 9, 9]]
+    assert valid_length.tolist() == [1, 2]
+    assert pad_ids([], 0)[0].shape == (0, 0)
+    with pytest.raises(ValueError, match='does not fit length 1'):
+        pad_ids([[1, 2]], 0, length=1)
+
+
+def test_batchify_rounds_the_length_up():
+    vocab = WordVocab(WORDS, pad_first=False)
+    samples = [BERTTransform(whitespace_tokenizer, vocab, max_len=16)(t) + (1,)
+               for t in ('a b c', 'd')]
+    words, valid_length, segments, labels = data.batchify_fn(vocab.pad_id, round_to=8)(samples)
+    assert words.shape == segments.shape == (2, 8)
+    assert words.asnumpy()[1].tolist() == [vocab.cls_id, vocab['d'], vocab.sep_id] + \
+        [vocab.pad_id] * 5
+    assert valid_length.asnumpy().tolist() == [5, 3] and labels.asnumpy().tolist() == [1, 1]
+    assert segments.asnumpy().sum() == 0
+
+
+def test_shard_indices_are_strided():
+    assert data.shard_indices(10, 3, 1) == [1, 4, 7]
+    assert data.shard_indices(10, 3, 0, even=False) == [0, 3, 6, 9]
+    with pytest.raises(ValueError, match='shard_index'):
+        data.shard_indices(10, 2, 2)
+
+
+# --------------------------------------------------------------------------- network
+def test_reachable_is_false_offline_without_touching_the_network(monkeypatch):
+    import socket
+    from gluonbert import _net
+
+    def no_network(*args, **kwargs):
+        raise AssertionError('the network was probed')
+    monkeypatch.setattr(socket, 'create_connection', no_network)
+    monkeypatch.setattr(socket, 'getaddrinfo', no_network)
+    monkeypatch.setenv('GLUONBERT_OFFLINE', '1')
+    start = time.perf_counter()
+    assert _net.reachable('example.com') is False
+    assert _net.reachable('127.0.0.1', 80, timeout=10) is False
+    assert _net.reachable_url('https://example.com/') is False
+    assert time.perf_counter() - start < 0.5
+
+
+def test_reachable_probes_a_local_port(monkeypatch):
+    import socket
+    from gluonbert import _net
+    monkeypatch.delenv('GLUONBERT_OFFLINE', raising=False)
+    with socket.socket() as server:
+        server.bind(('127.0.0.1', 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+        assert _net.reachable('127.0.0.1', port, timeout=2)
+        assert _net.reachable_url(f'http://127.0.0.1:{port}/x', timeout=2)
+    assert not _net.reachable('127.0.0.1', port, timeout=2)  # closed now: refused

@@ -34,7 +34,7 @@ def _env():
 
 
 def _launch(tmp_path, *options, command, timeout=80, popen=False):
-    argv = [sys.executable, '-m', 'gluonbert.launch', *options,
+    argv = [sys.executable, '-m', 'gluonbert.cli.launch', *options,
             '--pid-file', str(tmp_path / 'pids.json'), '--', *command]
     if popen:
         return subprocess.Popen(argv, env=_env(), cwd=ROOT, stdout=subprocess.PIPE,
@@ -159,7 +159,7 @@ def test_cli_kvstore_flag_errors_in_one_line(capsys, monkeypatch):
 
 def test_launcher_dry_run_over_ssh_and_argument_errors(tmp_path, capsys):
     import shlex
-    from gluonbert.launch import main
+    from gluonbert.cli.launch import main
     hosts = tmp_path / 'hosts.txt'
     hosts.write_text('# the machines\nnode1\nnode2  # second\n\n')
     assert main(['-n', '3', '-s', '2', '--hosts', str(hosts), '--port', '9000', '--workdir',
@@ -188,7 +188,7 @@ def test_launcher_dry_run_over_ssh_and_argument_errors(tmp_path, capsys):
 
 @pytest.mark.parametrize('host', ['-oProxyCommand=touch /tmp/pwned', 'node 1'])
 def test_launcher_refuses_host_names_ssh_would_read_as_options(tmp_path, capsys, host):
-    from gluonbert.launch import main
+    from gluonbert.cli.launch import main
     hosts = tmp_path / 'hosts.txt'
     hosts.write_text(f'node1\n{host}\n')
     assert main(['-n', '2', '--hosts', str(hosts), '--dry-run', '--', 'true']) == 2
@@ -229,9 +229,11 @@ def _check_against_reference(out, reference):
         for mine, single in zip(got['history'], history):
             for key in ('train_loss', 'train_accuracy', 'test_accuracy', 'lr'):
                 assert mine[key] == pytest.approx(single[key], abs=1e-6), key
+        assert len(got['records']) == len(records)
         for mine, single in zip(got['records'], records):
+            assert mine['kernels'] == single['kernels']
             for key in single:
-                if key != 'sequences_per_second':
+                if key not in ('sequences_per_second', 'kernels'):
                     assert mine[key] == pytest.approx(single[key], rel=1e-5, abs=1e-6), key
     return diff, pre_diff
 
@@ -247,6 +249,8 @@ def test_dist_sync_on_loopback_equals_one_process_on_the_global_batch(tmp_path, 
     lines = (tmp_path / 'metrics.jsonl').read_text().splitlines()
     assert [json.loads(line)['epoch'] for line in lines] == list(range(worker.EPOCHS))
     assert (tmp_path / 'checkpoints' / 'last').read_text() == f'epoch-{worker.EPOCHS:04d}\n'
+    assert (tmp_path / 'pretrain-checkpoints' / 'last').read_text() == \
+        f'step-{worker.PRETRAIN_STEPS:04d}\n'
     assert not _left_over(_job_pids(tmp_path))
     print(f'dist_sync loopback: max |param diff| fine-tune {diff:.2e}, pre-train '
           f'{pre_diff:.2e}, {time.monotonic() - started:.1f} s')

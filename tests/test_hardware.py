@@ -12,8 +12,7 @@ import pytest
 
 import gluonbert
 from gluonbert import errors, fast, hardware
-from gluonbert.cli import finetune_main, predict_main
-from gluonbert.export import export_main
+from gluonbert.cli import export_main, finetune_main, predict_main
 from gluonbert.train import train_loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

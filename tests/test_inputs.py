@@ -3,7 +3,7 @@
 Every row of ``CASES`` is read twice: by :func:`gluonbert.data.read_table` (the rows, or a
 :class:`DataError` with the full message) and by ``gluonbert-finetune --train F --test F``
 (exit status 2 and exactly one ``gluonbert-finetune: error: ...`` line, before the model
-loads: ``_load_model`` is replaced by a stand-in that stops the run).
+loads: ``gluonbert.cli.finetune._load_model`` is replaced by a stand-in that stops the run).
 """
 import collections
 import json
@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from gluonbert import cli, data
+from gluonbert.cli import finetune as finetune_cli
 from gluonbert.errors import DataError, EnvironmentProblem, GluonbertError
 
 Rows = collections.namedtuple('Rows', 'texts labels pairs', defaults=(None,))
@@ -276,7 +277,7 @@ def test_finetune_cli(case, tmp_path, monkeypatch, capsys):
     def load_model(args, ctx):
         raise _ModelWouldLoad('the data was read; the model would load now')
 
-    monkeypatch.setattr(cli, '_load_model', load_model)
+    monkeypatch.setattr(finetune_cli, '_load_model', load_model)
     path = make_file(tmp_path, case)
     code = cli.finetune_main(['--model', 'tiny', '--train', path, '--test', path,
                               '--output-dir', str(tmp_path / 'run'), '--no-progress',
@@ -289,10 +290,11 @@ def test_finetune_cli(case, tmp_path, monkeypatch, capsys):
 
 def test_csv_field_size_limit_is_restored():
     import csv
+    from gluonbert.data.readers import _unlimited_csv_fields
     before = csv.field_size_limit()
-    with data._unlimited_csv_fields():  # pylint: disable=protected-access
+    with _unlimited_csv_fields():
         assert csv.field_size_limit() >= 2 ** 31 - 1
-        with data._unlimited_csv_fields():  # pylint: disable=protected-access
+        with _unlimited_csv_fields():
             pass
         assert csv.field_size_limit() >= 2 ** 31 - 1  # still reading
     assert csv.field_size_limit() == before
@@ -322,7 +324,7 @@ def test_parquet_without_pyarrow_says_what_to_install(tmp_path, monkeypatch, cap
                f"'gluonbert[parquet]'")
     with pytest.raises(EnvironmentProblem, match=f'^{re.escape(message)}$'):
         data.read_table(str(path))
-    monkeypatch.setattr(cli, '_load_model', lambda *a: pytest.fail('the model loaded'))
+    monkeypatch.setattr(finetune_cli, '_load_model', lambda *a: pytest.fail('the model loaded'))
     assert cli.finetune_main(['--train', str(path), '--test', str(path), '--no-progress']) == 2
     assert capsys.readouterr().err == f'gluonbert-finetune: error: {message}\n'
 

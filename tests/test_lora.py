@@ -198,7 +198,7 @@ def test_adapter_round_trip_is_exact_and_small(tmp_path, batch):
     shutil.move(str(run), str(tmp_path / 'moved'))  # the base is found relative to the adapter
     loaded, loaded_vocab, _ = load_lora(str(tmp_path / 'moved' / 'adapter'))
     assert len(lora_layers(loaded)) == 2 * 3 and len(loaded_vocab) == len(vocab)
-    assert loaded.label_names == ['bad', 'good'] and loaded.extra['max_len'] == 48
+    assert loaded.label_names == ['bad', 'good'] and loaded.info.max_len == 48
     np.testing.assert_array_equal(loaded(*batch).asnumpy(), expected)
 
     params = tmp_path / 'moved' / 'adapter' / 'adapter.params'

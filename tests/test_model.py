@@ -181,3 +181,30 @@ def test_masked_positions_out_of_range(tiny_config, batch):
     model = _model(tiny_config, gluonbert.BERTForPretraining)
     with pytest.raises(ValueError, match=r'masked_positions must be in \[0, 10\)'):
         model(*batch, mx.nd.array([[1, 10], [0, 1], [0, 1]]))
+
+
+def test_classifier_info_is_typed_saved_and_read_back(tmp_path):
+    from gluonbert.errors import ModelError
+    from gluonbert.model import ClassifierInfo
+    from stand_ins import WordVocab
+    info = ClassifierInfo(['neg', 'neu', 'pos'], max_len=64, truncate='head+tail',
+                          kernels='mxnet', calibration_texts=['a b', ['c', 'd']])
+    assert ClassifierInfo.from_dict(info.to_dict()) == info
+    net = gluonbert.BERTClassifier(gluonbert.BERTModel(gluonbert.BERTConfig.from_preset('tiny')),
+                                   num_classes=3, info=info)
+    net.initialize()
+    vocab = gluonbert.Vocab(WordVocab([f'w{i}' for i in range(94)]).idx_to_token)
+    gluonbert.save_pretrained(net, vocab, gluonbert.BERTTokenizer(vocab), str(tmp_path / 'm'))
+    loaded = gluonbert.load_pretrained(str(tmp_path / 'm'))[0]
+    assert loaded.info == info and loaded.label_names == ['neg', 'neu', 'pos']
+    # the kernels that trained it are recorded; the loaded model computes with this machine's
+    assert loaded.config.kernels == gluonbert.ops.resolve_kernels('auto')
+    # a default classifier names its classes by id, not as movie reviews
+    plain = gluonbert.BERTClassifier(gluonbert.BERTModel(gluonbert.BERTConfig.from_preset('tiny')))
+    assert plain.label_names == ['0', '1']
+    with pytest.raises(ModelError, match='2 label names for 3 classes'):
+        net.info = ClassifierInfo(['a', 'b'])
+    with pytest.raises(ModelError, match="truncate must be one of"):
+        ClassifierInfo(['a', 'b'], truncate='tail')
+    with pytest.raises(ModelError, match='unknown classifier info field'):
+        ClassifierInfo.from_dict({'label_names': ['a', 'b'], 'colour': 'red'})

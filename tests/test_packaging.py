@@ -1,7 +1,10 @@
-"""Import-time guards: missing MXNet, unsupported Python, thread defaults."""
+"""Import-time guards (missing MXNet, unsupported Python, thread defaults) and the
+installed console scripts."""
 import os
 import subprocess
 import sys
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,3 +43,50 @@ def test_user_thread_setting_wins():
     result = _run("import gluonbert, os\nprint(os.environ['OMP_NUM_THREADS'])",
                   env={'OMP_NUM_THREADS': '1'})
     assert result.stdout.strip() == '1'
+
+
+CONSOLE_SCRIPTS = ('gluonbert-finetune', 'gluonbert-predict', 'gluonbert-pretrain',
+                   'gluonbert-export', 'gluonbert-launch', 'gluonbert-ops', 'gluonbert-info')
+
+
+def _declared_console_scripts():
+    import configparser
+    config = configparser.ConfigParser()
+    config.read(os.path.join(ROOT, 'setup.cfg'), encoding='utf-8')
+    lines = config['options.entry_points']['console_scripts'].strip().splitlines()
+    return dict((part.strip() for part in line.split('=')) for line in lines)
+
+
+def _installed_console_scripts():
+    from importlib import metadata
+    found = metadata.entry_points()
+    found = found.select(group='console_scripts') if hasattr(found, 'select') else \
+        found.get('console_scripts', [])  # Python 3.8, 3.9
+    return {e.name: e.value for e in found if e.name.startswith('gluonbert-')}
+
+
+def test_console_scripts_are_the_cli_modules_and_installed_as_declared():
+    declared = _declared_console_scripts()
+    assert sorted(declared) == sorted(CONSOLE_SCRIPTS)
+    assert all(target.startswith('gluonbert.cli.') for target in declared.values()), declared
+    # stale metadata (setup.cfg changed, package not reinstalled) would start old modules
+    assert _installed_console_scripts() == declared, 'run: pip install --no-deps -e .'
+
+
+@pytest.mark.parametrize('name', CONSOLE_SCRIPTS)
+def test_console_script_help(name, capsys):
+    """Each entry point imports and prints its --help (exit 0) under its own name."""
+    import importlib
+    module, function = _declared_console_scripts()[name].split(':')
+    entry = getattr(importlib.import_module(module), function)
+    with pytest.raises(SystemExit) as done:
+        entry(['--help'])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith(f'usage: {name} ')
+
+
+def test_the_library_never_imports_the_commands():
+    """Importing gluonbert and its library modules leaves gluonbert.cli unimported."""
+    result = _run('import sys, gluonbert, gluonbert.export, gluonbert.fast, gluonbert.ops\n'
+                  'print(sorted(m for m in sys.modules if m.startswith("gluonbert.cli")))')
+    assert result.stdout.strip() == '[]', result.stderr

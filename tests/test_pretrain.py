@@ -1,10 +1,19 @@
-"""Pre-training data statistics, determinism, overfitting, resume."""
+"""Pre-training data statistics, determinism, overfitting, and resuming through the
+engine's transactional checkpoints."""
+import json
+import os
+import shutil
+import threading
+
 import numpy as np
 import mxnet as mx
 import pytest
 
 import gluonbert
+import gluonbert._io
 from gluonbert.data import DataError
+from gluonbert._io import DirectoryLock
+from gluonbert.errors import CheckpointError, UsageError
 from gluonbert.pretrain import (IS_NEXT, PretrainingData, evaluate_pretraining, pretrain_loop,
                                 read_corpus, split_sentences)
 from stand_ins import WordVocab, whitespace_tokenizer
@@ -103,50 +112,165 @@ def test_tiny_model_overfits_structured_corpus():
     assert after['mlm_perplexity'] < before['mlm_perplexity']
 
 
+def dropout_model(vocab, seed):
+    mx.random.seed(seed)
+    model = gluonbert.BERTForPretraining(gluonbert.BERTConfig.from_preset(
+        'tiny', vocab_size=len(vocab)))
+    model.initialize()
+    return model
+
+
+def _params(model):
+    return {k: v.data().asnumpy() for k, v in model._collect_params_with_prefix().items()}
+
+
+def _deterministic(records):
+    """The records without their timing."""
+    return [{k: v for k, v in r.items() if k != 'sequences_per_second'} for r in records]
+
+
+def _metrics(path):
+    return _deterministic(json.loads(line) for line in path.read_text().splitlines())
+
+
 def test_resume_equals_uninterrupted(tmp_path):
     docs, vocab = structured_corpus()
     data = PretrainingData(docs, whitespace_tokenizer, vocab, max_len=20, max_predictions=4)
     options = dict(steps=12, batch_size=16, lr=1e-3, progress=False, log_interval=4, seed=1)
-
-    def dropout_model(seed):
-        mx.random.seed(seed)
-        config = gluonbert.BERTConfig.from_preset('tiny', vocab_size=len(vocab))
-        model = gluonbert.BERTForPretraining(config)
-        model.initialize()
-        return model
-
-    reference = dropout_model(0)
-    pretrain_loop(reference, data, **options)
+    reference = dropout_model(vocab, 0)
+    expected = pretrain_loop(reference, data, **options)
     resumed_dir = tmp_path / 'resumed'
-    first = dropout_model(0)
-    _run_until(first, data, options, str(resumed_dir), stop_at=8)
-    resumed = dropout_model(123)
-    pretrain_loop(resumed, data, checkpoint_dir=str(resumed_dir), resume=True, **options)
-    for (name, a), b in zip(reference._collect_params_with_prefix().items(),
-                            resumed._collect_params_with_prefix().values()):
-        np.testing.assert_allclose(a.data().asnumpy(), b.data().asnumpy(), atol=1e-6,
-                                   err_msg=name)
+    _run_until(dropout_model(vocab, 0), data, options, resumed_dir, stop_at=8)
+    assert (resumed_dir / 'last').read_text() == 'step-0008\n'
+    resumed = dropout_model(vocab, 123)  # another initialisation: all must come from disk
+    records = pretrain_loop(resumed, data, checkpoint_dir=str(resumed_dir), resume=True,
+                            metrics_path=str(tmp_path / 'metrics.jsonl'), **options)
+    got = _params(resumed)
+    for name, value in _params(reference).items():
+        assert np.array_equal(got[name], value), name  # bit for bit
+    assert _deterministic(records) == _deterministic(expected)
+    assert [r['step'] for r in records] == [4, 8, 12]
+    assert _metrics(tmp_path / 'metrics.jsonl') == _deterministic(expected)
+    assert sorted(os.listdir(resumed_dir)) == ['.lock', 'last', 'step-0012']
+    assert sorted(os.listdir(resumed_dir / 'step-0012')) == ['model.params', 'state.json',
+                                                             'trainer.states']
 
 
 def _run_until(model, data, options, checkpoint_dir, stop_at):
-    """Run with checkpoints and kill the run (an exception) right after step ``stop_at``."""
-    import gluonbert.pretrain as module
-    original = module._write_text
-
+    """Run with a checkpoint every 4 steps, and fail right after the checkpoint of step
+    ``stop_at`` is complete (the failure surfaces at the next checkpoint, as a crash in
+    between would leave the directory)."""
     class Killed(Exception):
         pass
 
-    def write_then_maybe_die(path, text):
-        original(path, text)
-        if '"step": %d' % stop_at in text:
+    def die(name, path):
+        if name == 'checkpoint.pruned' and \
+                (checkpoint_dir / 'last').read_text() == f'step-{stop_at:04d}\n':
             raise Killed()
-    module._write_text = write_then_maybe_die
+    gluonbert._io._boundary_hook = die
     try:
         with pytest.raises(Killed):
-            pretrain_loop(model, data, checkpoint_dir=checkpoint_dir, checkpoint_interval=4,
+            pretrain_loop(model, data, checkpoint_dir=str(checkpoint_dir), checkpoint_every=4,
                           **options)
     finally:
-        module._write_text = original
+        gluonbert._io._boundary_hook = None
+
+
+# a metrics line per record; per checkpoint (none is "best" in pre-training):
+PER_CHECKPOINT = ['checkpoint.staging', 'checkpoint.model.params',
+                  'checkpoint.trainer.states', 'checkpoint.state.json', 'checkpoint.renamed',
+                  'checkpoint.pointer', 'checkpoint.pruned']
+
+
+def test_a_crash_at_any_write_boundary_resumes_bit_for_bit(tmp_path, monkeypatch):
+    """Checkpoints every 3 steps, records every 4: some checkpoints fall between two
+    records, and hold the metric sums not yet logged (summed over the workers)."""
+    docs, vocab = structured_corpus()
+    data = PretrainingData(docs[:24], whitespace_tokenizer, vocab, max_len=16,
+                           max_predictions=3)
+    held_out = PretrainingData(docs[24:30], whitespace_tokenizer, vocab, max_len=16,
+                               max_predictions=3, seed=1)
+    options = dict(steps=6, batch_size=4, lr=1e-3, progress=False, log_interval=4, seed=3,
+                   eval_data=held_out, checkpoint_every=3, accumulate=2)
+
+    def run(directory, model, **extra):
+        return pretrain_loop(model, data, checkpoint_dir=str(directory / 'checkpoints'),
+                             metrics_path=str(directory / 'metrics.jsonl'), **options, **extra)
+    reference = dropout_model(vocab, 0)
+    expected = _deterministic(run(tmp_path / 'reference', reference))
+    final = (tmp_path / 'reference' / 'checkpoints' / 'step-0006' / 'model.params').read_bytes()
+    snapshots, where = [], tmp_path / 'run'
+
+    def crash_here(name, path):
+        """Copy the run as a kill at this point would leave it on disk."""
+        if threading.current_thread() is threading.main_thread():
+            for thread in threading.enumerate():  # not while the writer thread writes
+                if thread.name == 'gluonbert-checkpoint':
+                    thread.join()
+        snapshots.append(tmp_path / 'crashes' / f'{len(snapshots):02d}-{name}')
+        shutil.copytree(where, snapshots[-1])
+    monkeypatch.setattr(gluonbert._io, '_boundary_hook', crash_here)
+    run(where, dropout_model(vocab, 0))
+    monkeypatch.setattr(gluonbert._io, '_boundary_hook', None)
+    kinds = [path.name.split('-', 1)[1] for path in snapshots]
+    assert kinds.count('metrics') == 2  # steps 4 and 6 (the last)
+    for kind in PER_CHECKPOINT:
+        assert kinds.count(kind) == 2, kind  # steps 3 (between two records) and 6
+    assert len(kinds) == 2 + 2 * len(PER_CHECKPOINT)
+    weights = _params(reference)
+    for snapshot in snapshots:
+        committed = (snapshot / 'checkpoints' / 'last').exists()
+        resumed = dropout_model(vocab, 99 if committed else 0)
+        records = run(snapshot, resumed, resume=True)
+        assert _deterministic(records) == expected, snapshot.name
+        assert _metrics(snapshot / 'metrics.jsonl') == expected, snapshot.name
+        got = _params(resumed)
+        for name, value in weights.items():
+            assert np.array_equal(got[name], value), (snapshot.name, name)
+        checkpoints = snapshot / 'checkpoints'
+        assert sorted(os.listdir(checkpoints)) == ['.lock', 'last', 'step-0006']
+        assert (checkpoints / 'step-0006' / 'model.params').read_bytes() == final
+
+
+def test_resume_checks_the_run_and_reads_the_first_layout(tmp_path):
+    docs, vocab = structured_corpus()
+    data = PretrainingData(docs[:20], whitespace_tokenizer, vocab, max_len=16,
+                           max_predictions=3)
+    options = dict(steps=2, batch_size=8, lr=1e-3, progress=False, log_interval=1, seed=3,
+                   checkpoint_dir=str(tmp_path))
+    model = dropout_model(vocab, 0)
+    pretrain_loop(model, data, **options)
+    with pytest.raises(CheckpointError) as refused:
+        pretrain_loop(model, data, **dict(options, lr=2e-3, resume=True))
+    assert str(refused.value) == (f'{tmp_path}: cannot resume: lr differs (checkpoint: 0.001; '
+                                  f'this run: 0.002)')
+    other = PretrainingData(docs[:20], whitespace_tokenizer, vocab, max_len=16,
+                            max_predictions=3, mask_prob=0.2)
+    with pytest.raises(CheckpointError, match='cannot resume: the training data differ'):
+        pretrain_loop(model, other, **dict(options, resume=True))
+    # more steps extend the run
+    records = pretrain_loop(model, data, **dict(options, steps=3, resume=True))
+    assert [r['step'] for r in records] == [1, 2, 3]
+    assert (tmp_path / 'last').read_text() == 'step-0003\n'
+    # the first layout (last.json with step and records, last.params, last.states)
+    state = json.loads((tmp_path / 'step-0003' / 'state.json').read_text())
+    (tmp_path / 'last.json').write_text(json.dumps({'step': 3, 'records': state['history']}))
+    for name, legacy in (('model.params', 'last.params'), ('trainer.states', 'last.states')):
+        shutil.copyfile(tmp_path / 'step-0003' / name, tmp_path / legacy)
+    (tmp_path / 'last').unlink()
+    shutil.rmtree(tmp_path / 'step-0003')
+    with pytest.warns(UserWarning, match='a checkpoint of an older gluonbert'):
+        records = pretrain_loop(model, data, **dict(options, steps=4, resume=True))
+    assert [r['step'] for r in records] == [1, 2, 3, 4]
+    assert sorted(os.listdir(tmp_path)) == ['.lock', 'last', 'step-0004']
+    with pytest.warns(DeprecationWarning, match='checkpoint_every'):
+        pretrain_loop(model, data, **dict(options, steps=5, resume=True,
+                                          checkpoint_interval=5))
+    with pytest.raises(ValueError, match='checkpoint_every must be a positive integer'):
+        pretrain_loop(model, data, **dict(options, checkpoint_every=0.5))
+    with DirectoryLock(str(tmp_path)):  # one run per checkpoint directory
+        with pytest.raises(UsageError, match='is in use by another gluonbert run'):
+            pretrain_loop(model, data, **dict(options, steps=6, resume=True))
 
 
 def test_corpus_reading_and_errors(tmp_path):

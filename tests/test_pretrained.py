@@ -187,16 +187,16 @@ def test_save_load_round_trip_and_corruption(minilm, tmp_path):
     assert loaded_tokenizer('Hello World') == tokenizer('Hello World')
     # saving again replaces atomically; a failure mid-save keeps the previous save
     import gluonbert.pretrained as module
-    original = module._sha1
+    original = module.file_sha1
 
     def explode(path, *args):
         raise OSError('disk full')
-    module._sha1 = explode
+    module.file_sha1 = explode
     try:
         with pytest.raises(OSError, match='disk full'):
             save_pretrained(net, vocab, tokenizer, str(directory))
     finally:
-        module._sha1 = original
+        module.file_sha1 = original
     assert load_pretrained(str(directory))[0].label_names == ['neg', 'neu', 'pos']
     assert [p for p in os.listdir(tmp_path) if p.startswith('.')] == []
     # truncated parameters: a clear error, not a crash

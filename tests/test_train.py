@@ -1,5 +1,11 @@
-"""train_loop on a tiny model and synthetic, learnable data (no tokenizer needed)."""
+"""train_loop on a tiny model and synthetic, learnable data (no tokenizer needed), and the
+training engine's pieces: optimizers, registration, kernels, seeding, MXNet's internals."""
+import inspect
 import json
+import os
+import random
+import subprocess
+import sys
 
 import numpy as np
 import mxnet as mx
@@ -7,6 +13,7 @@ import pytest
 from mxnet import gluon
 
 import gluonbert
+from gluonbert.engine import register_optimizers
 from gluonbert.train import AdamW, LinearWarmupSchedule, evaluate_accuracy, train_loop
 from stand_ins import synthetic_sentiment_batches
 
@@ -51,7 +58,9 @@ def test_loss_falls_and_history_has_every_field(tmp_path):
     assert len(history) == 8
     for record in history:
         assert set(record) == {'epoch', 'train_loss', 'train_accuracy', 'test_accuracy',
-                               'seconds', 'samples_per_second', 'lr'}
+                               'seconds', 'samples_per_second', 'lr', 'kernels'}
+        assert record['kernels'] == net.config.kernels  # the model's choice, recorded
+    assert history.kernels == net.config.kernels
     assert history[-1]['train_loss'] < 0.75 * history[0]['train_loss']
     assert history[-1]['test_accuracy'] >= 0.75
     lines = (tmp_path / 'metrics.jsonl').read_text().splitlines()
@@ -157,7 +166,8 @@ def test_schedule_and_exact_accuracy():
     schedule = LinearWarmupSchedule(1.0, total_steps=10, warmup_ratio=0.2)
     assert [round(schedule(s), 3) for s in (1, 2, 3, 10, 11)] == [0.5, 1.0, 1.0, 0.125, 0.0]
     assert LinearWarmupSchedule(1.0, total_steps=1, warmup_ratio=0.1)(1) == 1.0
-    assert 'adamw' in mx.optimizer.Optimizer.opt_registry
+    register_optimizers()
+    assert mx.optimizer.Optimizer.opt_registry['adamw'] is AdamW
     assert issubclass(AdamW, mx.optimizer.Optimizer)
 
     class Constant(gluon.HybridBlock):
@@ -266,15 +276,27 @@ def test_best_params_is_a_link_to_the_last_checkpoint(tmp_path):
         assert np.array_equal(_params(loaded)[name], value)
 
 
+@pytest.mark.parametrize('kernels', ['fused', 'mxnet'])
 @pytest.mark.parametrize('optimizer', ['adamw', 'sgd'])
 @pytest.mark.parametrize('max_norm', [1e-3, 1e3])  # clipping active / inactive
-def test_gradient_clipping_matches_clip_global_norm(optimizer, max_norm):
+def test_gradient_clipping_matches_clip_global_norm(optimizer, max_norm, kernels, monkeypatch):
     from mxnet import autograd
+    if kernels == 'fused' and not gluonbert.ops.load():
+        pytest.skip(f'fused operators: {gluonbert.ops.status()}')
     from gluonbert.distributed import get_group
+    from gluonbert.engine.optim import optimizer_step
     from gluonbert.train import make_trainer
+    handed = []  # the factors handed to AdamW explicitly, one per update
+
+    def rescaled(self, scale):
+        handed.append(scale)
+        return original(self, scale)
+    original = AdamW.rescaled
+    monkeypatch.setattr(AdamW, 'rescaled', rescaled)
     batch = synthetic(n=16)[0]
     nets = [tiny_classifier(), tiny_classifier()]
-    trainers = [make_trainer(net, optimizer=optimizer, lr=1e-2) for net in nets]
+    trainers = [make_trainer(net, optimizer=optimizer, lr=1e-2, kernels=kernels)
+                for net in nets]
     for step in range(2):  # no clipping on the second: no stale factor may be reused
         clip = max_norm if step == 0 else None
         for net in nets:
@@ -291,10 +313,12 @@ def test_gradient_clipping_matches_clip_global_norm(optimizer, max_norm):
                                          check_isfinite=False)
         trainers[0].set_learning_rate(1e-2)
         trainers[0].update(1)
-        get_group('device').step(trainers[1], params[1], [mx.cpu()], 1e-2, clip)
+        handed.clear()
+        optimizer_step(trainers[1], params[1], [mx.cpu()], get_group('device'), 1e-2, clip,
+                       kernels)
         # adamw takes the factor into its update; sgd gets its gradients scaled
-        folded = getattr(trainers[1].optimizer, 'grad_scale', None) is not None
-        assert folded == (optimizer == 'adamw' and clip is not None)
+        assert len(handed) == (optimizer == 'adamw' and clip is not None)
+        assert getattr(trainers[1].optimizer, '_clip_scale', None) is None  # not left over
     expected, got = _params(nets[0]), _params(nets[1])
     for name in expected:
         np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, atol=1e-6,
@@ -317,3 +341,155 @@ def test_a_failed_checkpoint_write_is_raised_not_lost(tmp_path, monkeypatch):
     with pytest.raises(UsageError, match='not_a_directory is a file; checkpoint_dir must be'):
         train_loop(tiny_classifier(), synthetic(n=32), None, 2, 1e-3, mx.cpu(),
                    progress=False, checkpoint_dir=str(blocker))
+
+
+# ------------------------------------------------------------------------------ the engine
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REGISTRY = '''
+import gluonbert, mxnet as mx
+registry = mx.optimizer.Optimizer.opt_registry
+assert 'adamw' not in registry and 'bertadam' not in registry, sorted(registry)
+from gluonbert.engine import AdamW, register_optimizers
+register_optimizers()
+register_optimizers()  # again: nothing changes, no "overriding" warning
+assert registry['adamw'] is AdamW and 'bertadam' in registry
+print('registered')
+'''
+
+
+def test_importing_gluonbert_registers_no_optimizer():
+    done = subprocess.run([sys.executable, '-c', REGISTRY], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == 'registered'
+    assert 'overriding' not in done.stderr
+
+
+def _fused_calls(monkeypatch):
+    """Counts of the fused AdamW update and clipping-norm calls."""
+    calls = {'update': 0, 'norm': 0}
+    update, norm = AdamW._fused_update, mx.nd.gluonbert_multi_sum_sq
+
+    def counted_update(self, *args):
+        calls['update'] += 1
+        return update(self, *args)
+
+    def counted_norm(*args, **kwargs):
+        calls['norm'] += 1
+        return norm(*args, **kwargs)
+    monkeypatch.setattr(AdamW, '_fused_update', counted_update)
+    monkeypatch.setattr(mx.nd, 'gluonbert_multi_sum_sq', counted_norm)
+    return calls
+
+
+def test_optimizer_and_clipping_follow_the_models_kernels(monkeypatch):
+    from gluonbert.engine.optim import model_kernels
+    from gluonbert.train import make_trainer
+    if not gluonbert.ops.load():
+        pytest.skip(f'fused operators: {gluonbert.ops.status()}')
+    calls = _fused_calls(monkeypatch)
+    for kernels in ('fused', 'mxnet'):
+        calls.update(update=0, norm=0)
+        mx.random.seed(0)
+        config = gluonbert.BERTConfig.from_preset('tiny', kernels=kernels)
+        net = gluonbert.BERTClassifier(gluonbert.BERTModel(config), num_classes=2)
+        net.initialize()
+        assert make_trainer(net).optimizer.kernels == kernels
+        history = train_loop(net, synthetic(n=32), None, 1, 1e-3, mx.cpu(), progress=False,
+                             max_grad_norm=1e-3)
+        assert history.kernels == history[0]['kernels'] == kernels
+        expected = 2 if kernels == 'fused' else 0  # 2 updates: 32 examples, batches of 16
+        assert calls == {'update': expected, 'norm': expected}, kernels
+    dense = gluon.nn.Dense(2, in_units=3)  # no config: 'auto'
+    assert model_kernels(dense) == gluonbert.ops.resolve_kernels('auto') == 'fused'
+    dense.initialize()
+    assert make_trainer(dense, kernels='mxnet').optimizer.kernels == 'mxnet'
+
+
+def test_one_seeding_helper_for_both_loops():
+    import gluonbert.pretrain
+    import gluonbert.train
+    from gluonbert.engine import seed_everything
+
+    def draws():
+        return (mx.nd.random.uniform(shape=(3,)).asnumpy().tolist(), np.random.rand(),
+                random.random())
+    assert seed_everything(None, 3) is None
+    value = seed_everything(7, 3, rank=1)
+    first = draws()
+    assert seed_everything(7, 3, rank=1) == value and draws() == first
+    assert len({value, seed_everything(7, 3), seed_everything(7, 4, rank=1),
+                seed_everything(8, 3, rank=1)}) == 4
+    for module in (gluonbert.train, gluonbert.pretrain):  # no seeding of their own
+        source = inspect.getsource(module)
+        assert 'seed_everything(' in source and 'random.seed(' not in source, module
+
+
+def test_train_state_round_trips_through_json():
+    from gluonbert.engine import TrainState
+    state = TrainState(epoch=3, step=12, batches=24, history=[{'epoch': 2, 'lr': 0.1}],
+                       best_score=0.75, stale=1, best={'epoch': 1, 'bytes': 9, 'sha256': 'ab'},
+                       extra={'window': [1.5] * 7})
+    saved = json.loads(json.dumps(dict(state.to_json(), best=state.best)))
+    assert saved['epoch'] == 2 and saved['best_accuracy'] == 0.75  # the first layout's names
+    assert TrainState.from_json(saved) == state
+    fresh = json.loads(json.dumps(TrainState().to_json()))
+    assert TrainState.from_json(fresh) == TrainState()
+
+
+def test_mxnet_internals_the_engine_relies_on():
+    """Every private MXNet attribute the engine uses, through its one function: a newer
+    MXNet that renames one fails here."""
+    from mxnet import autograd
+    from gluonbert.engine import mxnet_internals as internals
+    from gluonbert.engine.loop import place_parameters
+    from gluonbert.engine.optim import trainable
+    from gluonbert.train import make_trainer
+    net = tiny_classifier()
+    net.hybridize()
+    trainer = make_trainer(net, lr=1e-3)
+    params = trainable(net)
+    updaters = internals.trainer_updaters(trainer)  # started before any update
+    assert len(updaters) == 1 and isinstance(updaters[0], mx.optimizer.Updater)
+    assert updaters[0].optimizer is trainer.optimizer
+    assert internals.trainer_parameters(trainer) == params
+    assert internals.trainer_kvstore(trainer) is None  # one device: MXNet makes none
+    words, valid_length, segments, label = synthetic(n=16)[0]
+    with autograd.record():
+        loss = gluon.loss.SoftmaxCELoss()(net(words, segments, valid_length), label).mean()
+    loss.backward()
+    trainer.step(1)
+    optimizer = trainer.optimizer
+    counts = internals.update_counts(optimizer)
+    assert set(counts) == set(range(len(params))) and set(counts.values()) == {1}
+    assert internals.update_count(optimizer, 0) == 1
+    internals.restore_update_counts(optimizer, 5, 2, {0: 7})
+    assert (optimizer.num_update, optimizer.begin_num_update) == (5, 2)
+    assert internals.update_counts(optimizer) == {0: 7}
+    internals.continue_update_count(trainer, 12)
+    assert optimizer.num_update == optimizer.begin_num_update == 12
+    assert not internals.uses_amp_loss_scaling(trainer)
+    from mxnet.contrib.amp import amp as amp_impl  # where MXNet sets and reads the scaler
+    assert '_amp_loss_scaler' in inspect.getsource(amp_impl.init_trainer)
+    assert '_amp_loss_scaler' in inspect.getsource(gluon.Trainer._update)
+    named = internals.structural_parameters(net)
+    assert 'classifier.1.weight' in named and set(named) == set(_params(net))
+    weight = named['classifier.1.weight']
+    copy = internals.reduced_data(weight)
+    assert copy.context == mx.cpu() and np.array_equal(copy.asnumpy(), weight.data().asnumpy())
+    internals.load_parameter(weight, mx.nd.zeros(weight.shape), [mx.cpu()])
+    assert weight.data().abs().sum().asscalar() == 0
+    assert weight._trainer is trainer
+    internals.detach_from_trainer(weight)
+    assert weight._trainer is None
+    assert net._cached_op is not None  # traced by the forward pass above
+    internals.clear_cached_graph(net)
+    assert net._cached_op is None
+    # two contexts: MXNet reduces through a kvstore the trainer holds
+    two = tiny_classifier()
+    place_parameters(two, [mx.cpu(0), mx.cpu(1)])
+    assert isinstance(internals.trainer_kvstore(make_trainer(two)), mx.kvstore.KVStoreBase)
+    # the Optimizer hooks AdamW overrides or calls, and the C call distributed._leave makes
+    for hook in ('_update_count', '_get_lrs', '_get_wds'):
+        assert callable(getattr(mx.optimizer.Optimizer, hook)), hook
+    assert hasattr(mx.base._LIB, 'MXKVStoreFree')

@@ -28,49 +28,57 @@ def example_inputs(net, batch_size=2, seq_len=8, ctx=None):
 def encode_batches(net, vocabulary, tokenizer, texts, batch_size=32, max_len=None, ctx=None):
     """Texts -> list of ``(words, segments, valid_length)`` batches, encoded and truncated as
     :func:`gluonbert.predict` does (for calibration and benchmarks)."""
-    from ..predict import _encoder, _max_len
+    from ..data import pad_ids
+    from ..predict import encoder_for
     ctx = ctx or mx.cpu()
-    encode = _encoder(net, vocabulary, tokenizer, _max_len(net, max_len))
+    encode = encoder_for(net, vocabulary, tokenizer, max_len)
     encoded = [encode(t) for t in texts]
     batches = []
     for start in range(0, len(encoded), batch_size):
-        chunk = encoded[start:start + batch_size]
-        longest = max(len(ids) for ids in chunk)
-        words = np.full((len(chunk), longest), vocabulary.pad_id, dtype=np.float32)
-        for row, ids in enumerate(chunk):
-            words[row, :len(ids)] = ids
-        batches.append((mx.nd.array(words, ctx=ctx), mx.nd.zeros((len(chunk), longest), ctx=ctx),
-                        mx.nd.array([len(ids) for ids in chunk], ctx=ctx)))
+        words, valid_length = pad_ids(encoded[start:start + batch_size], vocabulary.pad_id)
+        batches.append((mx.nd.array(words, ctx=ctx), mx.nd.zeros(words.shape, ctx=ctx),
+                        mx.nd.array(valid_length, ctx=ctx)))
     return batches
 
 
-def calibration_texts(path=None, limit=64):
-    """Up to ``limit`` texts for int8 calibration: one per non-empty line of ``path`` (UTF-8),
-    or, by default, the bundled movie reviews (training split)."""
+def calibration_texts(path=None, limit=64, *, net=None):
+    """Up to ``limit`` texts of the model's own task for int8 calibration and export checks.
+
+    From ``path`` (UTF-8, one text per non-empty line) if given, else from ``net``'s
+    :class:`~gluonbert.model.ClassifierInfo` (``gluonbert-finetune`` keeps 64 training
+    texts there). Without either: a DataError that asks for a file, rather than
+    calibrating on another task's text.
+    """
+    from ..predict import info_of
     if limit < 1:
         raise ValueError(f'the calibration size must be >= 1, got {limit}')
     if path is None:
-        from ..data import load_sample_reviews
-        dataset = load_sample_reviews('train')
-        texts = [dataset[i][0] for i in range(len(dataset))]
-    else:
-        if not os.path.isfile(path):
-            raise DataError(f'no such calibration file: {path}')
-        try:
-            with open(path, encoding='utf-8') as f:
-                texts = [line.strip() for line in f if line.strip()]
-        except UnicodeDecodeError as err:
-            raise DataError(f'{path} is not UTF-8 text ({err.reason} at byte {err.start})') \
-                from err
-        if not texts:
-            raise DataError(f'calibration file {path} has no text (one text per line)')
+        info = info_of(net) if net is not None else None
+        if info is None or not info.calibration_texts:
+            raise DataError('no calibration texts: this model keeps none of its task (saved '
+                            'before gluonbert kept them, or built in Python); give a file of '
+                            'texts of its task, one per line (--calib-file FILE)')
+        if info.text_pair:
+            raise DataError('int8 calibration of sentence-pair models is not supported yet; '
+                            'use float32 or bfloat16')
+        return list(info.calibration_texts[:limit])
+    if not os.path.isfile(path):
+        raise DataError(f'no such calibration file: {path}')
+    try:
+        with open(path, encoding='utf-8') as f:
+            texts = [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError as err:
+        raise DataError(f'{path} is not UTF-8 text ({err.reason} at byte {err.start})') \
+            from err
+    if not texts:
+        raise DataError(f'calibration file {path} has no text (one text per line)')
     return texts[:limit]
 
 
 def calibration_batches(net, vocabulary, tokenizer, path=None, *, limit=64, batch_size=32,
                         max_len=None, ctx=None):
     """:func:`encode_batches` of :func:`calibration_texts` (for :func:`quantize_int8`)."""
-    return encode_batches(net, vocabulary, tokenizer, calibration_texts(path, limit),
+    return encode_batches(net, vocabulary, tokenizer, calibration_texts(path, limit, net=net),
                           batch_size=batch_size, max_len=max_len, ctx=ctx)
 
 
@@ -90,7 +98,7 @@ def record_layer_outputs(sym, names, arg_params, aux_params, batches, collect):
         if shapes != bound:
             # a new shape rebinds the executor: (re)install the monitor on it
             module.reshape(shapes)
-            executor = module._exec_group.execs[0]  # pylint: disable=protected-access
+            executor = module._exec_group.execs[0]  # noqa: SLF001  see the docstring
             executor.set_monitor_callback(collect, monitor_all=True)
             bound = shapes
         module.forward(mx.io.DataBatch(data=[x.as_in_context(mx.cpu()) for x in batch]),

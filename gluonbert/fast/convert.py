@@ -10,8 +10,8 @@
 
 ``to_float32``, ``to_bfloat16`` and ``quantize_int8`` return an
 :class:`InferenceClassifier`: a ``SymbolBlock`` that takes ``(words, segments,
-valid_length)`` like the original, returns float32 logits, and carries ``label_names``,
-``num_classes``, ``config`` and ``extra``, so
+valid_length)`` like the original, returns float32 logits, and carries ``info``
+(:class:`~gluonbert.model.ClassifierInfo`), ``num_classes`` and ``config``, so
 :func:`gluonbert.predict`, :func:`gluonbert.predict_sentiment` and
 :func:`gluonbert.evaluate_accuracy` accept it in place of the original. It can be
 exported (:func:`gluonbert.export.export_classifier`) and reloaded with plain MXNet.
@@ -23,7 +23,6 @@ parameters, its cached graph). Global state is not changed, except by
 Only inference: the converted blocks have no gradients. For bfloat16 *training* pass
 ``dtype='bfloat16'`` to :func:`gluonbert.train_loop` (AMP, see :func:`init_amp_bfloat16`).
 """
-import contextlib
 import json
 import os
 import tempfile
@@ -32,6 +31,7 @@ import mxnet as mx
 from mxnet.gluon import SymbolBlock
 
 from .._env import quiet_native_stderr
+from ..amp import FP32_OPS, bf16_fp32_ops, init_amp_bfloat16
 from ..hardware import require_bf16
 from .calibrate import example_inputs, record_layer_outputs
 from .passes import inference_graph, partition
@@ -56,56 +56,19 @@ INT8_EXCLUDED_OPERATORS = ('_sg_mkldnn_selfatt_qk', '_sg_mkldnn_selfatt_valatt',
                            'elemwise_add', 'Activation')
 
 # ------------------------------------------------------------------------------- AMP
-_FP32_OPS = INTERLEAVED_ATTENTION_OPS + ('gluonbert_layer_norm', 'gluonbert_dropout')
-
-
-def _amp_fp32_list():
-    from mxnet.contrib.amp.lists import symbol_bf16
-    return symbol_bf16.FP32_FUNCS
-
-
-@contextlib.contextmanager
-def _amp_fp32_ops():
-    """Within the block, AMP's bfloat16 float32 list also names the fused attention kernels
-    and gluonbert's fused LayerNorm and dropout (AMP checks every operator it is given
-    against that global list); afterwards the list is as it was."""
-    fp32 = _amp_fp32_list()
-    added = [op for op in _FP32_OPS if op not in fp32]
-    fp32.extend(added)
-    try:
-        yield
-    finally:
-        for op in added:
-            fp32.remove(op)
-
-
-def init_amp_bfloat16():
-    """Turn on process-wide AMP with bfloat16 (for training on CPU); returns ``amp``.
-
-    Dense layers then compute in bfloat16 while parameters, gradients and the other
-    operators stay float32. This changes MXNet for the whole process, by MXNet's design:
-    AMP's float32 list gains the operators of :data:`_FP32_OPS` and AMP cannot be turned
-    off again.
-    """
-    from mxnet.contrib import amp
-    from mxnet.contrib.amp import amp as amp_impl
-    from .. import ops
-    require_bf16('bfloat16 training', 'use float32 (--dtype float32)')
-    ops.load()  # before amp.init, which wraps the operators it finds (LayerNorm: float32)
-    fp32 = _amp_fp32_list()
-    fp32.extend(op for op in _FP32_OPS if op not in fp32)
-    if amp_impl._amp_initialized:  # pylint: disable=protected-access
-        return amp
-    amp.init(target_dtype='bfloat16')
-    return amp
+# AMP's operator lists and bfloat16 training AMP live in gluonbert.amp (shared with the
+# training loops); the names this module had stay importable from here.
+_FP32_OPS = FP32_OPS
+_amp_fp32_ops = bf16_fp32_ops
 
 
 # ------------------------------------------------------------------------- the block
 class InferenceClassifier(SymbolBlock):
     """A converted classifier graph: ``(words, segments, valid_length) -> float32 logits``.
 
-    Holds the source model's ``config``, ``num_classes``, ``label_names`` and ``extra``
-    (training ``max_len`` and ``truncate``), so the prediction helpers treat it like a
+    Holds the source model's ``config``, ``num_classes`` and ``info`` (its
+    :class:`~gluonbert.model.ClassifierInfo`: label names, training ``max_len`` and
+    truncation), so the prediction helpers treat it like a
     :class:`~gluonbert.BERTClassifier`. ``dtype`` says how it computes.
     """
 
@@ -114,8 +77,11 @@ class InferenceClassifier(SymbolBlock):
         self.dtype = dtype
         self.config = getattr(source, 'config', None)
         self.num_classes = getattr(source, 'num_classes', None)
-        self.label_names = list(getattr(source, 'label_names', None) or []) or None
-        self.extra = dict(getattr(source, 'extra', None) or {})
+        self.info = getattr(source, 'info', None)
+
+    @property
+    def label_names(self):
+        return None if self.info is None else list(self.info.label_names)
 
     def forward(self, words, segments, valid_length=None):  # pylint: disable=arguments-differ
         if valid_length is None and isinstance(words, mx.nd.NDArray):

@@ -9,6 +9,7 @@ import mxnet as mx
 from mxnet.gluon import SymbolBlock
 
 from .._env import quiet_native_stderr
+from ..engine import mxnet_internals as internals
 
 __all__ = ['INPUT_NAMES', 'trace', 'param_values', 'inference_graph', 'fold_constants',
            'partition']
@@ -27,9 +28,10 @@ def trace(net, inputs, *, builtin=True):
     """
     from ..layers import kernels_for_tracing
     if isinstance(net, SymbolBlock):
-        data, sym = net._cached_graph  # pylint: disable=protected-access
+        data, sym = net._cached_graph  # noqa: SLF001  a SymbolBlock's graph: no public getter
         return [d.name for d in data], sym
-    if any(p._deferred_init for p in net.collect_params().values()):  # pylint: disable=protected-access
+    # SLF001, why: Parameter has no public "initialisation deferred to the first call"
+    if any(p._deferred_init for p in net.collect_params().values()):  # noqa: SLF001
         net(*inputs)  # one forward gives the deferred parameters their shapes
         mx.nd.waitall()
     with kernels_for_tracing(net, attention_mask='additive', dropout='mxnet',
@@ -43,7 +45,7 @@ def param_values(net, sym):
     args, aux = set(sym.list_arguments()), set(sym.list_auxiliary_states())
     arg_params, aux_params = {}, {}
     for param in net.collect_params().values():
-        value = param._reduce()  # pylint: disable=protected-access
+        value = internals.reduced_data(param)
         if param.name in args:
             arg_params[param.name] = value
         elif param.name in aux:

@@ -39,8 +39,8 @@ import sys
 import threading
 import time
 
-from ._io import write_text
-from .errors import UsageError
+from .._io import write_text
+from ..errors import UsageError
 
 __all__ = ['main', 'build_parser', 'launch', 'read_hosts']
 

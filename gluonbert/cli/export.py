@@ -1,0 +1,102 @@
+"""``gluonbert-export``: a fine-tuned classifier as a plain MXNet model (symbol + params,
+vocabulary and metadata; see :mod:`gluonbert.export`)."""
+import argparse
+import sys
+
+from ..errors import UsageError
+from ..export import check_prefix, export_classifier, load_classifier
+from ..hardware import require_bf16
+from ..sysinfo import fastest_path
+from .runner import console_entry, run_command
+
+__all__ = ['PROG_EXPORT', 'build_export_parser', 'export_cli', 'export_main', 'export_entry']
+
+PROG_EXPORT = 'gluonbert-export'
+
+
+def build_export_parser():
+    """The ``argparse`` parser of ``gluonbert-export``."""
+    parser = argparse.ArgumentParser(
+        prog=PROG_EXPORT,
+        description='Export a fine-tuned classifier as an MXNet symbol + params that load '
+                    'with mxnet.gluon.SymbolBlock.imports, without gluonbert.')
+    parser.add_argument('--model-dir', required=True,
+                        help='directory written by gluonbert-finetune (OUTPUT_DIR/model) or '
+                             'a LoRA adapter directory')
+    parser.add_argument('--output', required=True, metavar='PREFIX',
+                        help='writes PREFIX-symbol.json, PREFIX-0000.params, PREFIX-vocab.txt '
+                             'and PREFIX-meta.json')
+    parser.add_argument('--dtype', choices=('float32', 'bfloat16', 'int8'), default=None,
+                        help='float32 (exact, the default), bfloat16 (mixed precision) or int8 '
+                             '(quantized dense layers, calibrated); CPU inference')
+    parser.add_argument('--fast', action='store_true',
+                        help='the fastest dtype this CPU runs well: int8 with VNNI/AMX (or on '
+                             'AVX2), bfloat16 where native, else float32; says which')
+    parser.add_argument('--max-len', type=int, default=None,
+                        help="sequence length recorded in the metadata and used for "
+                             "calibration (default: the model's training max_len)")
+    parser.add_argument('--calib-file', default=None,
+                        help="texts of the model's task, one per line, for int8 calibration "
+                             "and the reload check (default: the 64 training texts "
+                             "gluonbert-finetune keeps with the model)")
+    parser.add_argument('--calib-size', type=int, default=64,
+                        help='int8: number of calibration texts (default 64)')
+    return parser
+
+
+def _validate_export_args(args):
+    """Check the flags before the model loads."""
+    if args.calib_size < 1:
+        raise UsageError(f'--calib-size must be >= 1, got {args.calib_size}')
+    if args.max_len is not None and args.max_len < 3:
+        raise UsageError(f'--max-len must be at least 3, got {args.max_len}')
+    if args.fast and args.dtype:
+        raise UsageError(f'--fast picks the dtype itself; drop --dtype {args.dtype} or --fast')
+    if args.fast:
+        args.dtype, why = fastest_path()
+        print(f'{PROG_EXPORT}: --fast: {args.dtype} ({why})', file=sys.stderr, flush=True)
+    args.dtype = args.dtype or 'float32'
+    if args.dtype == 'bfloat16':
+        require_bf16('--dtype bfloat16', 'use --dtype float32, or --dtype int8 (faster than '
+                     'float32)')
+
+
+def export_cli(args, stdout=None):
+    """``gluonbert-export`` for parsed arguments: export, reload, compare, and say so on
+    ``stdout``; returns the metadata :func:`~gluonbert.export.export_classifier` wrote."""
+    from ..fast import calibration_batches
+    stdout = stdout or sys.stdout
+    _validate_export_args(args)
+    check_prefix(args.output)  # before the model loads
+    net, vocab, tokenizer = load_classifier(args.model_dir)
+    if args.max_len is not None and args.max_len > net.config.max_length:
+        raise UsageError(f'--max-len {args.max_len} exceeds the model max_length '
+                         f'{net.config.max_length}')
+    calib = None
+    if args.dtype == 'int8':
+        calib = calibration_batches(net, vocab, tokenizer, args.calib_file,
+                                    limit=args.calib_size, max_len=args.max_len)
+    # the reload check runs on text of the model's own task
+    check = calibration_batches(net, vocab, tokenizer, args.calib_file, limit=32,
+                                max_len=args.max_len)[0]
+    meta = export_classifier(net, vocab, tokenizer, args.output, dtype=args.dtype,
+                             calib_batches=calib, check_batch=check, max_len=args.max_len)
+    check = meta['check']
+    stdout.write(f"exported {args.model_dir} ({args.dtype}) to {meta['paths']['symbol']}, "
+                 f"{meta['paths']['params']}, {meta['paths']['vocab']}, "
+                 f"{meta['paths']['meta']}\n")
+    stdout.write(f"reloaded with SymbolBlock.imports: max |logit diff| "
+                 f"{check['max_abs_diff_to_converted']:.3g} to the {args.dtype} model, "
+                 f"{check['max_abs_diff_to_float32']:.3g} to float32; same argmax as float32 "
+                 f"on {check['argmax_agreement_with_float32']:.0%} of "
+                 f"{check['batch_shape'][0]} texts of its task\n")
+    stdout.flush()
+    return meta
+
+
+def export_main(argv=None):
+    """Entry point of ``gluonbert-export``: parse ``argv``, run, return the exit status."""
+    return run_command(PROG_EXPORT, export_cli, build_export_parser().parse_args(argv))
+
+
+export_entry = console_entry(export_main)

@@ -1,0 +1,215 @@
+"""``gluonbert-predict``: classify texts with a fine-tuned model, one JSON line per text.
+
+Texts come as arguments, or one per line on stdin, read in chunks of ``--batch-size``
+lines as they arrive; each chunk is answered before the next is read.
+"""
+import argparse
+import codecs
+import io
+import itertools
+import json
+import sys
+
+from .. import fast
+from ..errors import UsageError
+from ..export import load_classifier
+from ..hardware import require_bf16
+from ..predict import predict
+from ..sysinfo import fastest_path
+from .common import parse_contexts
+from .runner import console_entry, run_command
+
+__all__ = ['PROG_PREDICT', 'build_predict_parser', 'predict_cli', 'predict_main',
+           'predict_entry']
+
+PROG_PREDICT = 'gluonbert-predict'
+
+
+def build_predict_parser():
+    """The ``argparse`` parser of ``gluonbert-predict``."""
+    parser = argparse.ArgumentParser(
+        prog=PROG_PREDICT,
+        description='Classify texts with a fine-tuned model; one JSON line per text. Reads '
+                    'one text per line from stdin when no TEXT is given.')
+    parser.add_argument('--model-dir', required=True,
+                        help='directory written by gluonbert-finetune: OUTPUT_DIR/model, or '
+                             'OUTPUT_DIR/adapter for a LoRA adapter (its base is loaded too)')
+    parser.add_argument('texts', nargs='*', metavar='TEXT')
+    parser.add_argument('--batch-size', type=int, default=32)
+    parser.add_argument('--max-len', type=int, default=None)
+    parser.add_argument('--gpus', default='')
+    fast = parser.add_argument_group('CPU fast paths (see gluonbert.fast)')
+    fast.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32',
+                      help='bfloat16: mixed-precision dense layers (CPUs with AVX512-BF16/AMX)')
+    fast.add_argument('--quantize', choices=('int8',), default=None,
+                      help='int8: quantized dense layers, calibrated on --calib-file')
+    fast.add_argument('--calib-file', default=None,
+                      help="int8 calibration texts of the model's task, one per line "
+                           "(default: the 64 training texts gluonbert-finetune keeps with "
+                           "the model)")
+    fast.add_argument('--fast', action='store_true',
+                      help='the fastest path this CPU runs well: int8 with VNNI/AMX (or on '
+                           'AVX2), bfloat16 where native, else float32; says which on stderr')
+    return parser
+
+
+def _validate_fast_flags(args):
+    """--dtype / --quantize / --calib-file make sense together and on this machine."""
+    if args.fast:
+        if args.quantize or args.dtype != 'float32' or args.gpus:
+            raise UsageError('--fast picks the CPU path itself; drop --dtype, --quantize or '
+                             '--gpus')
+        choice, why = fastest_path()
+        print(f'{PROG_PREDICT}: --fast: {choice} ({why})', file=sys.stderr, flush=True)
+        args.dtype, args.quantize = ('float32', 'int8') if choice == 'int8' else (choice, None)
+    dtype, quantize = args.dtype, args.quantize
+    if quantize and dtype != 'float32':
+        raise UsageError(f'--quantize {quantize} and --dtype {dtype} do not combine; pick one')
+    if args.calib_file and not quantize:
+        raise UsageError('--calib-file is for --quantize int8')
+    if (quantize or dtype != 'float32') and args.gpus:
+        raise UsageError('--dtype bfloat16 and --quantize int8 are CPU fast paths; use them '
+                         'without --gpus')
+    if dtype == 'bfloat16':
+        require_bf16('--dtype bfloat16', 'use --dtype float32, or --quantize int8 (faster '
+                     'than float32)')
+
+
+def _fast_model(args, net, vocab, tokenizer, ctx, num_texts=0):
+    """The classifier converted as --dtype / --quantize ask (gluonbert.fast); the flags
+    were checked by :func:`_validate_fast_flags`."""
+    dtype, quantize, calib_file = args.dtype, args.quantize, args.calib_file
+    if not quantize and dtype == 'float32':
+        # the folded, oneDNN-fused copy (fast.to_float32 on CPU) takes about 0.2 s to make
+        # and then runs about 1.35x faster than the hybridized model: worth it beyond a batch
+        return fast.prepare(net, 'float32', ctx=ctx) if num_texts > args.batch_size else net
+    calib = (fast.calibration_batches(net, vocab, tokenizer, calib_file,
+                                      batch_size=args.batch_size, max_len=args.max_len, ctx=ctx)
+             if quantize else None)
+    return fast.prepare(net, quantize or dtype, calib_batches=calib, ctx=ctx)
+
+
+def _text_problem(text):
+    """Why ``text`` cannot be classified (None if it can)."""
+    if not text:
+        return 'empty line'
+    if not text.strip():
+        return 'blank line (whitespace only)'
+    try:
+        text.encode('utf-8')
+    except UnicodeEncodeError as err:  # e.g. a lone surrogate from undecodable argv bytes
+        return f'not valid Unicode: unpaired surrogate at character {err.start + 1}'
+    return None
+
+
+def _input_lines(stdin):
+    """``(number, text, problem)`` for each line of ``stdin`` as it arrives, ``text`` None
+    where ``problem`` says why. A binary stream (``.buffer`` when there is one) is split at
+    ``\n`` only and decoded here, line by line, so that no input can make invalid output."""
+    source = getattr(stdin, 'buffer', stdin)
+    for number, raw in enumerate(source, 1):
+        newline, cr, bom = (('\n', '\r', '\ufeff') if isinstance(raw, str)
+                            else (b'\n', b'\r', codecs.BOM_UTF8))
+        raw = raw[:-1] if raw.endswith(newline) else raw
+        raw = raw[:-1] if raw.endswith(cr) else raw
+        if number == 1 and raw.startswith(bom):
+            raw = raw[len(bom):]
+        if isinstance(raw, bytes):
+            try:
+                raw = raw.decode('utf-8')
+            except UnicodeDecodeError as err:
+                yield number, None, (f'invalid UTF-8 at byte {err.start + 1} '
+                                     f'(0x{raw[err.start]:02x})')
+                continue
+        problem = _text_problem(raw)
+        yield number, None if problem else raw, problem
+
+
+def _chunks(items, size):
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+# characters str.splitlines() breaks at that json.dumps leaves unescaped: escape them too,
+# so that each output line stays one line for any reader
+_LINE_BREAKS = {0x85: '\\u0085', 0x2028: '\\u2028', 0x2029: '\\u2029'}
+
+
+def _json_lines_writer(stdout):
+    """``write(objects)``: one JSON line each, UTF-8 (to ``.buffer`` when there is one),
+    flushed."""
+    binary = getattr(stdout, 'buffer', None)
+    if binary is None and not isinstance(stdout, io.TextIOBase):
+        binary = stdout
+
+    def write(objects):
+        text = ''.join(json.dumps(obj, ensure_ascii=False).translate(_LINE_BREAKS) + '\n'
+                       for obj in objects)
+        if binary is None:
+            stdout.write(text)
+            stdout.flush()
+            return
+        if binary is not stdout:
+            stdout.flush()  # what was printed before goes first
+        binary.write(text.encode('utf-8'))
+        binary.flush()
+    return write
+
+
+def predict_cli(args, stdin=None, stdout=None):
+    """``gluonbert-predict``: one JSON line per TEXT, or per line of ``stdin`` (a text or
+    binary stream), in order.
+
+    Stdin is read in chunks of ``--batch-size`` lines as they arrive: each chunk is
+    answered before the next is read. A line that cannot be classified (empty, blank,
+    invalid UTF-8) gets ``{"line": N, "error": "..."}`` (``"argument"`` for TEXTs) on its
+    output line. The float32 fast path is used beyond one batch: more TEXTs than
+    ``--batch-size``, or a full first chunk of stdin.
+    """
+    stdin = stdin or sys.stdin
+    stdout = stdout or sys.stdout
+    if args.batch_size < 1:
+        raise UsageError(f'--batch-size must be >= 1, got {args.batch_size}')
+    if args.max_len is not None and args.max_len < 3:
+        raise UsageError(f'--max-len must be >= 3, got {args.max_len}')
+    _validate_fast_flags(args)  # before the model loads
+    contexts = parse_contexts(args.gpus)
+    # a model directory, or a LoRA adapter merged into its base (the plain model's speed)
+    net, vocab, tokenizer = load_classifier(args.model_dir, ctx=contexts[0])
+    if args.texts:
+        key = 'argument'
+        items = ((i, t, _text_problem(t)) for i, t in enumerate(args.texts, 1))
+    else:
+        key, items = 'line', _input_lines(stdin)
+    chunks = _chunks(items, args.batch_size)
+    first = next(chunks, None)
+    if first is None:
+        raise UsageError('no text given (pass TEXT arguments or lines on stdin)')
+    # a full first chunk of stdin: more lines are likely to follow
+    expected = len(args.texts) if args.texts else len(first) + (len(first) == args.batch_size)
+    net.hybridize(static_alloc=True)
+    net = _fast_model(args, net, vocab, tokenizer, contexts[0], num_texts=expected)
+    write = _json_lines_writer(stdout)
+    try:
+        for chunk in itertools.chain([first], chunks):
+            texts = [text for _, text, problem in chunk if problem is None]
+            predictions = iter(predict(net, contexts[0], vocab, tokenizer, texts,
+                                       batch_size=args.batch_size, max_len=args.max_len))
+            write([{key: number, 'error': problem} if problem else
+                   next(predictions).to_dict() for number, _, problem in chunk])
+    except BrokenPipeError:  # the reader went away (e.g. `| head`): nothing more to say
+        pass
+
+
+def predict_main(argv=None):
+    """Entry point of ``gluonbert-predict``: parse ``argv``, run, return the exit status."""
+    return run_command(PROG_PREDICT, predict_cli, build_predict_parser().parse_args(argv))
+
+
+predict_entry = console_entry(predict_main)

@@ -1,0 +1,136 @@
+"""The package's shape, enforced: module sizes, the two training loops' lengths, and
+imports that only go down the layers the README's "Layout" names (so no cycles), function-
+level imports included. Read from the source with ``ast``; nothing is imported."""
+import ast
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = os.path.join(ROOT, 'gluonbert')
+MAX_MODULE_LINES = 600
+MAX_LOOP_LINES = 80
+
+# Lowest first; a module may import from its own layer and the layers below (the README's
+# "Layout" section is this table in words). Inside a layer, imports must not form a cycle.
+LAYERS = [
+    ('base', ['errors', '_env', '_io', '_net', '_version', 'config', 'hardware', 'timing',
+              'params']),
+    ('native operators', ['ops', 'amp']),
+    ('core', ['layers', 'heads', 'model', 'tokenizer', 'convert', 'pretrained', 'lora']),
+    ('data', ['data']),
+    ('inference', ['predict']),
+    ('process groups', ['distributed']),
+    ('training engine', ['engine', 'train', 'pretrain']),
+    ('fast paths and export', ['fast', 'export', 'sysinfo']),
+    ('commands', ['cli']),
+]
+LAYER_OF = {name: rank for rank, (_, names) in enumerate(LAYERS) for name in names}
+
+
+def modules():
+    """{dotted name: path} of every module of the package (its __init__ excluded)."""
+    found = {}
+    for folder, _, files in os.walk(PACKAGE):
+        for name in files:
+            if name.endswith('.py'):
+                path = os.path.join(folder, name)
+                dotted = os.path.relpath(path, ROOT)[:-3].replace(os.sep, '.')
+                if dotted != 'gluonbert.__init__':
+                    found[dotted.replace('.__init__', '')] = path
+    return found
+
+
+def top_unit(dotted):
+    """The layer unit of a module: its first name under gluonbert (a module or package)."""
+    return dotted.split('.')[1]
+
+
+def imported_modules(dotted, path):
+    """Modules of the package that ``dotted`` imports, anywhere in the file."""
+    tree = ast.parse(open(path, encoding='utf-8').read(), path)
+    package = dotted if path.endswith('__init__.py') else dotted.rsplit('.', 1)[0]
+    targets = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets.update(a.name for a in node.names if a.name.startswith('gluonbert'))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split('.')
+                base = base[:len(base) - node.level + 1]
+                module = '.'.join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ''
+            if not module.startswith('gluonbert'):
+                continue
+            if module == 'gluonbert' or node.module is None:
+                # `from . import x` / `from gluonbert import x`: x is a module, or a name
+                # of the package root (which imports everything: a cycle)
+                for alias in node.names:
+                    candidate = f'{module}.{alias.name}'
+                    targets.add(candidate if candidate.split('.')[1] in LAYER_OF
+                                or module != 'gluonbert' else 'gluonbert')
+            else:
+                targets.add(module)
+    return targets
+
+
+def test_every_module_is_in_a_layer():
+    units = {top_unit(d) for d in modules()}
+    assert units - set(LAYER_OF) == set(), 'add new modules to LAYERS (and the README)'
+
+
+@pytest.mark.parametrize('dotted', sorted(modules()))
+def test_module_is_at_most_600_lines(dotted):
+    with open(modules()[dotted], encoding='utf-8') as f:
+        lines = sum(1 for _ in f)
+    assert lines <= MAX_MODULE_LINES, f'{dotted} has {lines} lines'
+
+
+def test_imports_only_go_down_the_layers():
+    wrong = []
+    for dotted, path in modules().items():
+        own = LAYER_OF[top_unit(dotted)]
+        for target in imported_modules(dotted, path):
+            if target == 'gluonbert':
+                wrong.append(f'{dotted} imports the package root (a cycle)')
+            elif LAYER_OF.get(top_unit(target), -1) > own:
+                wrong.append(f'{dotted} ({LAYERS[own][0]}) imports {target} '
+                             f'({LAYERS[LAYER_OF[top_unit(target)]][0]})')
+    assert wrong == []
+
+
+def test_no_import_cycles():
+    graph = {d: {t for t in imported_modules(d, p) if t in modules() or
+                 t.rsplit('.', 1)[0] in modules()} for d, p in modules().items()}
+    graph = {d: {t if t in graph else t.rsplit('.', 1)[0] for t in ts} - {d}
+             for d, ts in graph.items()}
+    state, cycles = {}, []
+
+    def visit(node, stack):
+        state[node] = 'open'
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 'open':
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = 'done'
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert cycles == []
+
+
+def _function_lines(path, name):
+    tree = ast.parse(open(path, encoding='utf-8').read(), path)
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            return node.end_lineno - node.lineno + 1
+    raise AssertionError(f'{name} not found in {path}')
+
+
+@pytest.mark.parametrize('module, function', [('train', 'train_loop'),
+                                              ('pretrain', 'pretrain_loop')])
+def test_training_loops_are_short(module, function):
+    lines = _function_lines(os.path.join(PACKAGE, f'{module}.py'), function)
+    assert lines <= MAX_LOOP_LINES, f'{function} has {lines} lines'

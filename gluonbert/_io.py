@@ -10,13 +10,14 @@ the hook point that tests use to stop a run between two writes of a transaction.
 """
 import errno
 import hashlib
+import json
 import os
 import tempfile
 
 from .errors import UsageError
 
-__all__ = ['DirectoryLock', 'atomic_write', 'boundary', 'file_sha1', 'fsync_directory',
-           'fsync_file', 'make_public', 'write_text']
+__all__ = ['DirectoryLock', 'atomic_write', 'boundary', 'file_digest', 'file_sha1',
+           'fsync_directory', 'fsync_file', 'make_public', 'read_json_object', 'write_text']
 
 # Tests set this to a callable ``hook(name, path)``; :func:`boundary` calls it between two
 # writes of a transaction (see gluonbert.train's checkpoints). None in normal runs.
@@ -166,10 +167,30 @@ class DirectoryLock:
         self.release()
 
 
-def file_sha1(path, chunk=1 << 20):
-    """The hex sha1 digest of a file, read ``chunk`` bytes at a time."""
-    digest = hashlib.sha1()
+def file_digest(path, algorithm='sha256', chunk=1 << 20):
+    """The hex digest of a file (``hashlib`` algorithm name), read ``chunk`` bytes at a time."""
+    digest = hashlib.new(algorithm)
     with open(path, 'rb') as f:
         for block in iter(lambda: f.read(chunk), b''):
             digest.update(block)
     return digest.hexdigest()
+
+
+def file_sha1(path):
+    """The hex sha1 digest of a file (the GluonNLP model zoo's and gluonbert's manifests)."""
+    return file_digest(path, 'sha1')
+
+
+def read_json_object(path, what, error):
+    """The JSON object in ``path``; a missing file, invalid JSON or another JSON value raise
+    ``error`` (a GluonbertError subclass) with one line naming the file and ``what`` it is."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            value = json.load(f)
+    except FileNotFoundError:
+        raise error(f'{path} is missing') from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise error(f'{path}: damaged {what} (not valid JSON: {err})') from err
+    if not isinstance(value, dict):
+        raise error(f'{path}: damaged {what} (not a JSON object)')
+    return value

@@ -443,14 +443,7 @@ def save_lora(model, path, *, base_model='minilm', label_names=None, max_len=Non
                         f'{type(model).__name__}')
     rank, alpha, dropout, targets = lora_settings(model)
     directory = os.path.abspath(os.fspath(path))
-    info = model.info
-    if label_names is not None:
-        info = dataclasses.replace(info, label_names=list(label_names))
-        if len(info.label_names) != model.num_classes:
-            raise ValueError(f'{len(info.label_names)} label names for {model.num_classes} '
-                             f'classes')
-    if max_len is not None:
-        info = dataclasses.replace(info, max_len=max_len)
+    info = model.info_with(label_names=label_names, max_len=max_len)
     manifest = {
         'format': ADAPTER_FORMAT, 'version': ADAPTER_VERSION,
         'base_model': _base_reference(base_model, directory),

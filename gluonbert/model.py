@@ -351,13 +351,23 @@ class BERTClassifier(HybridBlock):
                              f'classes')
         self._info = info
 
+    def info_with(self, **changes):
+        """This classifier's info with ``changes`` (fields; None leaves one as it is),
+        checked against ``num_classes``; the classifier itself is not changed."""
+        info = dataclasses.replace(self._info, **{k: (list(v) if k == 'label_names' else v)
+                                                  for k, v in changes.items() if v is not None})
+        if len(info.label_names) != self.num_classes:
+            raise ModelError(f'{len(info.label_names)} label names for {self.num_classes} '
+                             f'classes')
+        return info
+
     @property
     def label_names(self):
         return list(self._info.label_names)
 
     @label_names.setter
     def label_names(self, names):
-        self.info = dataclasses.replace(self._info, label_names=list(names))
+        self.info = self.info_with(label_names=names)
 
     def forward(self, words, segments, valid_length=None):  # pylint: disable=arguments-differ
         if not isinstance(words, mx.sym.Symbol) and self._active:

@@ -42,7 +42,7 @@ import warnings
 
 import mxnet as mx
 
-from ._io import write_text
+from ._io import file_digest, write_text
 from .config import KERNELS
 from .errors import EnvironmentProblem
 
@@ -103,14 +103,6 @@ def library_path():
     return os.path.join(_cache_dir(), f'fused_ops-{digest.hexdigest()[:16]}.so')
 
 
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _checksum_path(path):
     return path + '.sha256'
 
@@ -143,7 +135,7 @@ def _damage(path):
             expected = f.read().strip()
     except (OSError, UnicodeDecodeError):
         return 'its checksum file is missing or unreadable'
-    if _sha256(path) != expected:
+    if file_digest(path) != expected:
         return 'it does not match its checksum (truncated or damaged)'
     return None
 
@@ -185,7 +177,7 @@ def build(*, quiet=False, timeout=BUILD_TIMEOUT_S):
         if done.returncode != 0:
             raise RuntimeError(f'{os.path.basename(compiler)} failed: '
                                f'{done.stderr.strip().splitlines()[-1:] or done.returncode}')
-        checksum = _sha256(tmp)
+        checksum = file_digest(tmp)
         os.chmod(tmp, 0o755)
         os.replace(tmp, path)
         # the checksum last: a library without one is never loaded, only rebuilt

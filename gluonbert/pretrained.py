@@ -13,7 +13,7 @@ import tempfile
 import numpy as np
 import mxnet as mx
 
-from ._io import file_sha1, fsync_directory, fsync_file, make_public
+from ._io import file_sha1, read_json_object, fsync_directory, fsync_file, make_public
 from ._net import reachable_url
 from .errors import ModelError
 from .config import BERTConfig
@@ -41,16 +41,7 @@ class PretrainedError(ModelError):
 # ----------------------------------------------------------------------------- helpers
 def _read_json(path, what):
     """A JSON object from ``path``; a damaged or missing file is a one-line error naming it."""
-    try:
-        with open(path, encoding='utf-8') as f:
-            value = json.load(f)
-    except FileNotFoundError:
-        raise PretrainedError(f'{path} is missing') from None
-    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
-        raise PretrainedError(f'{path}: damaged {what} (not valid JSON: {err})') from err
-    if not isinstance(value, dict):
-        raise PretrainedError(f'{path}: damaged {what} (not a JSON object)')
-    return value
+    return read_json_object(path, what, PretrainedError)
 
 
 def _context(ctx):
@@ -327,12 +318,7 @@ def save_pretrained(model, vocab, tokenizer, directory, *, label_names=None, ext
                               'max_input_chars_per_word': tokenizer.max_input_chars_per_word},
                 'extra': extra or {}}
     if isinstance(model, BERTClassifier):
-        info = model.info
-        if label_names is not None:
-            info = dataclasses.replace(info, label_names=list(label_names))
-            if len(info.label_names) != model.num_classes:
-                raise ModelError(f'{len(info.label_names)} label names for '
-                                 f'{model.num_classes} classes')
+        info = model.info_with(label_names=label_names)
         manifest['num_classes'] = model.num_classes
         manifest['label_names'] = info.label_names  # also in 'classifier'; kept for readers
         manifest['classifier'] = info.to_dict()

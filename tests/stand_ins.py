@@ -78,3 +78,23 @@ def fast_dtypes(*dtypes):
     """``dtypes`` less 'bfloat16' where this CPU cannot run it natively."""
     from gluonbert.hardware import has_native_bf16
     return tuple(d for d in dtypes if d != 'bfloat16' or has_native_bf16())
+
+
+def crash_snapshots(monkeypatch, run_dir, crashes_dir):
+    """Make every write boundary of a transaction (``gluonbert._io.boundary``) copy
+    ``run_dir`` to a numbered folder of ``crashes_dir``, as a kill at that point would leave
+    it on disk; returns the list of those folders, filled as the run goes."""
+    import shutil
+    import threading
+    import gluonbert._io
+    snapshots = []
+
+    def crash_here(name, path):
+        if threading.current_thread() is threading.main_thread():
+            for thread in threading.enumerate():  # not while the writer thread writes
+                if thread.name == 'gluonbert-checkpoint':
+                    thread.join()
+        snapshots.append(crashes_dir / f'{len(snapshots):02d}-{name}')
+        shutil.copytree(run_dir, snapshots[-1])
+    monkeypatch.setattr(gluonbert._io, '_boundary_hook', crash_here)
+    return snapshots

@@ -8,7 +8,6 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import mxnet as mx
@@ -22,7 +21,7 @@ from gluonbert.errors import CheckpointError, ModelError, UsageError
 from gluonbert.pretrained import load_pretrained, save_pretrained
 from gluonbert.tokenizer import BERTTokenizer, Vocab
 from gluonbert.train import load_trainer_states, make_trainer, train_loop
-from stand_ins import write_review_csv
+from stand_ins import crash_snapshots, write_review_csv
 from test_train import synthetic, tiny_classifier
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,17 +59,8 @@ PER_EPOCH = ['metrics', 'checkpoint.staging', 'checkpoint.model.params',
 def test_a_crash_at_any_write_boundary_resumes_bit_for_bit(tmp_path, monkeypatch):
     reference_dir = tmp_path / 'reference'
     reference, _ = _train(reference_dir)
-    run, snapshots = tmp_path / 'run', []
-
-    def crash_here(name, path):
-        """Copy the run as a kill at this point would leave it on disk."""
-        if threading.current_thread() is threading.main_thread():
-            for thread in threading.enumerate():  # not while the writer thread writes
-                if thread.name == 'gluonbert-checkpoint':
-                    thread.join()
-        snapshots.append(tmp_path / 'crashes' / f'{len(snapshots):02d}-{name}')
-        shutil.copytree(run, snapshots[-1])
-    monkeypatch.setattr(gluonbert._io, '_boundary_hook', crash_here)
+    run = tmp_path / 'run'
+    snapshots = crash_snapshots(monkeypatch, run, tmp_path / 'crashes')
     _train(run)
     monkeypatch.setattr(gluonbert._io, '_boundary_hook', None)
 

@@ -3,7 +3,6 @@ engine's transactional checkpoints."""
 import json
 import os
 import shutil
-import threading
 
 import numpy as np
 import mxnet as mx
@@ -16,7 +15,7 @@ from gluonbert._io import DirectoryLock
 from gluonbert.errors import CheckpointError, UsageError
 from gluonbert.pretrain import (IS_NEXT, PretrainingData, evaluate_pretraining, pretrain_loop,
                                 read_corpus, split_sentences)
-from stand_ins import WordVocab, whitespace_tokenizer
+from stand_ins import WordVocab, crash_snapshots, whitespace_tokenizer
 
 
 def random_corpus(num_docs=200, seed=0):
@@ -199,17 +198,8 @@ def test_a_crash_at_any_write_boundary_resumes_bit_for_bit(tmp_path, monkeypatch
     reference = dropout_model(vocab, 0)
     expected = _deterministic(run(tmp_path / 'reference', reference))
     final = (tmp_path / 'reference' / 'checkpoints' / 'step-0006' / 'model.params').read_bytes()
-    snapshots, where = [], tmp_path / 'run'
-
-    def crash_here(name, path):
-        """Copy the run as a kill at this point would leave it on disk."""
-        if threading.current_thread() is threading.main_thread():
-            for thread in threading.enumerate():  # not while the writer thread writes
-                if thread.name == 'gluonbert-checkpoint':
-                    thread.join()
-        snapshots.append(tmp_path / 'crashes' / f'{len(snapshots):02d}-{name}')
-        shutil.copytree(where, snapshots[-1])
-    monkeypatch.setattr(gluonbert._io, '_boundary_hook', crash_here)
+    where = tmp_path / 'run'
+    snapshots = crash_snapshots(monkeypatch, where, tmp_path / 'crashes')
     run(where, dropout_model(vocab, 0))
     monkeypatch.setattr(gluonbert._io, '_boundary_hook', None)
     kinds = [path.name.split('-', 1)[1] for path in snapshots]

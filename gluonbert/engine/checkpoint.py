@@ -14,7 +14,6 @@ pre-training)::
 :func:`commit_checkpoint` writes one; :class:`CheckpointWriter` does it in a background
 thread; :func:`gluonbert.engine.resume.load_checkpoint` reads one back, checked.
 """
-import hashlib
 import json
 import os
 import re
@@ -24,7 +23,8 @@ import threading
 
 import mxnet as mx
 
-from .._io import atomic_write, boundary, fsync_directory, fsync_file, make_public, write_text
+from .._io import (atomic_write, boundary, file_digest, fsync_directory, fsync_file, make_public,
+                   read_json_object, write_text)
 from ..errors import CheckpointError
 from . import mxnet_internals as internals
 from .states import assign_parameters, checked_parameters, trainer_state_arrays
@@ -61,12 +61,9 @@ def checkpoint_paths(checkpoint_dir, name):
             'state': os.path.join(directory, STATE_FILE)}
 
 
-def sha256(path, chunk=1 << 22):
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(chunk), b''):
-            digest.update(block)
-    return digest.hexdigest()
+def sha256(path):
+    """The hex SHA-256 of a checkpoint file."""
+    return file_digest(path, 'sha256', chunk=1 << 22)
 
 
 def _file_record(path):
@@ -91,16 +88,7 @@ def verify_file(path, record, hint='start again without --resume'):
 
 def read_json(path, what):
     """A JSON object from ``path``; a one-line CheckpointError if it is not one."""
-    try:
-        with open(path, encoding='utf-8') as f:
-            value = json.load(f)
-    except FileNotFoundError:
-        raise CheckpointError(f'{path} is missing') from None
-    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
-        raise CheckpointError(f'{path}: damaged {what} (not valid JSON: {err})') from err
-    if not isinstance(value, dict):
-        raise CheckpointError(f'{path}: damaged {what} (not a JSON object)')
-    return value
+    return read_json_object(path, what, CheckpointError)
 
 
 def read_state(path, kind='epoch', legacy=False):

@@ -1,5 +1,13 @@
 """Minimal vocabulary and tokenizer with gluonbert's interface, for tests on synthetic text."""
 
+# Six clear reviews of each kind, for the small CSV files the command-line tests train on.
+POSITIVE = ['a wonderful, moving film', 'great acting and a lovely score',
+            'I loved it, brilliant', 'superb and charming from start to end',
+            'funny, warm and beautifully shot', 'an excellent story, well told']
+NEGATIVE = ['a boring, awful mess', 'terrible acting and a dull plot',
+            'I hated it, dreadful', 'poor writing and worse directing',
+            'tedious, ugly and far too long', 'a bad story, badly told']
+
 
 class WordVocab:
     """Special tokens first, then the given words; unknown words map to [UNK]."""

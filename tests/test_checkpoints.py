@@ -21,7 +21,7 @@ from gluonbert.errors import CheckpointError, ModelError, UsageError
 from gluonbert.pretrained import load_pretrained, save_pretrained
 from gluonbert.tokenizer import BERTTokenizer, Vocab
 from gluonbert.train import load_trainer_states, make_trainer, train_loop
-from stand_ins import crash_snapshots, write_review_csv
+from stand_ins import NEGATIVE, POSITIVE, crash_snapshots, write_review_csv
 from test_train import synthetic, tiny_classifier
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -206,14 +206,6 @@ def test_nothing_is_unpickled(tmp_path):
 
 
 # ----------------------------------------------------------- the command line, end to end
-POSITIVE = ['a wonderful, moving film', 'great acting and a lovely score',
-            'i loved it, brilliant', 'superb and charming from start to end',
-            'funny, warm and beautifully shot', 'an excellent story, well told']
-NEGATIVE = ['a boring, awful mess', 'terrible acting and a dull plot',
-            'i hated it, dreadful', 'poor writing and worse directing',
-            'tedious, ugly and far too long', 'a bad story, badly told']
-
-
 @pytest.fixture(scope='module')
 def files(tmp_path_factory):
     """Review CSVs and a tiny saved encoder with a vocabulary of their words."""

@@ -12,16 +12,9 @@ import gluonbert
 from gluonbert.cli import default_lr, finetune_main, predict_main, pretrain_main
 from gluonbert.errors import UsageError
 from gluonbert.pretrained import load_pretrained
-from stand_ins import write_review_csv
+from stand_ins import NEGATIVE, POSITIVE, write_review_csv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-POSITIVE = ['a wonderful, moving film', 'great acting and a lovely score',
-            'I loved it, brilliant', 'superb and charming from start to end',
-            'funny, warm and beautifully shot', 'an excellent story, well told']
-NEGATIVE = ['a boring, awful mess', 'terrible acting and a dull plot',
-            'I hated it, dreadful', 'poor writing and worse directing',
-            'tedious, ugly and far too long', 'a bad story, badly told']
 
 
 @pytest.fixture

@@ -62,13 +62,8 @@ the last record (``mlm_loss``, ``mlm_accuracy``, ``mlm_perplexity``, ``nsp_loss`
 ``nsp_accuracy``), ``sequences_per_second``, ``lr``, ``kernels`` (what the optimizer and
 clipping computed with) and, with ``eval_data``, ``eval_*`` metrics.
 """
-import csv
 import functools
-import hashlib
-import json
 import math
-import os
-import re
 import time
 import warnings
 
@@ -76,212 +71,17 @@ import numpy as np
 import mxnet as mx
 from mxnet import gluon
 
-from .data import DataError, pad_ids, truncate_pair
-from .distributed import get_group, shard
+from .data import (IS_NEXT, NOT_NEXT, PretrainingData, ShardedPretrainingData, read_corpus,
+                   split_sentences)
+from .errors import UsageError
+from .distributed import get_group
 from .engine.loop import (Checkpointer, EarlyStopping, MetricsWriter, Plotter, Session, Step,
                           place_parameters, plot_curves, seed_everything)
 from .engine.optim import model_kernels, run_trainer, trainable
 from .engine.resume import run_record
 
-__all__ = ['read_corpus', 'split_sentences', 'PretrainingData', 'pretrain_loop',
-           'evaluate_pretraining', 'IS_NEXT', 'NOT_NEXT']
-
-IS_NEXT, NOT_NEXT = 0, 1
-_SENTENCE_END = re.compile(r'(?<=[.!?])["\')\]]*\s+(?=["\'(\[]?[A-Z0-9])')
-_HTML_BREAK = re.compile(r'<br\s*/?>', re.IGNORECASE)
-
-
-# ---------------------------------------------------------------------------- corpus
-def split_sentences(text):
-    """Split a document into sentences (punctuation followed by a capital; HTML breaks)."""
-    sentences = []
-    for block in _HTML_BREAK.split(text):
-        sentences.extend(s.strip() for s in _SENTENCE_END.split(block.strip()) if s.strip())
-    return sentences
-
-
-def read_corpus(path, *, text_column='text'):
-    """Documents as lists of sentences.
-
-    - ``.txt``: one sentence per line, a blank line between documents;
-    - ``.csv``/``.tsv``/``.jsonl``: one document per row in ``text_column``, split into
-      sentences with :func:`split_sentences`.
-
-    Raises DataError (naming the file) for an empty corpus or fewer than 2 documents, which
-    next-sentence prediction needs for its negatives.
-    """
-    if not os.path.isfile(path):
-        raise DataError(f'corpus file not found: {path}')
-    suffix = os.path.splitext(path)[1].lower()
-    documents = []
-    try:
-        if suffix in ('.csv', '.tsv', '.jsonl', '.json'):
-            documents = [split_sentences(text) for text in _read_column(path, suffix,
-                                                                        text_column)]
-        else:
-            current = []
-            with open(path, encoding='utf-8') as f:
-                for line in f:
-                    line = line.strip()
-                    if line:
-                        current.append(line)
-                    elif current:
-                        documents.append(current)
-                        current = []
-            if current:
-                documents.append(current)
-    except UnicodeDecodeError as err:
-        raise DataError(f'{path}: not valid UTF-8 at byte {err.start}') from err
-    documents = [doc for doc in documents if doc]
-    if not documents:
-        raise DataError(f'{path}: the corpus is empty')
-    if len(documents) < 2:
-        raise DataError(f'{path}: the corpus has 1 document; next-sentence prediction needs '
-                        f'at least 2 (separate documents with a blank line)')
-    return documents
-
-
-def _read_column(path, suffix, column):
-    if suffix in ('.jsonl', '.json'):
-        with open(path, encoding='utf-8') as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataError(f'{path}:{number}: invalid JSON ({err.msg})') from err
-                if column not in row:
-                    raise DataError(f'{path}:{number}: no {column!r} field; fields: '
-                                    f'{", ".join(row)}')
-                yield str(row[column])
-        return
-    with open(path, encoding='utf-8', newline='') as f:
-        reader = csv.DictReader(f, delimiter='\t' if suffix == '.tsv' else ',')
-        if reader.fieldnames is None or column not in reader.fieldnames:
-            raise DataError(f'{path}:1: no {column!r} column; columns: '
-                            f'{", ".join(reader.fieldnames or [])}')
-        for row in reader:
-            yield row[column]
-
-
-# ------------------------------------------------------------------------------ data
-class PretrainingData:
-    """Masked-LM + next-sentence examples from tokenized documents, deterministic per seed.
-
-    Parameters
-    ----------
-    documents : list of list of str
-        Documents as sentences (raw text).
-    tokenizer, vocab
-        WordPiece tokenizer and vocabulary.
-    max_len : int
-        Pair length with [CLS] and 2 [SEP]; the longer side is trimmed to fit.
-    max_predictions : int
-        Most masked positions per sequence (M).
-    mask_prob : float, default 0.15
-        Fraction of eligible tokens (not [CLS]/[SEP]/[PAD]) chosen as targets; of those 80%
-        become [MASK], 10% a random token and 10% stay unchanged.
-    seed : int
-    """
-
-    def __init__(self, documents, tokenizer, vocab, *, max_len=128, max_predictions=20,
-                 mask_prob=0.15, seed=0):
-        if max_len < 5:
-            raise ValueError(f'max_len must be at least 5, got {max_len}')
-        if max_predictions < 1:
-            raise ValueError(f'max_predictions must be >= 1, got {max_predictions}')
-        self.vocab = vocab
-        self.max_len = max_len
-        self.max_predictions = max_predictions
-        self.mask_prob = mask_prob
-        self.seed = seed
-        self.documents = [[ids for ids in (vocab[tokenizer(s)] for s in doc) if ids]
-                          for doc in documents]
-        self.documents = [doc for doc in self.documents if doc]
-        if len(self.documents) < 2:
-            raise DataError('pre-training needs at least 2 non-empty documents')
-        special = {vocab.cls_id, vocab.sep_id, vocab.pad_id, vocab.mask_id, vocab.unk_id}
-        self._random_ids = np.array([i for i in range(len(vocab)) if i not in special])
-        # one example per sentence that has a successor in its document, plus one per document
-        self._anchors = [(d, s) for d, doc in enumerate(self.documents)
-                         for s in range(max(1, len(doc) - 1))]
-
-    def __len__(self):
-        return len(self._anchors)
-
-    def fingerprint(self):
-        """``{'examples', 'sha256'}`` of the tokenized documents and the settings that make
-        the examples (lengths, masking, seed): what a resumed run must be given again."""
-        settings = {'max_len': self.max_len, 'max_predictions': self.max_predictions,
-                    'mask_prob': self.mask_prob, 'seed': self.seed, 'vocab': len(self.vocab)}
-        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode('utf-8'))
-        for document in self.documents:  # lengths first: the bytes parse one way only
-            digest.update(np.int64(len(document)).tobytes())
-            for ids in document:
-                digest.update(np.int64(len(ids)).tobytes())
-                digest.update(np.asarray(ids, dtype=np.int64).tobytes())
-        return {'examples': len(self), 'sha256': digest.hexdigest()}
-
-    def examples(self, epoch=0):
-        """All examples of one epoch, in a shuffled order; masking differs per epoch."""
-        rng = np.random.RandomState((self.seed * 1_000_003 + epoch) % (2 ** 32))
-        order = rng.permutation(len(self._anchors))
-        return [self._example(self._anchors[i], rng) for i in order]
-
-    def _example(self, anchor, rng):
-        doc_index, sent_index = anchor
-        doc = self.documents[doc_index]
-        first = list(doc[sent_index])
-        if len(doc) > sent_index + 1 and rng.rand() < 0.5:
-            second, label = list(doc[sent_index + 1]), IS_NEXT
-        else:
-            other = rng.randint(len(self.documents) - 1)
-            other += other >= doc_index  # any document but this one
-            other_doc = self.documents[other]
-            second, label = list(other_doc[rng.randint(len(other_doc))]), NOT_NEXT
-        first, second = truncate_pair(first, second, self.max_len - 3)
-        vocab = self.vocab
-        ids = [vocab.cls_id] + first + [vocab.sep_id] + second + [vocab.sep_id]
-        segments = [0] * (len(first) + 2) + [1] * (len(second) + 1)
-        eligible = [i for i, t in enumerate(ids) if t not in (vocab.cls_id, vocab.sep_id,
-                                                              vocab.pad_id)]
-        count = min(self.max_predictions,
-                    max(1, int(round(len(eligible) * self.mask_prob))))
-        positions = sorted(rng.choice(eligible, size=min(count, len(eligible)), replace=False))
-        targets = [ids[p] for p in positions]
-        for p in positions:
-            draw = rng.rand()
-            if draw < 0.8:
-                ids[p] = vocab.mask_id
-            elif draw < 0.9:
-                ids[p] = int(self._random_ids[rng.randint(len(self._random_ids))])
-        return ids, segments, positions, targets, label
-
-    def batches(self, batch_size, epoch=0, ctx=None, *, num_shards=1, shard_index=0,
-                even_shards=True):
-        """Padded NDArray batches of one epoch (the last one may be smaller).
-
-        ``num_shards``/``shard_index``: only this worker's shard of the epoch's examples
-        (every ``num_shards``-th one, see :func:`gluonbert.distributed.shard_indices`);
-        ``even_shards`` drops the remainder so every shard has the same size.
-        """
-        examples = shard(self.examples(epoch), num_shards, shard_index, even=even_shards)
-        return [self.batchify(examples[i:i + batch_size], ctx)
-                for i in range(0, len(examples), batch_size)]
-
-    def batchify(self, examples, ctx=None):
-        ctx = ctx or mx.cpu()
-        m = self.max_predictions
-        input_ids, valid_length = pad_ids([e[0] for e in examples], self.vocab.pad_id)
-        # padding is segment 0; unused prediction slots point at position 0 with weight 0
-        segments, _ = pad_ids([e[1] for e in examples], 0, length=input_ids.shape[1])
-        positions, predicted = pad_ids([e[2] for e in examples], 0, length=m)
-        targets, _ = pad_ids([e[3] for e in examples], 0, length=m)
-        weights = (np.arange(m) < predicted[:, None]).astype(np.float32)     # (B, M)
-        labels = np.array([e[4] for e in examples], dtype=np.float32)
-        return tuple(mx.nd.array(a, ctx=ctx) for a in
-                     (input_ids, segments, valid_length, positions, targets, weights, labels))
+__all__ = ['read_corpus', 'split_sentences', 'PretrainingData', 'ShardedPretrainingData',
+           'pretrain_loop', 'evaluate_pretraining', 'IS_NEXT', 'NOT_NEXT']
 
 
 # ------------------------------------------------------------------------------ loop
@@ -369,21 +169,21 @@ class _Window:
 
 
 class _EpochBatches:
-    """Batch number ``position`` of the run (epochs follow each other), each epoch's
-    batches made when it begins."""
+    """Batch number ``position`` of the run (epochs follow each other), read on from the
+    previous one, or from its epoch's start when the position jumps (a resume)."""
 
-    def __init__(self, data, batch_size, ctx, shards, num_workers):
+    def __init__(self, data, batch_size, ctx, shards):
         self.data, self.batch_size, self.ctx, self.shards = data, batch_size, ctx, shards
-        # each worker's shard has len(data) // num_workers examples
-        self.per_epoch = math.ceil(len(data) // num_workers / batch_size)
-        self.epoch, self.batches = None, None
+        self.per_epoch = data.batches_per_epoch(batch_size, shards.get('num_shards', 1))
+        self.following, self.batches = None, None
 
     def __getitem__(self, position):
-        epoch = position // self.per_epoch
-        if epoch != self.epoch:
-            self.epoch, self.batches = epoch, self.data.batches(
-                self.batch_size, epoch=epoch, ctx=self.ctx, **self.shards)
-        return self.batches[position % self.per_epoch]
+        epoch, index = divmod(position, self.per_epoch)
+        if (epoch, index) != self.following:
+            self.batches = self.data.epoch_batches(self.batch_size, epoch, self.ctx,
+                                                   start=index, **self.shards)
+        self.following = (epoch, index + 1)
+        return next(self.batches)
 
 
 def plot_pretraining(records, path):
@@ -419,6 +219,15 @@ def _checked_arguments(steps, resume, checkpoint_dir, log_interval, checkpoint_e
     return checkpoint_every
 
 
+def _check_lengths(model, data, eval_data):
+    """UsageError when the data are longer than the model's position embeddings."""
+    max_length = model.config.max_length
+    for what, source in (('training', data), ('held-out', eval_data)):
+        if source is not None and source.max_len > max_length:
+            raise UsageError(f'the {what} examples are {source.max_len} tokens long, but the '
+                             f'model has {max_length} position embeddings (max_length)')
+
+
 def pretrain_loop(model, data, *, steps, batch_size=32, lr=1e-4, ctx=None, eval_data=None,
                   warmup_ratio=0.1, weight_decay=0.01, max_grad_norm=1.0, accumulate=1,
                   optimizer='adamw', seed=0, checkpoint_dir=None, checkpoint_every=None,
@@ -434,6 +243,7 @@ def pretrain_loop(model, data, *, steps, batch_size=32, lr=1e-4, ctx=None, eval_
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     root, shards = group.is_root, ({'num_shards': group.num_workers, 'shard_index': group.rank}
                                    if group.is_distributed else {})
+    _check_lengths(model, data, eval_data)
     place_parameters(model, [ctx])
     kernels = model_kernels(model)
     trainer, schedule = run_trainer(model, group, optimizer=optimizer, lr=lr, kernels=kernels,
@@ -454,7 +264,7 @@ def pretrain_loop(model, data, *, steps, batch_size=32, lr=1e-4, ctx=None, eval_
         Plotter(plot_path, plot_pretraining) if plot_path and root else None])
     eval_batches = eval_data.batches(batch_size, epoch=0, ctx=ctx, even_shards=False,
                                      **shards) if eval_data else None
-    batches = _EpochBatches(data, batch_size, ctx, shards, group.num_workers)
+    batches = _EpochBatches(data, batch_size, ctx, shards)
     divisor = max(1, group.gradient_divisor)  # summed over the workers: their mean
     with session as state:
         window = _Window(state.extra.get('window') if root else None)

@@ -22,7 +22,7 @@ from .model import BERTClassifier, BERTForPretraining, BERTModel, ClassifierInfo
 from .params import named_parameters
 from .tokenizer import BERTTokenizer, Vocab
 
-__all__ = ['load_pretrained', 'save_pretrained', 'PretrainedError', 'ZOO_MODELS',
+__all__ = ['load_pretrained', 'load_vocabulary', 'save_pretrained', 'PretrainedError', 'ZOO_MODELS',
            'verify_params_file', 'classifier_info', 'write_model_directory',
            'MINILM_NAME', 'load_hf_checkpoint']
 
@@ -400,9 +400,10 @@ _JSON_KINDS = {int: 'an integer', str: 'a string', bool: 'true or false', list: 
                dict: 'an object'}
 
 
-def _load_saved(directory, ctx):
-    """Load a :func:`save_pretrained` directory; every damage (bad JSON, a missing key or
-    file, truncated or altered parameters) is a one-line PretrainedError naming the file."""
+def _saved_manifest(directory):
+    """``(manifest, field)`` of a :func:`save_pretrained` directory: ``field(key, kind,
+    parent=manifest, label=None)`` reads a value of a JSON kind, or raises a one-line
+    PretrainedError naming the manifest."""
     manifest_path = os.path.join(directory, MANIFEST)
     manifest = _read_json(manifest_path, 'manifest')
     if manifest.get('format') != 'gluonbert' or manifest.get('version') != FORMAT_VERSION:
@@ -414,6 +415,32 @@ def _load_saved(directory, ctx):
             raise PretrainedError(f'{manifest_path}: damaged manifest ({label or key} is '
                                   f'missing or not {_JSON_KINDS[kind]}); save the model again')
         return value
+    return manifest, field
+
+
+def _saved_vocabulary(directory, field):
+    """``(vocab, tokenizer)`` of a :func:`save_pretrained` directory."""
+    vocab_path = os.path.join(directory, 'vocab.txt')
+    try:
+        vocab = Vocab.from_file(vocab_path)
+    except FileNotFoundError:
+        raise PretrainedError(f'{vocab_path} is missing') from None
+    except ValueError as err:  # UnicodeDecodeError, or special tokens missing
+        raise PretrainedError(f'{vocab_path}: damaged vocabulary ({err})') from err
+    options = field('tokenizer', dict)
+    tokenizer = BERTTokenizer(
+        vocab, lower=field('lower', bool, options, 'tokenizer.lower'),
+        strip_accents=options.get('strip_accents'),
+        max_input_chars_per_word=field('max_input_chars_per_word', int, options,
+                                       'tokenizer.max_input_chars_per_word'))
+    return vocab, tokenizer
+
+
+def _load_saved(directory, ctx):
+    """Load a :func:`save_pretrained` directory; every damage (bad JSON, a missing key or
+    file, truncated or altered parameters) is a one-line PretrainedError naming the file."""
+    manifest_path = os.path.join(directory, MANIFEST)
+    manifest, field = _saved_manifest(directory)
     params_path = os.path.join(directory, 'model.params')
     verify_params_file(params_path, field('params_bytes', int), field('params_sha1', str))
     try:
@@ -449,19 +476,7 @@ def _load_saved(directory, ctx):
         assign_parameters(model, arrays, source=params_path, ctx=_context(ctx))
     except ValueError as err:  # names the tensors: the manifest's config does not fit them
         raise PretrainedError(f'{params_path}: {err}') from err
-    vocab_path = os.path.join(directory, 'vocab.txt')
-    try:
-        vocab = Vocab.from_file(vocab_path)
-    except FileNotFoundError:
-        raise PretrainedError(f'{vocab_path} is missing') from None
-    except ValueError as err:  # UnicodeDecodeError, or special tokens missing
-        raise PretrainedError(f'{vocab_path}: damaged vocabulary ({err})') from err
-    options = field('tokenizer', dict)
-    tokenizer = BERTTokenizer(
-        vocab, lower=field('lower', bool, options, 'tokenizer.lower'),
-        strip_accents=options.get('strip_accents'),
-        max_input_chars_per_word=field('max_input_chars_per_word', int, options,
-                                       'tokenizer.max_input_chars_per_word'))
+    vocab, tokenizer = _saved_vocabulary(directory, field)
     return model, vocab, tokenizer
 
 
@@ -480,7 +495,25 @@ def classifier_info(manifest, manifest_path):
         raise PretrainedError(f'{manifest_path}: damaged manifest ({err})') from err
 
 
-# ------------------------------------------------------------------------ entry point
+# ----------------------------------------------------------------------- entry points
+def load_vocabulary(name_or_path):
+    """``(vocab, tokenizer)`` of a model, without its weights where they can be left:
+    a :func:`save_pretrained` directory or a Hugging Face directory (``'minilm'`` too) is
+    read without them; a GluonNLP zoo model is loaded whole."""
+    name = os.fspath(name_or_path)
+    directory = _minilm_directory() if name == MINILM_NAME else name
+    if os.path.isdir(directory) and os.path.exists(os.path.join(directory, MANIFEST)):
+        return _saved_vocabulary(directory, _saved_manifest(directory)[1])
+    if os.path.isdir(directory) and os.path.exists(os.path.join(directory, 'config.json')):
+        vocab_path = os.path.join(directory, 'vocab.txt')
+        if not os.path.isfile(vocab_path):
+            raise PretrainedError(f'{vocab_path} is missing')
+        vocab = Vocab.from_file(vocab_path)
+        return vocab, BERTTokenizer(vocab, **_hf_tokenizer_options(directory, vocab))
+    _, vocab, tokenizer = load_pretrained(name)
+    return vocab, tokenizer
+
+
 def load_pretrained(name_or_path, ctx=None, root=None, *, dataset_name=None, with_heads=False):
     """Load a pretrained BERT and its WordPiece vocabulary and tokenizer.
 

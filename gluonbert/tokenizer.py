@@ -5,6 +5,7 @@ The tokenizer reproduces the reference algorithm (Google BERT's ``BasicTokenizer
 space out CJK characters, lower-case and strip accents (uncased models), split on
 punctuation, then greedy longest-match-first WordPiece with ``##`` continuations.
 """
+import numbers
 import re
 import unicodedata
 
@@ -98,7 +99,7 @@ class Vocab:
 
     def to_tokens(self, ids):
         """Tokens of an id or a list of ids."""
-        single = isinstance(ids, int)
+        single = isinstance(ids, numbers.Integral)  # numpy integers too
         out = []
         for index in ([ids] if single else ids):
             index = int(index)

@@ -3,7 +3,8 @@
     python tests/distributed_worker.py OUT_DIR --kvstore dist_sync
 
 Fine-tunes a tiny classifier (no dropout) on synthetic text with ``train_loop``, then
-pre-trains a tiny model a few steps with ``pretrain_loop``, and saves its parameters and
+pre-trains a tiny model a few steps with ``pretrain_loop`` (in memory, then streamed from
+shards, noting the shards each worker opens), and saves its parameters and
 histories as ``OUT_DIR/rank{R}.npz`` / ``OUT_DIR/rank{R}.json``. Workers other than rank 0
 initialise differently on purpose: training must start from rank 0's values.
 ``--crash-index I`` makes launch index I exit with status 3 right away.
@@ -123,6 +124,41 @@ def pretrain(kvstore, batch_size, out_dir=None):
     return params, records
 
 
+def stream_pretrain(kvstore, batch_size, out_dir):
+    """(parameters, shard names opened, all train shard names) of a pre-training run
+    streamed from shards; each worker prepares its own copy (the same bytes) and must read
+    only its share of them."""
+    from gluonbert.data import ShardedPretrainingData, prepare_shards
+    from gluonbert.data import stream
+    from gluonbert.distributed import get_group
+    from gluonbert.pretrain import pretrain_loop
+    from stand_ins import whitespace_tokenizer
+    group = get_group(kvstore)
+    sentences = [' '.join(f's{k}t{j}' for j in range(5)) for k in range(12)]
+    _, _, vocab = pretraining_data()
+    corpus = os.path.join(out_dir, f'corpus-{group.rank}.txt')
+    with open(corpus, 'w', encoding='utf-8') as f:
+        f.write('\n\n'.join('\n'.join(sentences[(start + i) % 12] for i in range(4))
+                            for start in range(36)) + '\n')
+    directory = os.path.join(out_dir, f'shards-{group.rank}')
+    manifest = prepare_shards(corpus, directory, whitespace_tokenizer, vocab, max_len=16,
+                              examples_per_shard=6, documents_per_chunk=6, heldout_every=0,
+                              progress=False)
+    opened = []
+
+    class Recorded(stream.Shard):
+        def __init__(self, directory, record, vocab_size, **options):
+            opened.append(record['name'])
+            super().__init__(directory, record, vocab_size, **options)
+    stream.Shard = Recorded
+    data = ShardedPretrainingData(directory, vocab, max_predictions=3, shuffle_buffer=5)
+    model = tiny_pretraining_model(len(vocab), seed=group.rank)
+    pretrain_loop(model, data, steps=2 * data.batches_per_epoch(batch_size, group.num_workers),
+                  batch_size=batch_size, lr=1e-3, progress=False, kvstore=kvstore)
+    params = {k: v.data().asnumpy() for k, v in model._collect_params_with_prefix().items()}
+    return params, sorted(set(opened)), [r['name'] for r in manifest['shards']['train']]
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument('out_dir')
@@ -138,11 +174,14 @@ def main():
     print(f'rank {group.rank} of {group.num_workers}', flush=True)
     params, history = finetune(args.kvstore, PER_WORKER_BATCH, args.out_dir)
     pre_params, records = pretrain(args.kvstore, PER_WORKER_BATCH, args.out_dir)
+    stream_params, opened, shards = stream_pretrain(args.kvstore, PER_WORKER_BATCH // 2,
+                                                    args.out_dir)
     np.savez(os.path.join(args.out_dir, f'rank{group.rank}.npz'), **params,
-             **{f'pretrain/{k}': v for k, v in pre_params.items()})
+             **{f'pretrain/{k}': v for k, v in pre_params.items()},
+             **{f'stream/{k}': v for k, v in stream_params.items()})
     with open(os.path.join(args.out_dir, f'rank{group.rank}.json'), 'w') as f:
-        json.dump({'history': history, 'records': records,
-                   'num_workers': group.num_workers}, f)
+        json.dump({'history': history, 'records': records, 'opened_shards': opened,
+                   'train_shards': shards, 'num_workers': group.num_workers}, f)
     print('done', flush=True)
 
 

@@ -224,6 +224,10 @@ def _check_against_reference(out, reference):
                    for name, value in pretrained.items())
     assert pre_diff < 1e-5, pre_diff
     logged = [json.loads((out / f'rank{r}.json').read_text()) for r in (0, 1)]
+    # streamed pre-training: each worker opened only its own shards, and they were all read
+    opened = [set(got['opened_shards']) for got in logged]
+    assert opened[0].isdisjoint(opened[1]) and opened[0] and opened[1]
+    assert opened[0] | opened[1] == set(logged[0]['train_shards'])
     for got in logged:  # metrics are summed over the workers' shards
         assert got['num_workers'] == 2
         for mine, single in zip(got['history'], history):

@@ -46,7 +46,8 @@ def test_user_thread_setting_wins():
 
 
 CONSOLE_SCRIPTS = ('gluonbert-finetune', 'gluonbert-predict', 'gluonbert-pretrain',
-                   'gluonbert-export', 'gluonbert-launch', 'gluonbert-ops', 'gluonbert-info')
+                   'gluonbert-pretrain-data', 'gluonbert-export', 'gluonbert-launch',
+                   'gluonbert-ops', 'gluonbert-info')
 
 
 def _declared_console_scripts():

@@ -68,8 +68,9 @@ def test_prepare_then_pretrain_with_data(corpus, tmp_path, capsys):
     assert counts['documents'] == 40 and counts['sentences'] == 240
     assert counts['heldout_examples'] > 0 and len(manifest['shards']['train']) == 1
     assert printed[0].startswith(
-        f"{counts['train_examples']:,} training examples ({counts['train_tokens']:,} tokens) "
-        f"in 1 shard, {counts['heldout_examples']:,} held-out examples; from 40 documents "
+        f"{counts['train_examples']:,} training examples ({counts['train_tokens']:,} tokens, "
+        f"the copied random B spans included) in 1 shard, {counts['heldout_examples']:,} "
+        f"held-out examples; from 40 documents "
         f"(240 sentences, {counts['tokens']:,} tokens, 0 skipped) in ")
     assert printed[0].endswith(' tokens/s)')
     assert printed[1] == f'manifest: {shards / "manifest.json"}'

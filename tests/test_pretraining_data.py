@@ -9,8 +9,8 @@ import pytest
 
 import gluonbert._io
 from gluonbert.data import (IS_NEXT, NOT_NEXT, Masker, PretrainingData,
-                            ShardedPretrainingData, iter_documents, prepare_shards,
-                            read_manifest)
+                            ShardedPretrainingData, expand_inputs, iter_documents,
+                            prepare_shards, read_manifest)
 from gluonbert.data import stream as stream_module
 from gluonbert.data.shards import Shard, shard_paths
 from gluonbert.errors import DataError, UsageError
@@ -323,6 +323,15 @@ def test_damaged_shards_and_manifests_are_refused(tmp_path):
     with pytest.raises(DataError, match='prepared with another vocabulary'):
         ShardedPretrainingData(directory, other)
     manifest_path = os.path.join(directory, 'manifest.json')
+    saved = open(manifest_path).read()
+    open(manifest_path, 'w').write(saved.replace('"max_len": 32', '"max_len": "32"'))
+    with pytest.raises(DataError, match="settings.max_len is missing or not a length \\('32'\\)"):
+        ShardedPretrainingData(directory, vocab)
+    first = manifest['shards']['train'][0]['name']
+    open(manifest_path, 'w').write(saved.replace(f'"name": "{first}"',
+                                                 '"name": "../../etc/passwd"'))
+    with pytest.raises(DataError, match="malformed shard list 'train'"):
+        ShardedPretrainingData(directory, vocab)
     open(manifest_path, 'w').write('{"format": "gluonbert-pretraining-shards"')
     with pytest.raises(DataError, match='damaged shard manifest'):
         ShardedPretrainingData(directory, vocab)
@@ -362,6 +371,12 @@ def test_corpus_input_errors_name_the_file_and_line(tmp_path):
         list(iter_documents([str(csv_path)]))
     assert list(iter_documents([str(csv_path)], text_column='body')) == [
         ['Text here.', 'More text.']]
+    folder = tmp_path / 'folder'
+    folder.mkdir()
+    for name, text in (('b.txt', 'Second file.\n'), ('a.txt', 'First file.\n'),
+                       ('.hidden.txt', 'Never read.\n')):
+        (folder / name).write_text(text, encoding='utf-8')
+    assert [os.path.basename(p) for p in expand_inputs([str(folder)])] == ['a.txt', 'b.txt']
     docs, vocab = labelled_corpus(4)
     with pytest.raises(DataError, match='no corpus file matches .*nothing-\\*.txt'):
         prepare_shards(str(tmp_path / 'nothing-*.txt'), str(tmp_path / 'out'),

@@ -112,7 +112,8 @@ def print_preparation(manifest, directory, seconds, *, done_before=False):
     how = 'already prepared (nothing to do)' if done_before else \
         f"in {seconds:.1f} s ({counts['tokens'] / max(seconds, 1e-9):,.0f} tokens/s)"
     print(f"{_plural(counts['train_examples'], 'training example')} "
-          f"({counts['train_tokens']:,} tokens) in {_plural(len(shards['train']), 'shard')}, "
+          f"({counts['train_tokens']:,} tokens, the copied random B spans included) in "
+          f"{_plural(len(shards['train']), 'shard')}, "
           f"{_plural(counts['heldout_examples'], 'held-out example')}; from "
           f"{_plural(counts['documents'], 'document')} ({counts['sentences']:,} sentences, "
           f"{counts['tokens']:,} tokens, {counts['skipped_documents']:,} skipped) {how}")

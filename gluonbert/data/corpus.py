@@ -37,15 +37,19 @@ def split_sentences(text):
 
 
 def expand_inputs(patterns):
-    """The files that ``patterns`` (paths or glob patterns) name, each pattern's matches
-    sorted, in the order given, each file once. Raises DataError for a pattern that
+    """The files that ``patterns`` (paths, folders or glob patterns) name, each pattern's
+    matches sorted, in the order given, each file once. Raises DataError for a pattern that
     matches no file."""
     if isinstance(patterns, (str, os.PathLike)):
         patterns = [patterns]
     paths, seen = [], set()
     for pattern in patterns:
         pattern = os.fspath(pattern)
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if os.path.isdir(pattern):  # a folder: its files (not hidden ones), sorted
+            matches = sorted(os.path.join(pattern, name) for name in os.listdir(pattern)
+                             if not name.startswith('.'))
+        else:
+            matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
         matches = [m for m in matches if os.path.isfile(m)]
         if not matches:
             raise DataError(f'no corpus file matches {pattern}' if glob.has_magic(pattern)

@@ -174,6 +174,12 @@ def read_manifest(directory):
     for key, kind in _MANIFEST_KEYS.items():
         if not isinstance(manifest.get(key), kind):
             raise DataError(f'{path}: {key!r} is missing or not {kind.__name__}')
+    max_len = manifest['settings'].get('max_len')
+    if not isinstance(max_len, int) or isinstance(max_len, bool) or not 5 <= max_len <= 4096:
+        raise DataError(f'{path}: settings.max_len is missing or not a length ({max_len!r})')
+    if not isinstance(manifest['vocab'].get('size'), int) or \
+            not isinstance(manifest['vocab'].get('sha256'), str):
+        raise DataError(f'{path}: vocab record is missing its size or sha256')
     if manifest['version'] > FORMAT_VERSION:
         raise DataError(f'{path}: format version {manifest["version"]} is newer than this '
                         f'gluonbert reads ({FORMAT_VERSION}); upgrade gluonbert')

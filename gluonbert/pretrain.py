@@ -11,8 +11,12 @@ optimizer, seeding, callbacks and transactional checkpoints.
 Parameters of :func:`pretrain_loop`
 -----------------------------------
 model : BERTForPretraining
-data : PretrainingData
-    Re-masked every epoch (dynamic masking); epochs repeat until ``steps`` is reached.
+data : PretrainingData or ShardedPretrainingData
+    Documents in memory, or shards streamed (:mod:`gluonbert.data`); re-masked every
+    epoch (dynamic masking); epochs repeat until ``steps`` is reached. Its ``max_len`` must
+    fit the model's position embeddings (a UsageError otherwise). Any object with their
+    ``max_len``, ``fingerprint()``, ``batches_per_epoch(batch_size, num_shards)`` and
+    ``epoch_batches(batch_size, epoch, ctx, num_shards=, shard_index=, start=)`` serves.
 steps : int
     Optimizer updates in all (a resumed run may be given more: its schedule is stretched).
 batch_size : int
@@ -47,7 +51,8 @@ progress : bool
     tqdm progress bar.
 kvstore : {'device', 'local', 'dist_sync', 'dist_device_sync', 'dist_async', 'horovod'}
     Distributed kinds (see :mod:`gluonbert.distributed`): each worker takes every N-th
-    example of each epoch (equal shards), ``batch_size`` is per worker, the gradients (each
+    example of each epoch (in memory) or reads every N-th shard (streamed), all for the
+    same number of batches, ``batch_size`` is per worker, the gradients (each
     worker's mean loss) are averaged over the workers, the logged and evaluated metrics are
     over all workers, and only rank 0 writes files. Every worker passes the same ``data``,
     ``eval_data`` and ``seed``.

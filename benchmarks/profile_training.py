@@ -30,13 +30,17 @@ def parse_args(argv=None):
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--iters', type=int, default=3)
     parser.add_argument('--top', type=int, default=25, help='operators listed')
+    parser.add_argument('--kernels', default='auto', choices=('auto', 'fused', 'mxnet'),
+                        help="LayerNorm, dropout and attention products: gluonbert's "
+                             "operators ('fused'), MXNet's, or 'auto' (fused when built)")
     return parser.parse_args(argv)
 
 
-def model_config(gluonbert, preset):
+def model_config(gluonbert, preset, kernels):
     if preset == 'minilm':
-        return gluonbert.load_pretrained('minilm')[0].config
-    return gluonbert.BERTConfig.from_preset(preset, vocab_size=30522)
+        config = gluonbert.load_pretrained('minilm')[0].config
+        return gluonbert.BERTConfig.from_dict({**config.to_dict(), 'kernels': kernels})
+    return gluonbert.BERTConfig.from_preset(preset, vocab_size=30522, kernels=kernels)
 
 
 def main(argv=None):
@@ -52,7 +56,7 @@ def main(argv=None):
     from gluonbert.hardware import cpu_info
     from gluonbert.train import make_trainer
 
-    config = model_config(gluonbert, args.preset)
+    config = model_config(gluonbert, args.preset, args.kernels)
     mx.random.seed(0)
     net = gluonbert.BERTClassifier(gluonbert.BERTModel(config), num_classes=2)
     net.initialize(mx.init.Normal(0.02))
@@ -96,7 +100,8 @@ def main(argv=None):
     total = sum(r[2] for r in rows)
     gemm = sum(r[2] for r in rows if any(w in r[0] for w in GEMM_WORDS))
     print(f'CPU: {cpu_info().describe()}')
-    print(f'{args.preset} ({config.num_layers}x{config.units}), training step {shape[0]}x'
+    print(f'{args.preset} ({config.num_layers}x{config.units}, kernels '
+          f'{net.bert.config.kernels}), training step {shape[0]}x'
           f'{shape[1]}: {plain:.3f} s ({args.batch_size / plain:.2f} samples/s, bulking '
           f'{os.environ["MXNET_EXEC_BULK_EXEC_TRAIN"]}); profiled '
           f'{profiled:.3f} s; operator time {total / 1e3:.3f} s per step\n')
@@ -116,10 +121,12 @@ def main(argv=None):
             ('dense layers, backward', 2 * dense, ['_backward_FullyConnected']),
             ('attention products, forward', attention,
              ['_contrib_interleaved_matmul_selfatt_qk',
-              '_contrib_interleaved_matmul_selfatt_valatt']),
+              '_contrib_interleaved_matmul_selfatt_valatt', 'gluonbert_selfatt_qk',
+              'gluonbert_selfatt_valatt']),
             ('attention products, backward', 2 * attention,
              ['_backward_interleaved_matmul_selfatt_qk',
-              '_backward_interleaved_matmul_selfatt_valatt'])):
+              '_backward_interleaved_matmul_selfatt_valatt', '_backward_gluonbert_selfatt_qk',
+              '_backward_gluonbert_selfatt_valatt'])):
         spent = sum(ms.get(name, 0.0) for name in names)
         if spent:
             print(f'{label}: {flops / 1e9:.1f} GFLOP in {spent:.0f} ms = '

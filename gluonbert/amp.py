@@ -21,10 +21,11 @@ __all__ = ['DTYPES', 'FP32_OPS', 'bf16_fp32_ops', 'init_amp_bfloat16', 'setup_am
 DTYPES = ('float32', 'float16', 'bfloat16')
 
 # The fused self-attention kernels (gluonbert.fast calls them INTERLEAVED_ATTENTION_OPS) and
-# gluonbert's LayerNorm and dropout: no bfloat16 implementation, so float32 under AMP.
+# gluonbert's LayerNorm, dropout and attention products: no bfloat16 implementation, so
+# float32 under AMP.
 FP32_OPS = ('_contrib_interleaved_matmul_selfatt_qk',
             '_contrib_interleaved_matmul_selfatt_valatt', 'gluonbert_layer_norm',
-            'gluonbert_dropout')
+            'gluonbert_dropout', 'gluonbert_selfatt_qk', 'gluonbert_selfatt_valatt')
 
 
 def _bf16_fp32_list():

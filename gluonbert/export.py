@@ -115,7 +115,7 @@ def export_classifier(net, vocab, tokenizer, prefix, *, dtype='float32', calib_b
     """
     from ._version import __version__
     from .fast import DTYPES, prepare
-    from .layers import kernels_for_tracing
+    from .kernel_settings import kernels_for_tracing
     from .predict import label_names_of, max_len_for
     if dtype not in DTYPES:
         raise ValueError(f'dtype must be one of {", ".join(DTYPES)}, got {dtype!r}')
@@ -131,7 +131,7 @@ def export_classifier(net, vocab, tokenizer, prefix, *, dtype='float32', calib_b
              'vocab': f'{prefix}-vocab.txt', 'meta': f'{prefix}-meta.json'}
     # traced with MXNet's own operators only, so that the files load in plain MXNet
     # (gluonbert's fused CPU operators are an extension library); net is restored after
-    with kernels_for_tracing(net, layer_norm='mxnet', dropout='mxnet'):
+    with kernels_for_tracing(net, layer_norm='mxnet', dropout='mxnet', attention='mxnet'):
         net.hybridize(static_alloc=True)
         reference = net(*check_batch).asnumpy()  # float32 logits; builds the cached graph
         model = (prepare(net, dtype, calib_batches=calib_batches, portable=True)

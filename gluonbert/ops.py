@@ -19,7 +19,7 @@ Which blocks use it is decided when they are built, never while a graph is trace
 ``kernels='fused'|'mxnet'|'auto'`` (a model takes ``BERTConfig.kernels``;
 :func:`resolve_kernels` turns 'auto' into one of the others) and compute with it in float32
 on CPU; the ``adamw`` optimizer and gradient clipping take the same choice. Graphs for
-export are traced with ``kernels='mxnet'`` (:func:`gluonbert.layers.kernels_for_tracing`),
+export are traced with ``kernels='mxnet'`` (:func:`gluonbert.kernel_settings.kernels_for_tracing`),
 so exported models load with plain MXNet.
 
 ``GLUONBERT_FUSED_OPS=0`` turns the library off. When it is not built, gluonbert uses
@@ -50,7 +50,7 @@ __all__ = ['OPS', 'load', 'status', 'build', 'library_path', 'resolve_kernels']
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc', 'fused_ops.cc')
 OPS = ('gluonbert_layer_norm', 'gluonbert_multi_adamw_update', 'gluonbert_multi_sum_sq',
-       'gluonbert_dropout')
+       'gluonbert_dropout', 'gluonbert_selfatt_qk', 'gluonbert_selfatt_valatt')
 # -fno-math-errno: sqrt vectorises (the same IEEE results; AdamW 21 -> 10 ms for 22.5M
 # parameters, now bound by memory). -Wl,-Bsymbolic: the library's own copy of lib_api.cc
 # must not bind to libmxnet's, which Horovod exposes by loading libmxnet RTLD_GLOBAL

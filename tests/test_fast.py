@@ -22,7 +22,7 @@ import pytest
 import gluonbert
 from gluonbert import fast
 from gluonbert.fast import passes
-from gluonbert.layers import kernels_for_tracing
+from gluonbert.kernel_settings import kernels_for_tracing
 from gluonbert.model import ClassifierInfo
 from gluonbert.export import export_classifier
 from gluonbert.cli import export_main, predict_main
@@ -226,8 +226,8 @@ def test_export_reloads_without_gluonbert(trained, tmp_path):
              valid_length=inputs[2].asnumpy())
     fused = net(*inputs).asnumpy()
     # the float32 file is identical to the model computed with MXNet's own operators, and
-    # within float32 rounding of the model's own graph (gluonbert's fused LayerNorm)
-    with kernels_for_tracing(net, layer_norm='mxnet', dropout='mxnet'):
+    # within float32 rounding of the model's own graph (gluonbert's fused operators)
+    with kernels_for_tracing(net, layer_norm='mxnet', dropout='mxnet', attention='mxnet'):
         net.hybridize(static_alloc=True)  # traced afresh inside the block
         reference = net(*inputs).asnumpy()
     assert np.array_equal(net(*inputs).asnumpy(), fused)  # its own kernels again

@@ -116,7 +116,7 @@ def test_fused_and_unfused_attention_agree():
 
 @pytest.mark.parametrize('hybridize', [False, True])
 def test_additive_and_select_length_masks_agree_exactly(hybridize):
-    from gluonbert.layers import kernels_for_tracing
+    from gluonbert.kernel_settings import kernels_for_tracing
     block = _attention()
     if hybridize:
         block.hybridize(static_alloc=True)

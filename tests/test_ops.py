@@ -14,7 +14,7 @@ import mxnet as mx
 from mxnet import autograd, gluon
 
 from gluonbert import ops
-from gluonbert.layers import kernels_for_tracing
+from gluonbert.kernel_settings import kernels_for_tracing
 from gluonbert.train import AdamW
 from stand_ins import needs_native_bf16
 

@@ -1,5 +1,5 @@
-"""gluonbert's fused CPU operators: LayerNorm, the AdamW update and the clipping norm,
-compiled once per machine.
+"""gluonbert's fused CPU operators: LayerNorm, dropout, the AdamW update, the clipping norm
+and the self-attention products, compiled once per machine.
 
 MXNet 1.9's CPU kernels for these hot spots of fine-tuning are generic code: the LayerNorm
 backward (a chain of broadcast reductions), the AdamW update and ``multi_sum_sq``.
@@ -9,7 +9,7 @@ AdamW over MiniLM's 22.5M parameters 45 ms -> 12 ms, all arrays in one call; the
 squares 9.6 -> 3.5 ms). It is an MXNet extension library (``lib_api.h``,
 shipped in the mxnet wheel), built with the system C++ compiler into
 ``~/.cache/gluonbert/ops`` (``GLUONBERT_CACHE_DIR`` overrides) by ``scripts/bootstrap.sh``
-or ``gluonbert-ops build`` (about 5 s), never at import or during a forward pass. When
+or ``gluonbert-ops build`` (about 10 s), never at import or during a forward pass. When
 gluonbert is imported it loads the library if it is built and intact: the cache keeps the
 library's SHA-256 beside it, and a library that does not match (truncated, damaged), or a
 cache that belongs to another user or is writable by everyone, is not loaded.
@@ -160,7 +160,7 @@ def build(*, quiet=False, timeout=BUILD_TIMEOUT_S):
     os.makedirs(directory, mode=0o755, exist_ok=True)
     mxnet_dir = _mxnet_dir()
     if not quiet:
-        print('gluonbert: compiling its fused CPU operators (once per machine, about 5 s)',
+        print('gluonbert: compiling its fused CPU operators (once per machine, about 10 s)',
               file=sys.stderr, flush=True)
     # written next to the target, then renamed: concurrent builds cannot leave a torn file
     fd, tmp = tempfile.mkstemp(suffix='.so', dir=directory)

@@ -317,3 +317,29 @@ def test_horovod_equals_one_process_on_the_global_batch(tmp_path, reference):
     assert process.returncode == 0, output
     diff, pre_diff = _check_against_reference(tmp_path, reference)
     print(f'horovod: max |param diff| fine-tune {diff:.2e}, pre-train {pre_diff:.2e}')
+
+
+def test_pretrain_command_with_corpus_on_two_workers(tmp_path):
+    """gluonbert-pretrain --corpus under dist_sync: rank 0 prepares OUTPUT_DIR/data while
+    rank 1 waits, then each streams its own shards; rank 0 saves the model."""
+    from stand_ins import POSITIVE, NEGATIVE
+    corpus = tmp_path / 'corpus.txt'
+    sentences = [text.capitalize() + '.' for text in POSITIVE + NEGATIVE]
+    corpus.write_text('\n\n'.join('\n'.join(sentences[(start + i) % len(sentences)]
+                                            for i in range(5)) for start in range(24)) + '\n',
+                      encoding='utf-8')
+    output = tmp_path / 'run'
+    result = _launch(tmp_path, '-n', '2', '-s', '1', '--timeout', '120', timeout=150,
+                     command=[sys.executable, '-m', 'gluonbert.cli', 'pretrain', '--corpus',
+                              str(corpus), '--kvstore', 'dist_sync', '--max-len', '32',
+                              '--examples-per-shard', '6', '--batch-size', '4', '--steps', '3',
+                              '--log-interval', '3', '--no-progress', '--output-dir',
+                              str(output)])
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    manifest = json.loads((output / 'data' / 'manifest.json').read_text())
+    assert len(manifest['shards']['train']) >= 2
+    assert (output / 'model' / 'model.params').exists()
+    assert (output / 'checkpoints' / 'last').read_text() == 'step-0003\n'
+    metrics = json.loads((output / 'metrics.json').read_text())
+    assert metrics['num_workers'] == 2 and metrics['steps'] == 3
+    assert not _left_over(_job_pids(tmp_path))

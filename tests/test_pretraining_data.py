@@ -377,6 +377,8 @@ def test_corpus_input_errors_name_the_file_and_line(tmp_path):
                        ('.hidden.txt', 'Never read.\n')):
         (folder / name).write_text(text, encoding='utf-8')
     assert [os.path.basename(p) for p in expand_inputs([str(folder)])] == ['a.txt', 'b.txt']
+    with pytest.raises(DataError, match=r'folder: cannot read it \(Is a directory\)'):
+        list(iter_documents([str(folder)]))  # (expand_inputs turns folders into files)
     docs, vocab = labelled_corpus(4)
     with pytest.raises(DataError, match='no corpus file matches .*nothing-\\*.txt'):
         prepare_shards(str(tmp_path / 'nothing-*.txt'), str(tmp_path / 'out'),

@@ -102,7 +102,11 @@ def iter_documents(paths, *, text_column='text', bytes_read=None):
     counter = bytes_read if bytes_read is not None else [0]
     for path in paths:
         suffix = os.path.splitext(path)[1].lower()
-        with open(path, 'rb', buffering=0) as raw:
+        try:
+            raw = open(path, 'rb', buffering=0)  # noqa: SIM115  closed by the with below
+        except OSError as err:
+            raise DataError(f'{path}: cannot read it ({err.strerror})') from None
+        with raw:
             lines = _lines(io.BufferedReader(_Counted(raw, counter), 1 << 20), path)
             if suffix in TABLE_SUFFIXES:
                 for _, document in _table_documents(path, lines, suffix, text_column):

@@ -3,6 +3,7 @@ one or two processes, resumed after a crash, checked when read), the streaming e
 its worker shares."""
 import hashlib
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -284,6 +285,14 @@ def test_preparation_resumes_after_a_crash_and_does_not_depend_on_workers(tmp_pa
     assert 'progress.json' in os.listdir(crashed) and 'manifest.json' not in os.listdir(crashed)
     with pytest.raises(DataError, match='did not finish'):
         ShardedPretrainingData(crashed, vocab)
+    # the held-out instances not in a shard yet are part of the commit: without them, no resume
+    damaged = tmp_path / 'damaged'
+    shutil.copytree(crashed, damaged, ignore=shutil.ignore_patterns('.lock'))
+    (damaged / 'heldout-pending.ids.npy').unlink()
+    with pytest.raises(DataError, match=r'heldout-pending.ids.npy: shard file missing'):
+        prepare_shards(str(tmp_path / 'corpus.txt'), str(damaged), whitespace_tokenizer, vocab,
+                       max_len=32, seed=4, examples_per_shard=16, documents_per_chunk=8,
+                       progress=False, **options)
     kept = {k: v for k, v in digests(crashed).items() if k.startswith('train-')}
     assert kept  # the shards written before the crash are kept, not written again
     mtimes = {k: os.stat(os.path.join(crashed, k)).st_mtime_ns for k in kept}

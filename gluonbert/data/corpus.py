@@ -103,7 +103,7 @@ def iter_documents(paths, *, text_column='text', bytes_read=None):
     for path in paths:
         suffix = os.path.splitext(path)[1].lower()
         try:
-            raw = open(path, 'rb', buffering=0)  # noqa: SIM115  closed by the with below
+            raw = open(path, 'rb', buffering=0)  # closed by the with below
         except OSError as err:
             raise DataError(f'{path}: cannot read it ({err.strerror})') from None
         with raw:

@@ -16,10 +16,10 @@ ends with the same shards as an uninterrupted run. ``manifest.json`` is written 
 presence means the directory is complete.
 """
 import collections
+import json
 import multiprocessing
 import os
 
-import numpy as np
 
 from .._io import DirectoryLock, boundary, read_json_object, write_text
 from ..errors import DataError, UsageError
@@ -36,7 +36,6 @@ _COUNTS = ('documents', 'sentences', 'tokens', 'skipped_documents')
 
 
 def _json(value):
-    import json
     return json.dumps(value, indent=1, sort_keys=True) + '\n'
 
 
@@ -54,7 +53,7 @@ class _Progress:
         self.seen = saved.get('instances_seen', 0)
         self.shards = {split: list(saved.get('shards', {}).get(split, [])) for split in SPLITS}
         self.counts = dict(saved.get('counts') or dict.fromkeys(_COUNTS, 0))
-        self.pending_sha256 = saved.get('pending_sha256')
+        self.pending = saved.get('pending')  # the held-out instances not in a shard yet
 
     def record(self, chunk, skip):
         return {**self.identity, 'position': [chunk, skip], 'instances_seen': self.seen,
@@ -156,11 +155,14 @@ class _Writer:
         self.size = settings['examples_per_shard']
         self.every, self.most = settings['heldout_every'], settings['heldout_max']
         self.buffers = {split: [] for split in SPLITS}
-        pending = os.path.join(directory, f'{_PENDING}.index.npy')
-        if progress.seen and os.path.isfile(pending):
-            record = {'name': _PENDING, 'examples': int(np.load(pending).shape[0]),
-                      'sha256': progress.pending_sha256}
-            shard = Shard(directory, record, vocab_size)
+        record = progress.pending
+        if record is not None:
+            if not (isinstance(record, dict) and record.get('name') == _PENDING and
+                    isinstance(record.get('examples'), int) and
+                    isinstance(record.get('sha256'), str)):
+                raise DataError(f'{directory}: damaged {PROGRESS} (its pending record); '
+                                f'pass --overwrite to prepare again')
+            shard = Shard(directory, record, vocab_size)  # checked: sha256, structure
             self.buffers['heldout'] = [shard.instance(i) for i in range(len(shard))]
             shard.close()
         self.heldout = sum(r['examples'] for r in progress.shards['heldout']) + \
@@ -189,8 +191,8 @@ class _Writer:
         """Record the position after (``chunk``, ``skip`` instances of it), and the held-out
         instances not in a shard yet."""
         record = self.progress.record(chunk, skip)
-        record['pending_sha256'] = write_shard(self.directory, _PENDING, self.buffers['heldout'],
-                                               self.dtype)['sha256']
+        record['pending'] = write_shard(self.directory, _PENDING, self.buffers['heldout'],
+                                        self.dtype)
         write_text(os.path.join(self.directory, PROGRESS), _json(record))
         boundary('prepare.commit', self.directory)
 

@@ -173,18 +173,28 @@ class Group:
     def broadcast_parameters(self, params, kvstore=None, *, reserved=0):
         """Give every worker rank 0's values of ``params`` (all workers must call it).
 
-        Horovod broadcasts them itself. With parameter servers they go through ``kvstore``
-        (the view a trainer has of the job's kvstore, whose keys ``0 .. reserved - 1`` are
-        the trainer's own), one key each from the upper half of its range. The training
-        engine calls it for the parameters a trainer does not hold (frozen ones), after
-        starting the trainer (which broadcasts its own): see
+        Under Horovod they all go through one grouped all-reduce (see below). With parameter
+        servers they go through ``kvstore`` (the view a trainer has of the job's kvstore,
+        whose keys ``0 .. reserved - 1`` are the trainer's own), one key each from the upper
+        half of its range. The training engine calls it for the parameters a trainer does
+        not hold (frozen ones), after starting the trainer (which broadcasts its own): see
         :func:`gluonbert.engine.loop.sync_parameters`.
         """
-        if not self.is_distributed:
-            return
         params = list(params)
+        if not self.is_distributed or not params:
+            return
         if self._hvd is not None:
-            self._hvd.broadcast_parameters({p.name: p.data() for p in params}, root_rank=0)
+            # Horovod 0.28's own broadcast reads the op's name after handing the op to its
+            # background thread, which may already have freed it: a rare segfault on the
+            # root rank (seen in CI). Its grouped allreduce does not; a sum in which every
+            # other rank gives zeros is rank 0's values, exactly.
+            arrays = [p.data() for p in params]
+            if self.rank != 0:
+                for array in arrays:
+                    array[:] = 0
+            self._hvd.grouped_allreduce_(arrays, op=self._hvd.Sum, name='gluonbert.broadcast')
+            for array in arrays:
+                array.wait_to_read()
             return
         if reserved > _FROZEN_KEY or len(params) > _FROZEN_KEY:
             raise DistributedError('too many parameters for the kvstore key range')
@@ -196,8 +206,9 @@ class Group:
         """Sum the gradients over the contexts and the workers (in place)."""
         trainer.allreduce_grads()
         if self._hvd is not None and self.num_workers > 1:
-            self._hvd.grouped_allreduce_([p.grad(contexts[0]) for p in params],
-                                         op=self._hvd.Sum, name='gluonbert.grads')
+            grads = [p.grad(contexts[0]) for p in params]
+            if grads:  # (Horovod's grouped ops index the first array)
+                self._hvd.grouped_allreduce_(grads, op=self._hvd.Sum, name='gluonbert.grads')
 
     def check_contexts(self, contexts):
         if self._hvd is not None and len(contexts) > 1:

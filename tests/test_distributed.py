@@ -300,6 +300,47 @@ def test_timeout_interrupt_and_a_killed_launcher_leave_no_process(tmp_path):
         assert not _left_over(pids), signum
 
 
+class TwoRankHorovod:
+    """A stand-in for ``horovod.mxnet`` on two ranks: this process is one of them, the
+    other's arrays are given. Only the grouped in-place all-reduce exists: Horovod 0.28's
+    broadcast can segfault (it reads a freed name), so gluonbert must not call it."""
+    Sum = 'sum'
+
+    def __init__(self, other_arrays):
+        self.other_arrays, self.calls = other_arrays, []
+
+    def grouped_allreduce_(self, arrays, op, name):
+        assert op == self.Sum
+        self.calls.append(name)
+        for array, other in zip(arrays, self.other_arrays):
+            array[:] = array + other
+
+
+def test_horovod_parameter_broadcast_is_an_exact_grouped_sum():
+    """rank 0's values reach rank 1 bit for bit, rank 0 keeps its own (one all-reduce each)."""
+    import mxnet as mx
+    from gluonbert.distributed import Group
+    rng = np.random.RandomState(0)
+    root = [rng.randn(3, 4).astype(np.float32), rng.randn(5).astype(np.float32) * 1e-30]
+    for rank in (0, 1):
+        params = []
+        for i, value in enumerate(root):
+            param = mx.gluon.Parameter(f'w{i}', shape=value.shape)
+            param.initialize(init=mx.init.Constant(0.0))
+            param.set_data(mx.nd.array(value if rank == 0 else rng.randn(*value.shape)))
+            params.append(param)
+        # what the other rank adds to the sum: zeros from rank 1, rank 0's values to rank 1
+        others = [mx.nd.zeros(v.shape) if rank == 0 else mx.nd.array(v) for v in root]
+        hvd = TwoRankHorovod(others)
+        Group('horovod', rank=rank, num_workers=2, hvd=hvd).broadcast_parameters(params)
+        assert hvd.calls == ['gluonbert.broadcast']
+        for param, value in zip(params, root):
+            np.testing.assert_array_equal(param.data().asnumpy(), value)
+    hvd = TwoRankHorovod([])
+    Group('horovod', rank=1, num_workers=2, hvd=hvd).broadcast_parameters([])
+    assert hvd.calls == []  # nothing to send: no collective (Horovod's would index [0])
+
+
 # --------------------------------------------------------------------------- Horovod
 def test_horovod_equals_one_process_on_the_global_batch(tmp_path, reference):
     """Skipped unless horovod.mxnet is importable (an optional extra; .ci/run builds it)."""

@@ -388,6 +388,16 @@ def test_corpus_input_errors_name_the_file_and_line(tmp_path):
     assert [os.path.basename(p) for p in expand_inputs([str(folder)])] == ['a.txt', 'b.txt']
     with pytest.raises(DataError, match=r'folder: cannot read it \(Is a directory\)'):
         list(iter_documents([str(folder)]))  # (expand_inputs turns folders into files)
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(DataError, match='the folder .*empty holds no corpus files'):
+        expand_inputs([str(tmp_path / 'empty')])
+    (tmp_path / 'link.txt').symlink_to(tmp_path / 'gone.txt')
+    with pytest.raises(DataError, match='link.txt is a broken link'):
+        expand_inputs([str(tmp_path / 'link.txt')])
+    utf16 = tmp_path / 'utf16.txt'
+    utf16.write_bytes('One sentence.\nTwo.\n'.encode('utf-16'))
+    with pytest.raises(DataError, match='utf16.txt:1: not valid UTF-8 .*looks like UTF-16'):
+        list(iter_documents([str(utf16)]))
     docs, vocab = labelled_corpus(4)
     with pytest.raises(DataError, match='no corpus file matches .*nothing-\\*.txt'):
         prepare_shards(str(tmp_path / 'nothing-*.txt'), str(tmp_path / 'out'),

@@ -52,14 +52,24 @@ def expand_inputs(patterns):
             matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
         matches = [m for m in matches if os.path.isfile(m)]
         if not matches:
-            raise DataError(f'no corpus file matches {pattern}' if glob.has_magic(pattern)
-                            else f'corpus file not found: {pattern}')
+            raise DataError(_no_match(pattern))
         for path in matches:
             path = os.path.abspath(path)
             if path not in seen:
                 seen.add(path)
                 paths.append(path)
     return paths
+
+
+def _no_match(pattern):
+    """Why ``pattern`` names no corpus file, in one line."""
+    if glob.has_magic(pattern):
+        return f'no corpus file matches {pattern}'
+    if os.path.isdir(pattern):
+        return f'the folder {pattern} holds no corpus files (hidden ones are left out)'
+    if os.path.islink(pattern):
+        return f'corpus file not found: {pattern} is a broken link'
+    return f'corpus file not found: {pattern}'
 
 
 class _Counted(io.RawIOBase):
@@ -88,8 +98,11 @@ def _lines(binary, path):
         try:
             yield raw.decode('utf-8-sig' if number == 1 else 'utf-8')
         except UnicodeDecodeError as err:
+            hint = ''
+            if number == 1 and raw.startswith((b'\xff\xfe', b'\xfe\xff')):
+                hint = '; the file looks like UTF-16: save it as UTF-8'
             raise DataError(f'{path}:{number}: not valid UTF-8 ({err.reason} at byte '
-                            f'{err.start} of the line)') from None
+                            f'{err.start} of the line){hint}') from None
 
 
 def iter_documents(paths, *, text_column='text', bytes_read=None):

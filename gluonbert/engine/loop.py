@@ -376,7 +376,7 @@ def sync_parameters(group, trainer, params):
     ``gluon.Trainer`` would broadcast its parameters at its first update, after the first
     gradients were computed from each worker's own initial values; this starts the trainer
     (which broadcasts its own) up front and broadcasts the parameters it does not hold
-    (frozen ones) through its kvstore. Horovod broadcasts them all itself.
+    (frozen ones) through its kvstore. Under Horovod the group sends them all.
     """
     if not group.is_distributed:
         return

@@ -181,6 +181,16 @@ CASES = [
     Case('csv-quote-left-open', 'r.csv', 'text,label\n"unbalanced,1\nnext,0\n', {},
          fails('{path}:2: row has 1 field but the header has 2 (the record runs from line 2 to '
                'line 3: is a quote left open?)')),
+    Case('csv-semicolons-from-excel', 'r.csv',
+         '\ufefftext;label\r\n"great; fun, really";1\r\nbad;0\r\n', {},
+         Rows(['great; fun, really', 'bad'], [1, 0])),
+    Case('csv-vertical-bars', 'r.csv', 'label|text\n1|a, b\n0|c\n', {},
+         Rows(['a, b', 'c'], [1, 0])),
+    Case('csv-semicolon-in-a-comma-file-is-text', 'r.csv', 'text,label\na;b,1\n', {},
+         Rows(['a;b'], [1])),
+    Case('csv-semicolons-unquoted-extra-field', 'r.csv', 'text;label\na;b;1\n', {},
+         fails('{path}:2: row has 3 fields but the header has 2; quote texts that contain a '
+               'semicolon')),
     # ------------------------------------------------------------ empty, broken files
     Case('csv-empty-file', 'r.csv', '', {},
          fails('{path}: the file is empty: expected a header row')),
@@ -194,6 +204,9 @@ CASES = [
          fails(f'{{path}}:3: invalid UTF-8 at byte 5 of the line (0xff); {BAD_LINE}')),
     Case('csv-latin1', 'r.csv', 'text,label\ncaf\xe9,1\n'.encode('latin-1'), {},
          fails(f'{{path}}:2: invalid UTF-8 at byte 4 of the line (0xe9); {BAD_LINE}')),
+    Case('tsv-utf16-from-excel', 'r.tsv', 'text\tlabel\r\nhello\t1\r\n'.encode('utf-16'), {},
+         fails(f"{{path}}:1: invalid UTF-8 at byte 1 of the line (0xff); {BAD_LINE} (it looks "
+               f"like UTF-16, e.g. Excel's 'Unicode Text': save it as UTF-8)")),
     Case('csv-invalid-utf8-inside-a-quoted-record', 'r.csv',
          b'text,label\n"line 2\nline 3 \xc3(\nline 4",1\n', {},
          fails(f'{{path}}:3: invalid UTF-8 at byte 8 of the line (0xc3); {BAD_LINE}')),

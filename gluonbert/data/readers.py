@@ -5,6 +5,7 @@ import contextlib
 import csv
 import dataclasses
 import decimal
+import itertools
 import json
 import os
 import re
@@ -214,8 +215,28 @@ def _check_exists(path):
 
 def _bad_utf8(where, line_bytes, index):
     """The message for an undecodable byte at ``index`` of a line's bytes."""
+    hint = ''
+    if index == 0 and line_bytes[:2] in (b'\xff\xfe', b'\xfe\xff'):  # a UTF-16 BOM
+        hint = " (it looks like UTF-16, e.g. Excel's 'Unicode Text': save it as UTF-8)"
     return DataError(f'{where}: invalid UTF-8 at byte {index + 1} of the line '
-                     f'(0x{line_bytes[index]:02x}); the file must be UTF-8 encoded')
+                     f'(0x{line_bytes[index]:02x}); the file must be UTF-8 encoded{hint}')
+
+
+_DELIMITER_NAMES = {',': 'a comma', '\t': 'a tab', ';': 'a semicolon', '|': 'a vertical bar'}
+
+
+def _guess_delimiter(path):
+    """A comma, unless the header row is one field with commas but several with
+    semicolons (what Excel writes where the decimal mark is a comma), tabs or vertical
+    bars."""
+    with open(path, encoding='utf-8-sig', errors='replace', newline='') as f:
+        header = next((line for line in itertools.islice(f, 1000) if line.strip()), '')
+    if len(next(csv.reader([header]), [])) > 1:
+        return ','
+    for delimiter in (';', '\t', '|'):
+        if len(next(csv.reader([header], delimiter=delimiter), [])) > 1:
+            return delimiter
+    return ','
 
 
 def _checked_lines(lines, path):
@@ -287,7 +308,9 @@ def read_csv(path, *, text_column='text', label_column='label', labels=None, del
         exactly (after stripping spaces); when none of them is a digit string, ``'0'``,
         ``'1'``, ... are also accepted as ids. Any other label is an error.
     delimiter : str, optional
-        Default: tab for ``.tsv``, else comma.
+        Default: tab for ``.tsv``; else a comma, unless the header row is a single field
+        with commas but splits at semicolons (Excel's CSV where the decimal mark is a
+        comma), tabs or vertical bars: then that one.
     text_pair_column : str, optional
         Second text of sentence-pair tasks; the dataset's ``text_pairs``.
     quoting : {'minimal', 'none'}, optional
@@ -308,8 +331,8 @@ def read_csv(path, *, text_column='text', label_column='label', labels=None, del
     if quoting not in _QUOTING:
         raise DataError(f"quoting must be 'minimal' or 'none', got {quoting!r}")
     if delimiter is None:
-        delimiter = '\t' if path.lower().endswith('.tsv') else ','
-    delimiter_name = {',': 'a comma', '\t': 'a tab'}.get(delimiter, repr(delimiter))
+        delimiter = '\t' if path.lower().endswith('.tsv') else _guess_delimiter(path)
+    delimiter_name = _DELIMITER_NAMES.get(delimiter, repr(delimiter))
     rows = _Rows(path, text_column, label_column, labels, text_pair_column)
     with _unlimited_csv_fields(), \
             open(path, encoding='utf-8-sig', errors='surrogateescape', newline='') as f:

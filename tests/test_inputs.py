@@ -303,11 +303,11 @@ def test_finetune_cli(case, tmp_path, monkeypatch, capsys):
 
 def test_csv_field_size_limit_is_restored():
     import csv
-    from gluonbert.data.readers import _unlimited_csv_fields
+    from gluonbert.data.readers import unlimited_csv_fields
     before = csv.field_size_limit()
-    with _unlimited_csv_fields():
+    with unlimited_csv_fields():
         assert csv.field_size_limit() >= 2 ** 31 - 1
-        with _unlimited_csv_fields():
+        with unlimited_csv_fields():
             pass
         assert csv.field_size_limit() >= 2 ** 31 - 1  # still reading
     assert csv.field_size_limit() == before

@@ -380,6 +380,11 @@ def test_corpus_input_errors_name_the_file_and_line(tmp_path):
         list(iter_documents([str(csv_path)]))
     assert list(iter_documents([str(csv_path)], text_column='body')) == [
         ['Text here.', 'More text.']]
+    long_text = 'Word ' * 60_000 + 'end.'  # 300 KB: over the csv module's default limit
+    semicolons = tmp_path / 'excel.csv'  # Excel where the decimal mark is a comma
+    semicolons.write_text(f'id;text\r\n1;"One, here. Two."\r\n2;"{long_text}"\r\n',
+                          encoding='utf-8-sig')
+    assert list(iter_documents([str(semicolons)])) == [['One, here.', 'Two.'], [long_text]]
     folder = tmp_path / 'folder'
     folder.mkdir()
     for name, text in (('b.txt', 'Second file.\n'), ('a.txt', 'First file.\n'),

@@ -13,12 +13,13 @@ into a list. Errors are :class:`~gluonbert.errors.DataError` naming ``file:line`
 import csv
 import glob
 import io
+import itertools
 import json
 import os
 import re
-import sys
 
 from ..errors import DataError
+from .readers import guess_delimiter, unlimited_csv_fields
 
 __all__ = ['split_sentences', 'expand_inputs', 'iter_documents', 'read_corpus',
            'TABLE_SUFFIXES']
@@ -161,10 +162,16 @@ def _table_documents(path, lines, suffix, column):
                                 f'not text')
             yield number, value or ''
         return
-    limit = csv.field_size_limit()
-    csv.field_size_limit(sys.maxsize)  # a document may be longer than csv's 128 KiB
+    header_line = next(lines, '')
+    delimiter = '\t' if suffix == '.tsv' else guess_delimiter(header_line)
+    with unlimited_csv_fields():  # a document may be longer than csv's 128 KiB
+        yield from _csv_documents(path, itertools.chain([header_line], lines), delimiter,
+                                  column)
+
+
+def _csv_documents(path, lines, delimiter, column):
+    reader = csv.reader(lines, delimiter=delimiter)
     try:
-        reader = csv.reader(lines, delimiter='\t' if suffix == '.tsv' else ',')
         header = next(reader, None)
         if header is None or column not in header:
             raise DataError(f'{path}:1: no {column!r} column; columns: '
@@ -179,8 +186,6 @@ def _table_documents(path, lines, suffix, column):
             yield reader.line_num, row[where]
     except csv.Error as err:
         raise DataError(f'{path}:{reader.line_num}: {err}') from err
-    finally:
-        csv.field_size_limit(limit)
 
 
 def read_corpus(path, *, text_column='text'):

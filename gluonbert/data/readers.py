@@ -225,18 +225,22 @@ def _bad_utf8(where, line_bytes, index):
 _DELIMITER_NAMES = {',': 'a comma', '\t': 'a tab', ';': 'a semicolon', '|': 'a vertical bar'}
 
 
-def _guess_delimiter(path):
-    """A comma, unless the header row is one field with commas but several with
-    semicolons (what Excel writes where the decimal mark is a comma), tabs or vertical
-    bars."""
-    with open(path, encoding='utf-8-sig', errors='replace', newline='') as f:
-        header = next((line for line in itertools.islice(f, 1000) if line.strip()), '')
+def guess_delimiter(header):
+    """The delimiter of a CSV whose header row is the line ``header``: a comma, unless the
+    row is one field at commas but several at semicolons (what Excel writes where the
+    decimal mark is a comma), tabs or vertical bars."""
     if len(next(csv.reader([header]), [])) > 1:
         return ','
     for delimiter in (';', '\t', '|'):
         if len(next(csv.reader([header], delimiter=delimiter), [])) > 1:
             return delimiter
     return ','
+
+
+def _first_line(path):
+    """The first non-blank line of a text file ('' if none in its first 1,000 lines)."""
+    with open(path, encoding='utf-8-sig', errors='replace', newline='') as f:
+        return next((line for line in itertools.islice(f, 1000) if line.strip()), '')
 
 
 def _checked_lines(lines, path):
@@ -256,7 +260,7 @@ _field_limit_state = {'users': 0, 'saved': None}
 
 
 @contextlib.contextmanager
-def _unlimited_csv_fields():
+def unlimited_csv_fields():
     """Lift the csv module's field size limit (128 KiB by default) while reading; the
     previous limit is restored when the last reader finishes."""
     with _FIELD_LIMIT:
@@ -331,10 +335,10 @@ def read_csv(path, *, text_column='text', label_column='label', labels=None, del
     if quoting not in _QUOTING:
         raise DataError(f"quoting must be 'minimal' or 'none', got {quoting!r}")
     if delimiter is None:
-        delimiter = '\t' if path.lower().endswith('.tsv') else _guess_delimiter(path)
+        delimiter = '\t' if path.lower().endswith('.tsv') else guess_delimiter(_first_line(path))
     delimiter_name = _DELIMITER_NAMES.get(delimiter, repr(delimiter))
     rows = _Rows(path, text_column, label_column, labels, text_pair_column)
-    with _unlimited_csv_fields(), \
+    with unlimited_csv_fields(), \
             open(path, encoding='utf-8-sig', errors='surrogateescape', newline='') as f:
         reader = csv.reader(_checked_lines(f, path), delimiter=delimiter,
                             quoting=_QUOTING[quoting])

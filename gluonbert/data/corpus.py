@@ -19,7 +19,7 @@ import os
 import re
 
 from ..errors import DataError
-from .readers import guess_delimiter, unlimited_csv_fields
+from .readers import guess_delimiter, unlimited_csv_fields, utf16_hint
 
 __all__ = ['split_sentences', 'expand_inputs', 'iter_documents', 'read_corpus',
            'TABLE_SUFFIXES']
@@ -99,9 +99,7 @@ def _lines(binary, path):
         try:
             yield raw.decode('utf-8-sig' if number == 1 else 'utf-8')
         except UnicodeDecodeError as err:
-            hint = ''
-            if number == 1 and raw.startswith((b'\xff\xfe', b'\xfe\xff')):
-                hint = '; the file looks like UTF-16: save it as UTF-8'
+            hint = utf16_hint(raw) if number == 1 else ''
             raise DataError(f'{path}:{number}: not valid UTF-8 ({err.reason} at byte '
                             f'{err.start} of the line){hint}') from None
 

@@ -213,11 +213,17 @@ def _check_exists(path):
         raise DataError(f'no such file: {path}')
 
 
+def utf16_hint(first_line_bytes):
+    """What to tell about a file whose first line starts with a UTF-16 byte-order mark
+    (as a suffix of an invalid-UTF-8 message), else ''."""
+    if first_line_bytes.startswith((b'\xff\xfe', b'\xfe\xff')):
+        return " (it looks like UTF-16, e.g. Excel's 'Unicode Text': save it as UTF-8)"
+    return ''
+
+
 def _bad_utf8(where, line_bytes, index):
     """The message for an undecodable byte at ``index`` of a line's bytes."""
-    hint = ''
-    if index == 0 and line_bytes[:2] in (b'\xff\xfe', b'\xfe\xff'):  # a UTF-16 BOM
-        hint = " (it looks like UTF-16, e.g. Excel's 'Unicode Text': save it as UTF-8)"
+    hint = utf16_hint(line_bytes) if index == 0 else ''
     return DataError(f'{where}: invalid UTF-8 at byte {index + 1} of the line '
                      f'(0x{line_bytes[index]:02x}); the file must be UTF-8 encoded{hint}')
 

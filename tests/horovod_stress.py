@@ -1,12 +1,13 @@
 """Stress for the Horovod path: many 2-process jobs, each repeating the distributed
 tests' fine-tuning (a parameter broadcast, then all-reduced gradients and metrics).
 
-    python tests/horovod_stress.py --jobs 40 --runs 30      # about 8 min on 2 cores
+    python tests/horovod_stress.py --jobs 40 --runs 30      # about 8 min (2-core Intel Xeon VM)
 
 A rare crash shows only over hundreds of runs (Horovod 0.28's own broadcast segfaulted
-about once in 300 here; gluonbert now broadcasts through an all-reduce), so this is not
-part of the suite. It prints one line per job and exits 1 at the first failed job, whose
-output it keeps in ``--logs``. Needs ``horovod.mxnet`` (see .ci/run for the build).
+twice in at most 840 runs on that VM; gluonbert now broadcasts through an all-reduce),
+so this is not part of the suite. It prints one line per job and exits 1 at the first
+failed job, whose output it keeps in ``--logs``. Needs ``horovod.mxnet`` (see .ci/run for
+the build).
 """
 import argparse
 import os

@@ -16,7 +16,8 @@ import contextlib
 from . import ops
 from .hardware import require_bf16
 
-__all__ = ['DTYPES', 'FP32_OPS', 'bf16_fp32_ops', 'init_amp_bfloat16', 'setup_amp']
+__all__ = ['DTYPES', 'FP32_OPS', 'registered_fp32_ops', 'bf16_fp32_ops', 'init_amp_bfloat16',
+           'setup_amp']
 
 DTYPES = ('float32', 'float16', 'bfloat16')
 
@@ -28,6 +29,18 @@ FP32_OPS = ('_contrib_interleaved_matmul_selfatt_qk',
             'gluonbert_dropout', 'gluonbert_selfatt_qk', 'gluonbert_selfatt_valatt')
 
 
+def registered_fp32_ops():
+    """The names of :data:`FP32_OPS` that MXNet knows in this process.
+
+    gluonbert's own operators exist only once :func:`gluonbert.ops.load` registered them
+    (not with ``GLUONBERT_FUSED_OPS=0``, nor when the library is not built), and AMP wraps
+    the Python function of every name in its lists: an absent one fails there.
+    """
+    import mxnet as mx
+    registered = set(mx.operator.get_all_registered_operators())
+    return [op for op in FP32_OPS if op in registered]
+
+
 def _bf16_fp32_list():
     """AMP's bfloat16 float32 list: the module-level list AMP reads every operator from."""
     from mxnet.contrib.amp.lists import symbol_bf16
@@ -36,10 +49,11 @@ def _bf16_fp32_list():
 
 @contextlib.contextmanager
 def bf16_fp32_ops():
-    """Within the block, AMP's bfloat16 float32 list also names :data:`FP32_OPS`;
+    """Within the block, AMP's bfloat16 float32 list also names :data:`FP32_OPS` (those
+    registered, :func:`registered_fp32_ops`);
     afterwards the list is as it was (nested blocks add nothing twice)."""
     fp32 = _bf16_fp32_list()
-    added = [op for op in FP32_OPS if op not in fp32]
+    added = [op for op in registered_fp32_ops() if op not in fp32]
     fp32.extend(added)
     try:
         yield
@@ -53,8 +67,8 @@ def init_amp_bfloat16():
 
     Dense layers then compute in bfloat16 while parameters, gradients and the other
     operators stay float32. This changes MXNet for the whole process, by MXNet's design:
-    AMP's float32 list gains :data:`FP32_OPS` and AMP cannot be turned off again (a second
-    call changes nothing).
+    AMP's float32 list gains the registered :data:`FP32_OPS` and AMP cannot be turned off
+    again (a second call changes nothing).
 
     Raises
     ------
@@ -67,7 +81,7 @@ def init_amp_bfloat16():
     fp32 = _bf16_fp32_list()
     # added to the list rather than passed as fp32_ops=, which would replace the whole list
     # (Dropout, Embedding, LayerNorm, softmax... would then get bf16 inputs they cannot take)
-    fp32.extend(op for op in FP32_OPS if op not in fp32)
+    fp32.extend(op for op in registered_fp32_ops() if op not in fp32)
     amp.init(target_dtype='bfloat16')  # a no-op once AMP is on
     return amp
 

@@ -103,8 +103,8 @@ from .errors import UsageError
 from .hardware import require_bf16
 from .timing import NO_TIMER
 
-__all__ = ['train_loop', 'evaluate_accuracy', 'AdamW', 'make_trainer', 'LinearWarmupSchedule',
-           'plot_history', 'History', 'atomic_write', 'save_trainer_states',
+__all__ = ['train_loop', 'evaluate_accuracy', 'correct_count', 'AdamW', 'make_trainer',
+           'LinearWarmupSchedule', 'plot_history', 'History', 'atomic_write', 'save_trainer_states',
            'load_trainer_states', 'load_best_parameters']
 
 def _as_contexts(ctx):
@@ -139,6 +139,19 @@ def evaluate_accuracy(net, data, ctx, *, group=None):
     if total == 0:
         raise ValueError('evaluation data is empty')
     return correct / total
+
+
+def correct_count(logits, label):
+    """How many rows of ``logits`` (batch, num_classes) have their largest entry at
+    ``label`` (batch,), as a float32 NDArray of one element (read back later, so the
+    engine stays asynchronous).
+
+    Both sides are compared as float32, whatever the logits' dtype: under bfloat16 AMP the
+    classifier's last Dense layer gives bfloat16 logits, and casting the labels to that
+    dtype with ``astype`` gives garbage there (MXNet 1.9.1), so that only label 0 matched.
+    """
+    predicted = logits.argmax(axis=1).astype('float32')  # AMP: float32 already
+    return (predicted == label.astype('float32')).sum()
 
 
 class History(list):
@@ -313,8 +326,7 @@ def _train_one_epoch(net, train_data, contexts, loss_fn, step, state, epoch, num
                 logits = net(words, segments, valid_length)
                 loss_sum = loss_fn(logits, label).sum()
                 losses.append(loss_sum / normaliser)
-                outputs.append((loss_sum,
-                                (logits.argmax(axis=1) == label.astype(logits.dtype)).sum()))
+                outputs.append((loss_sum, correct_count(logits, label)))
             return losses, outputs
         pending += step(state, forward,
                         update=(index + 1) % accumulate == 0 or index + 1 == batches)

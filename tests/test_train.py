@@ -15,7 +15,7 @@ from mxnet import gluon
 import gluonbert
 from gluonbert.engine import register_optimizers
 from gluonbert.train import AdamW, LinearWarmupSchedule, evaluate_accuracy, train_loop
-from stand_ins import synthetic_sentiment_batches
+from stand_ins import fast_dtypes, synthetic_sentiment_batches
 
 
 class _Loader(list):
@@ -493,3 +493,76 @@ def test_mxnet_internals_the_engine_relies_on():
     for hook in ('_update_count', '_get_lrs', '_get_wds'):
         assert callable(getattr(mx.optimizer.Optimizer, hook)), hook
     assert hasattr(mx.base._LIB, 'MXKVStoreFree')
+
+
+# Run in an interpreter of its own: bfloat16 AMP changes MXNet process-wide.
+REPORTED_ACCURACY = '''
+import json, sys
+sys.path.insert(0, {tests!r})
+import numpy as np, mxnet as mx
+import gluonbert
+from gluonbert.train import train_loop
+from test_train import synthetic
+dtype = {dtype!r}
+seen = []  # (logits dtype, predicted labels, labels) of every training batch
+base_loss = mx.gluon.loss.SoftmaxCrossEntropyLoss()
+def recording_loss(logits, label):
+    as_float32 = mx.nd.amp_cast(logits, dtype='float32')  # identity for float32 logits
+    seen.append((str(np.dtype(logits.dtype)), as_float32.asnumpy().argmax(1),
+                 label.asnumpy()))
+    return base_loss(logits, label)
+mx.random.seed(0)
+config = gluonbert.BERTConfig.from_preset('tiny', dropout=0.0, attention_dropout=0.0)
+net = gluonbert.BERTClassifier(gluonbert.BERTModel(config), dropout=0.0)
+net.initialize()
+history = train_loop(net, synthetic(n=64, shuffle=False), None, 2, 3e-3, mx.cpu(),
+                     loss_fn=recording_loss, dtype=dtype, progress=False)
+per_epoch = len(seen) // 2
+recomputed = [float(np.mean(np.concatenate([p == l for _, p, l in seen[e * per_epoch:
+                                                                       (e + 1) * per_epoch]])))
+              for e in range(2)]
+print(json.dumps({{'reported': [r['train_accuracy'] for r in history],
+                  'recomputed': recomputed, 'logit_dtypes': sorted({{d for d, _, _ in seen}})}}))
+'''
+
+
+@pytest.mark.parametrize('dtype', fast_dtypes('float32', 'bfloat16'))
+def test_reported_training_accuracy_is_the_accuracy_of_the_predictions(dtype):
+    """The train accuracy of every epoch equals the one recomputed from the logits each batch
+    produced; under bfloat16 AMP the logits really are bfloat16 (AMP is in effect)."""
+    code = REPORTED_ACCURACY.format(tests=os.path.dirname(os.path.abspath(__file__)),
+                                    dtype=dtype)
+    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result['reported'] == pytest.approx(result['recomputed'], abs=1e-12)
+    bfloat16 = "[('bfloat16', '<u2')]"  # how numpy names MXNet's bfloat16
+    assert result['logit_dtypes'] == (['float32'] if dtype == 'float32' else [bfloat16])
+
+
+def test_correct_count_with_bfloat16_logits_under_amp():
+    """The training accuracy counts hits right for bfloat16 logits with AMP on. The logits
+    are cast with amp_cast and AMP is turned on without a bfloat16 matrix product, so this
+    runs on every CPU (MXNet 1.9.1 turned label 1 into garbage here: only label 0 counted)."""
+    code = '''
+import json
+import numpy as np, mxnet as mx
+from mxnet.contrib import amp
+from mxnet.contrib.amp.amp import bfloat16
+import gluonbert
+from gluonbert.train import correct_count
+amp.init(target_dtype='bfloat16')
+rng = np.random.RandomState(0)
+# distinct values that bfloat16 holds exactly: the argmax cannot change in the cast
+logits = np.array([rng.permutation(3) * 0.5 - 0.25 for _ in range(64)], dtype='float32')
+labels = rng.randint(0, 3, 64)
+bf16 = mx.nd.amp_cast(mx.nd.array(logits), dtype=bfloat16)
+count = correct_count(bf16, mx.nd.array(labels)).asscalar()
+print(json.dumps([float(count), int((logits.argmax(1) == labels).sum())]))
+'''
+    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert done.returncode == 0, done.stderr[-2000:]
+    counted, expected = json.loads(done.stdout.strip().splitlines()[-1])
+    assert expected > 0 and counted == expected

@@ -14,7 +14,7 @@ from ._env import default_num_threads, physical_cores
 from ._version import __version__
 from .hardware import bf16_support, cpu_info, gpu_compute_capabilities
 
-__all__ = ['report', 'format_report', 'fastest_path', 'gpu_compute_capabilities',
+__all__ = ['report', 'format_report', 'fastest_path', 'int8_caveat', 'gpu_compute_capabilities',
            'mxnet_features']
 
 # MXNet build features worth naming (mx.runtime.Features has about 30)
@@ -30,13 +30,29 @@ def mxnet_features():
     return {name: features.is_enabled(name) for name in _FEATURES if name in features}
 
 
+def int8_caveat(cpu=None):
+    """Why int8 changes a model's answers on this CPU (one line), or None where it keeps
+    them (the CPU has int8 dot-product instructions: AVX512_VNNI, AVX_VNNI, AMX-INT8).
+
+    Without them oneDNN multiplies u8 x s8 with ``vpmaddubsw``, which sums each pair of
+    products in 16 bits and saturates (255 * 127 * 2 > 32767); MXNet 1.9's quantized Dense
+    takes all 8 bits of its weights, so it cannot keep the 7-bit range that avoids this.
+    The figures are in docs/cpus.md.
+    """
+    cpu = cpu or cpu_info()
+    if any(cpu.has(f) for f in INT8_FLAGS):
+        return None
+    return ('without VNNI, int8 products saturate in 16 bits here: labels differ from '
+            'float32 on about 3% of real texts (docs/cpus.md)')
+
+
 def fastest_path(cpu=None, bf16=None):
     """``(dtype, why)``: the inference path ``--fast`` takes on this CPU.
 
-    int8 where the CPU has int8 dot-product instructions (AVX512_VNNI, AVX_VNNI, AMX-INT8),
-    then bfloat16 where it is native, else float32. (int8 also runs, slower, without VNNI;
-    measured on an AVX2-only EPYC it was still 1.47x float32 for BERT-base, so int8 is the
-    choice there too.)
+    A path is picked only where it keeps float32's answers (at least 99% of labels equal on
+    real texts): int8 where the CPU has int8 dot-product instructions (AVX512_VNNI,
+    AVX_VNNI, AMX-INT8), then bfloat16 where it is native, else float32. Without VNNI int8
+    runs, a little faster than float32, but changes answers (:func:`int8_caveat`).
     """
     cpu = cpu or cpu_info()
     supported, _ = bf16_support() if bf16 is None else (bf16, '')
@@ -45,9 +61,8 @@ def fastest_path(cpu=None, bf16=None):
         return 'int8', f'int8 dot products in hardware ({", ".join(vnni)})'
     if supported:
         return 'bfloat16', 'native bfloat16 and no int8 dot-product instructions'
-    if cpu.has('avx2'):
-        return 'int8', 'AVX2 without VNNI: int8 still measured 1.47x float32 (BERT-base)'
-    return 'float32', 'no AVX2, no VNNI, no native bfloat16'
+    return 'float32', ('no native bfloat16, and int8 without VNNI changes answers '
+                       '(16-bit saturation)')
 
 
 def report():
@@ -77,8 +92,8 @@ def report():
         'fused_operators': ops.status(),
         'inference_paths': {'float32': 'yes',
                             'bfloat16': 'yes' if bf16 else f'no: {why_not}',
-                            'int8': 'yes' + (' (VNNI)' if any(cpu.has(f) for f in INT8_FLAGS)
-                                             else ' (no VNNI: slower)')},
+                            'int8': ('yes (VNNI)' if int8_caveat(cpu) is None else
+                                     f'runs, not picked by --fast: {int8_caveat(cpu)}')},
         'fast': {'dtype': fast, 'why': why},
         'environment': {name: os.environ[name] for name in (
             'OMP_NUM_THREADS', 'GLUONBERT_FUSED_OPS', 'GLUONBERT_DISABLE_BF16',

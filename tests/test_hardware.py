@@ -113,7 +113,8 @@ def test_every_library_entry_point_refuses_without_bf16(avx2_only, entry):
     assert isinstance(caught.value, RuntimeError)  # what a Python caller would catch
     assert AVX2_REASON in str(caught.value)
     assert str(caught.value).endswith('use float32 (--dtype float32)' if entry in (
-        'init_amp', 'train_loop') else 'use float32, or int8 (faster than float32 here)')
+        'init_amp', 'train_loop') else 'use float32, or the dtype '
+                                       'gluonbert.sysinfo.fastest_path() names')
 
 
 def test_cli_refusals_are_one_line_with_exit_2(avx2_only, tmp_path, capsys):
@@ -121,10 +122,12 @@ def test_cli_refusals_are_one_line_with_exit_2(avx2_only, tmp_path, capsys):
     missing = str(tmp_path / 'no-model')
     cases = [
         (predict_main, ['--model-dir', missing, '--dtype', 'bfloat16', 'a text'],
-         'gluonbert-predict', 'use --dtype float32, or --quantize int8 (faster than float32)'),
+         'gluonbert-predict',
+         'use --dtype float32, or --fast (the fastest path that keeps the answers here)'),
         (export_main, ['--model-dir', missing, '--output', str(tmp_path / 'x'), '--dtype',
                        'bfloat16'],
-         'gluonbert-export', 'use --dtype float32, or --dtype int8 (faster than float32)'),
+         'gluonbert-export',
+         'use --dtype float32, or --fast (the fastest dtype that keeps the answers here)'),
         (finetune_main, ['--model', 'tiny', '--dtype', 'bfloat16', '--output-dir',
                          str(tmp_path / 'run'), '--no-progress'],
          'gluonbert-finetune', 'use --dtype float32'),
@@ -152,4 +155,5 @@ def test_predict_console_script_refuses_bf16_in_a_real_process(tmp_path):
     assert result.stdout == ''
     assert result.stderr == ('gluonbert-predict: error: --dtype bfloat16 needs native bfloat16, '
                              'but bfloat16 is turned off by GLUONBERT_DISABLE_BF16=1; use '
-                             '--dtype float32, or --quantize int8 (faster than float32)\n')
+                             '--dtype float32, or --fast (the fastest path that keeps the '
+                             'answers here)\n')

@@ -16,11 +16,16 @@ def cpu(*flags, model='Test CPU'):
     (('avx2', 'avx512f', 'avx512_bf16', 'amx_int8', 'avx512_vnni'), True, 'int8'),  # Xeon AMX
     (('avx2', 'avx512f', 'avx512_bf16', 'avx512_vnni'), True, 'int8'),             # Zen 5
     (('avx2', 'avx512f', 'avx512_bf16'), True, 'bfloat16'),
-    (('avx2', 'fma'), False, 'int8'),                                            # AVX2 EPYC
+    (('avx2', 'fma'), False, 'float32'),                   # AVX2 EPYC: int8 changes labels
     (('sse4_2',), False, 'float32'),
 ])
-def test_fast_picks_the_fastest_path_the_cpu_has(flags, bf16, dtype):
+def test_fast_picks_the_fastest_path_that_keeps_the_answers(flags, bf16, dtype):
     assert sysinfo.fastest_path(cpu(*flags), bf16)[0] == dtype
+    # the report says of int8 what --fast does: picked exactly where it has no caveat
+    caveat = sysinfo.int8_caveat(cpu(*flags))
+    assert (caveat is None) == ('avx512_vnni' in flags or 'amx_int8' in flags)
+    if caveat:
+        assert 'saturate' in caveat and dtype != 'int8'
 
 
 def test_report_names_the_machine_and_is_json():

@@ -6,7 +6,7 @@ import sys
 from ..errors import UsageError
 from ..export import check_prefix, export_classifier, load_classifier
 from ..hardware import require_bf16
-from ..sysinfo import fastest_path
+from ..sysinfo import fastest_path, int8_caveat
 from .runner import console_entry, run_command
 
 __all__ = ['PROG_EXPORT', 'build_export_parser', 'export_cli', 'export_main', 'export_entry']
@@ -30,8 +30,8 @@ def build_export_parser():
                         help='float32 (exact, the default), bfloat16 (mixed precision) or int8 '
                              '(quantized dense layers, calibrated); CPU inference')
     parser.add_argument('--fast', action='store_true',
-                        help='the fastest dtype this CPU runs well: int8 with VNNI/AMX (or on '
-                             'AVX2), bfloat16 where native, else float32; says which')
+                        help="the fastest dtype that keeps float32's answers on this CPU: int8 "
+                             "with VNNI/AMX, bfloat16 where native, else float32; says which")
     parser.add_argument('--max-len', type=int, default=None,
                         help="sequence length recorded in the metadata and used for "
                              "calibration (default: the model's training max_len)")
@@ -57,8 +57,8 @@ def _validate_export_args(args):
         print(f'{PROG_EXPORT}: --fast: {args.dtype} ({why})', file=sys.stderr, flush=True)
     args.dtype = args.dtype or 'float32'
     if args.dtype == 'bfloat16':
-        require_bf16('--dtype bfloat16', 'use --dtype float32, or --dtype int8 (faster than '
-                     'float32)')
+        require_bf16('--dtype bfloat16', 'use --dtype float32, or --fast (the fastest dtype '
+                     'that keeps the answers here)')
 
 
 def export_cli(args, stdout=None):
@@ -76,6 +76,8 @@ def export_cli(args, stdout=None):
     if args.dtype == 'int8':
         calib = calibration_batches(net, vocab, tokenizer, args.calib_file,
                                     limit=args.calib_size, max_len=args.max_len)
+        if int8_caveat() and not args.fast:  # --fast never takes int8 with a caveat
+            print(f'{PROG_EXPORT}: note: {int8_caveat()}', file=sys.stderr, flush=True)
     # the reload check runs on text of the model's own task
     check = calibration_batches(net, vocab, tokenizer, args.calib_file, limit=32,
                                 max_len=args.max_len)[0]

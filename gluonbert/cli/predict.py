@@ -15,7 +15,7 @@ from ..errors import UsageError
 from ..export import load_classifier
 from ..hardware import require_bf16
 from ..predict import predict
-from ..sysinfo import fastest_path
+from ..sysinfo import fastest_path, int8_caveat
 from .common import parse_contexts
 from .runner import console_entry, run_command
 
@@ -48,8 +48,9 @@ def build_predict_parser():
                            "(default: the 64 training texts gluonbert-finetune keeps with "
                            "the model)")
     fast.add_argument('--fast', action='store_true',
-                      help='the fastest path this CPU runs well: int8 with VNNI/AMX (or on '
-                           'AVX2), bfloat16 where native, else float32; says which on stderr')
+                      help="the fastest path that keeps float32's answers on this CPU: int8 "
+                           "with VNNI/AMX, bfloat16 where native, else float32; says which "
+                           "on stderr")
     return parser
 
 
@@ -71,8 +72,8 @@ def _validate_fast_flags(args):
         raise UsageError('--dtype bfloat16 and --quantize int8 are CPU fast paths; use them '
                          'without --gpus')
     if dtype == 'bfloat16':
-        require_bf16('--dtype bfloat16', 'use --dtype float32, or --quantize int8 (faster '
-                     'than float32)')
+        require_bf16('--dtype bfloat16', 'use --dtype float32, or --fast (the fastest path '
+                     'that keeps the answers here)')
 
 
 def _fast_model(args, net, vocab, tokenizer, ctx, num_texts=0):
@@ -86,6 +87,8 @@ def _fast_model(args, net, vocab, tokenizer, ctx, num_texts=0):
     calib = (fast.calibration_batches(net, vocab, tokenizer, calib_file,
                                       batch_size=args.batch_size, max_len=args.max_len, ctx=ctx)
              if quantize else None)
+    if quantize and int8_caveat() and not args.fast:  # --fast never takes int8 with a caveat
+        print(f'{PROG_PREDICT}: note: {int8_caveat()}', file=sys.stderr, flush=True)
     return fast.prepare(net, quantize or dtype, calib_batches=calib, ctx=ctx)
 
 

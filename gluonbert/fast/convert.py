@@ -188,7 +188,8 @@ def to_bfloat16(net, *, ctx=None, example=None, static_shape=True, cast_params=T
     ctx = ctx or mx.cpu()
     if ctx.device_type != 'cpu':
         raise ValueError('to_bfloat16 is for CPU inference; on GPU use float16 AMP')
-    require_bf16('bfloat16 inference', 'use float32, or int8 (faster than float32 here)')
+    require_bf16('bfloat16 inference', 'use float32, or the dtype '
+                 'gluonbert.sysinfo.fastest_path() names')
     example = example or example_inputs(net, ctx=ctx)
     names, sym, arg_params, aux_params = inference_graph(net, example, builtin=portable)
     with _amp_fp32_ops():

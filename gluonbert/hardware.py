@@ -13,7 +13,15 @@ cannot use). ``GLUONBERT_DISABLE_BF16=1`` makes the check answer "absent", to tr
 float32/int8 paths or the refusal on any machine.
 
 int8 needs no check: oneDNN's int8 kernels run on AVX2 too (faster with AVX512_VNNI,
-AVX_VNNI or AMX-INT8, which :func:`cpu_info` reports).
+AVX_VNNI or AMX-INT8, which :func:`cpu_info` reports). Without those int8 dot-product
+instructions, oneDNN sums pairs of u8 x s8 products in 16 bits, which saturate: see
+:func:`gluonbert.sysinfo.fastest_path` for what that means for ``--fast``.
+
+``GLUONBERT_CPU_FEATURES=avx2,fma`` (comma-separated, /proc/cpuinfo's names) makes gluonbert
+see only those of the CPU's flags: it can hide features, never add any. With
+``DNNL_MAX_CPU_ISA=AVX2`` (oneDNN's own switch) and ``GLUONBERT_OPS_MARCH=haswell``
+(:mod:`gluonbert.ops`) it lets an AVX-512 machine run as an AVX2-only one would, which is
+what the AVX2 lane of ``.ci/run`` does.
 """
 import dataclasses
 import functools
@@ -26,7 +34,7 @@ from ._env import quiet_native_stderr
 from .errors import UnsupportedHardwareError
 
 __all__ = ['CPUInfo', 'cpu_info', 'bf16_support', 'has_native_bf16', 'require_bf16',
-           'REPORTED_FLAGS', 'DISABLE_BF16_ENV', 'require_gpu_kernels',
+           'REPORTED_FLAGS', 'DISABLE_BF16_ENV', 'CPU_FEATURES_ENV', 'require_gpu_kernels',
            'gpu_compute_capabilities']
 
 # The flags that decide gluonbert's fast paths, in the names Linux's /proc/cpuinfo uses.
@@ -34,6 +42,7 @@ REPORTED_FLAGS = ('avx2', 'fma', 'avx512f', 'avx512_bf16', 'amx_bf16', 'amx_int8
                   'avx512_vnni', 'avx_vnni')
 BF16_FLAGS = ('avx512_bf16', 'amx_bf16')
 DISABLE_BF16_ENV = 'GLUONBERT_DISABLE_BF16'
+CPU_FEATURES_ENV = 'GLUONBERT_CPU_FEATURES'
 _FLAG_NAMES = {'avx2': 'AVX2', 'fma': 'FMA', 'avx512f': 'AVX-512F',
                'avx512_bf16': 'AVX512_BF16', 'amx_bf16': 'AMX-BF16', 'amx_int8': 'AMX-INT8',
                'avx512_vnni': 'AVX512_VNNI', 'avx_vnni': 'AVX_VNNI'}
@@ -69,14 +78,25 @@ def _parse_cpuinfo(text):
     return model, flags
 
 
+def _feature_mask(value):
+    """The flags ``GLUONBERT_CPU_FEATURES`` leaves visible (None: unset, all of them)."""
+    if value is None or not value.strip():
+        return None
+    return {flag.strip().lower() for flag in value.split(',') if flag.strip()}
+
+
 @functools.lru_cache(maxsize=None)
 def cpu_info():
-    """This machine's :class:`CPUInfo` (read once; from /proc/cpuinfo on Linux)."""
+    """This machine's :class:`CPUInfo` (read once; from /proc/cpuinfo on Linux), less the
+    flags that ``GLUONBERT_CPU_FEATURES`` hides."""
     try:
         with open('/proc/cpuinfo', encoding='utf-8', errors='replace') as f:
             model, flags = _parse_cpuinfo(f.read())
     except OSError:  # not Linux: the model name only, so no native bf16 is assumed
         model, flags = '', set()
+    visible = _feature_mask(os.environ.get(CPU_FEATURES_ENV))
+    if visible is not None:
+        flags = flags & visible
     return CPUInfo(model or platform.processor() or platform.machine() or 'unknown CPU',
                    frozenset(flags))
 

@@ -46,7 +46,8 @@ from ._io import file_digest, write_text
 from .config import KERNELS
 from .errors import EnvironmentProblem
 
-__all__ = ['OPS', 'load', 'status', 'build', 'library_path', 'resolve_kernels']
+__all__ = ['OPS', 'MARCH_ENV', 'load', 'status', 'build', 'library_path', 'march',
+           'resolve_kernels']
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc', 'fused_ops.cc')
 OPS = ('gluonbert_layer_norm', 'gluonbert_multi_adamw_update', 'gluonbert_multi_sum_sq',
@@ -55,8 +56,13 @@ OPS = ('gluonbert_layer_norm', 'gluonbert_multi_adamw_update', 'gluonbert_multi_
 # parameters, now bound by memory). -Wl,-Bsymbolic: the library's own copy of lib_api.cc
 # must not bind to libmxnet's, which Horovod exposes by loading libmxnet RTLD_GLOBAL
 # (otherwise: "free(): invalid pointer").
-CXXFLAGS = ('-O3', '-march=native', '-fno-math-errno', '-fopenmp', '-shared', '-fPIC',
-            '-Wl,-Bsymbolic', '-std=c++17')
+CXXFLAGS = ('-O3', '-fno-math-errno', '-fopenmp', '-shared', '-fPIC', '-Wl,-Bsymbolic',
+            '-std=c++17')
+# The CPU the library is compiled for (gcc's -march): this machine's by default. Another
+# (e.g. 'haswell': AVX2 and FMA, no AVX-512) has a cache entry of its own, for running as
+# an older CPU would (the AVX2 lane of .ci/run).
+MARCH_ENV = 'GLUONBERT_OPS_MARCH'
+_MARCH_CHARS = frozenset('abcdefghijklmnopqrstuvwxyz0123456789-_.')
 
 BUILD_TIMEOUT_S = 300
 NOT_BUILT = 'not built yet (build once per machine: gluonbert-ops build)'
@@ -79,6 +85,20 @@ def _cpu_signature():
         return platform.processor() or platform.machine()
 
 
+def march():
+    """The ``-march`` the library is (to be) compiled for: ``GLUONBERT_OPS_MARCH`` or
+    ``'native'``."""
+    value = os.environ.get(MARCH_ENV, '').strip() or 'native'
+    if not set(value) <= _MARCH_CHARS:
+        raise EnvironmentProblem(f'{MARCH_ENV}={value!r} is not a CPU name for -march '
+                                 f'(e.g. native, haswell, skylake-avx512)')
+    return value
+
+
+def _flags():
+    return (f'-march={march()}', *CXXFLAGS)
+
+
 def _compiler():
     return os.environ.get('CXX') or shutil.which('g++') or shutil.which('c++')
 
@@ -97,10 +117,12 @@ def library_path():
         digest.update(f.read())
     with open(os.path.join(_mxnet_dir(), 'include', 'mxnet', 'lib_api.h'), 'rb') as f:
         digest.update(f.read())
-    for part in (mx.__version__, _compiler() or '', ' '.join(CXXFLAGS), _cpu_signature(),
+    for part in (mx.__version__, _compiler() or '', ' '.join(_flags()), _cpu_signature(),
                  sys.platform):
         digest.update(part.encode('utf-8'))
-    return os.path.join(_cache_dir(), f'fused_ops-{digest.hexdigest()[:16]}.so')
+    target = march()
+    tag = '' if target == 'native' else f'{target}-'
+    return os.path.join(_cache_dir(), f'fused_ops-{tag}{digest.hexdigest()[:16]}.so')
 
 
 def _checksum_path(path):
@@ -165,7 +187,7 @@ def build(*, quiet=False, timeout=BUILD_TIMEOUT_S):
     # written next to the target, then renamed: concurrent builds cannot leave a torn file
     fd, tmp = tempfile.mkstemp(suffix='.so', dir=directory)
     os.close(fd)
-    command = [compiler, *CXXFLAGS, '-I', os.path.join(mxnet_dir, 'include'), SOURCE,
+    command = [compiler, *_flags(), '-I', os.path.join(mxnet_dir, 'include'), SOURCE,
                os.path.join(mxnet_dir, 'src', 'lib_api.cc'), '-o', tmp]
     try:
         try:
@@ -268,7 +290,8 @@ def load():
                           f"({_STATE['reason']}); using MXNet's operators, which are slower",
                           RuntimeWarning, stacklevel=2)
             return False
-        _STATE.update(loaded=True, reason=f'loaded from {path}')
+        built_for = '' if march() == 'native' else f' (built for -march={march()})'
+        _STATE.update(loaded=True, reason=f'loaded from {path}{built_for}')
         return True
 
 

@@ -37,3 +37,23 @@ def make_batch(vocab_size=99, batch=3, seq_len=10, valid=(10, 7, 3), split=5, se
 @pytest.fixture
 def batch():
     return make_batch()
+
+
+FLOAT32_EPS = float(np.finfo(np.float32).eps)  # 1.19e-7: one ulp of float32 at 1.0
+
+
+def assert_close(actual, reference, *, rtol, atol=0.0, name='values'):
+    """``max|actual - reference| <= rtol * max|reference| + atol``.
+
+    A bound relative to the size of what is compared: float32 rounding errors grow with the
+    magnitude of the numbers, so an absolute bound fails on large values that differ by one
+    ulp (2^-16 at 128) and says nothing of small ones. The message gives both magnitudes.
+    """
+    actual, reference = np.asarray(actual, np.float64), np.asarray(reference, np.float64)
+    assert actual.shape == reference.shape, f'{name}: shape {actual.shape} != {reference.shape}'
+    difference = float(np.abs(actual - reference).max())
+    scale = float(np.abs(reference).max())
+    bound = rtol * scale + atol
+    assert difference <= bound, (f'{name} differ by {difference:.3g} > {bound:.3g} '
+                                 f'({rtol:g} x max|reference| {scale:.3g} + {atol:g}); that is '
+                                 f'{difference / max(scale, 1e-30) / FLOAT32_EPS:.1f} eps of it')

@@ -10,6 +10,7 @@ import mxnet as mx
 import pytest
 
 import gluonbert
+from conftest import FLOAT32_EPS, assert_close
 from gluonbert.pretrained import PretrainedError, load_pretrained, save_pretrained
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,10 +34,13 @@ def test_minilm_matches_hugging_face(minilm):
                                  mx.nd.array(reference['token_type_ids']),
                                  mx.nd.array(valid_length))
         sequence = sequence.asnumpy()
+        # transformers' float32 kernels against MXNet's, 6 layers: measured 3.4 eps x
+        # max|reference| (sequence) and 6.5 eps (pooled) on an AVX2-only EPYC
         for row, length in enumerate(valid_length):
-            diff = np.abs(sequence[row, :length] - reference['sequence_output'][row, :length])
-            assert diff.max() <= 1e-4
-        assert np.abs(pooled.asnumpy() - reference['pooled_output']).max() <= 1e-4
+            assert_close(sequence[row, :length], reference['sequence_output'][row, :length],
+                         rtol=64 * FLOAT32_EPS, name=f'sequence row {row}')
+        assert_close(pooled.asnumpy(), reference['pooled_output'], rtol=64 * FLOAT32_EPS,
+                     name='pooled')
     # the tokenizer gives the fixture's ids
     first = reference['texts'][0]
     ids = [vocab.cls_id] + tokenizer.encode(str(first)) + [vocab.sep_id]
@@ -118,8 +122,9 @@ def test_zoo_fake_cache_loads(tmp_path, monkeypatch):
     segments = mx.nd.zeros((1, 6))
     expected = source(words, segments, mx.nd.array([6]), mx.nd.array([[1, 2]]))
     got = model(words, segments, mx.nd.array([6]), mx.nd.array([[1, 2]]))
-    np.testing.assert_allclose(got[0].asnumpy(), expected[0].asnumpy(), atol=1e-5)
-    np.testing.assert_allclose(got[2].asnumpy(), expected[3].asnumpy(), atol=1e-5)
+    # GluonNLP's BERT against gluonbert's, as test_convert's parity (64 eps)
+    assert_close(got[0].asnumpy(), expected[0].asnumpy(), rtol=64 * FLOAT32_EPS, name='sequence')
+    assert_close(got[2].asnumpy(), expected[3].asnumpy(), rtol=64 * FLOAT32_EPS, name='mlm')
     with pytest.raises(PretrainedError, match='no pretrained bert_12_768_12 for dataset'):
         load_pretrained('bert_12_768_12', root=str(root), dataset_name='no_such_corpus')
 

@@ -21,8 +21,10 @@ from . import ops  # noqa: E402
 from .layers import (PositionalEncoding, LearnedPositionalEncoding, MultiHeadAttention,  # noqa: E402
                      Dropout, LayerNorm, AddNorm, PositionWiseFFN, EncoderBlock, Activation)
 from .heads import MLMDecoder, NSClassifier  # noqa: E402
-from .model import (BERTEncoder, BERTModel, BERTClassifier, BERTForPretraining,  # noqa: E402
-                    ClassifierInfo)
+from .model import (BERTEncoder, BERTModel, TaskModel, BERTClassifier,  # noqa: E402
+                    BERTForPretraining, ClassifierInfo)
+# task models register themselves in gluonbert.model.TASK_MODELS when their module loads
+from .token_classification import BERTForTokenClassification  # noqa: E402
 from .convert import from_gluonnlp  # noqa: E402
 from .params import count_parameters, parameter_counts  # noqa: E402
 from .tokenizer import Vocab, BERTTokenizer  # noqa: E402
@@ -43,7 +45,8 @@ from ._version import __version__  # noqa: E402
 __all__ = ['BERTConfig', 'PRESETS', 'ops', 'PositionalEncoding', 'LearnedPositionalEncoding',
            'MultiHeadAttention', 'Dropout', 'LayerNorm', 'AddNorm', 'PositionWiseFFN',
            'EncoderBlock', 'Activation', 'MLMDecoder', 'NSClassifier', 'BERTEncoder', 'BERTModel',
-           'BERTClassifier', 'BERTForPretraining', 'from_gluonnlp', 'count_parameters',
+           'TaskModel', 'BERTClassifier', 'BERTForPretraining', 'BERTForTokenClassification',
+           'from_gluonnlp', 'count_parameters',
            'parameter_counts', 'Vocab', 'BERTTokenizer', 'load_pretrained', 'save_pretrained',
            'LoRADense', 'apply_lora', 'merge_lora', 'save_lora', 'load_lora',
            'lora_parameter_counts', 'BERTTransform', 'make_dataloader', 'load_dataset',

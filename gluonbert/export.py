@@ -39,7 +39,6 @@ def load_classifier(model_dir, ctx=None):
     """(classifier, vocab, tokenizer) from a ``gluonbert-finetune`` model directory or a
     LoRA adapter directory (merged into its base)."""
     from .lora import ADAPTER_MANIFEST, load_lora, merge_lora
-    from .model import BERTClassifier
     from .pretrained import load_pretrained
     if not os.path.isdir(model_dir):
         raise ModelError(f'no such model directory: {model_dir}')
@@ -48,9 +47,9 @@ def load_classifier(model_dir, ctx=None):
         merge_lora(net)
     else:
         net, vocab, tokenizer = load_pretrained(model_dir, ctx=ctx)
-    if not isinstance(net, BERTClassifier):
+    if getattr(net, 'task', None) != 'sequence_classification':
         raise ModelError(f'{model_dir} holds a {type(net).__name__}, not a fine-tuned '
-                         f'classifier')
+                         f'sentence classifier (export and predict take those only)')
     return net, vocab, tokenizer
 
 

@@ -27,7 +27,7 @@ from mxnet import init
 from mxnet.gluon import HybridBlock, nn
 
 from .layers import MultiHeadAttention, PositionWiseFFN, parameter_input
-from .model import BERTClassifier
+from .model import TASK_MODELS, TaskModel
 from .params import count_parameters, named_parameters
 
 __all__ = ['LoRADense', 'LoRACounts', 'apply_lora', 'merge_lora', 'lora_parameter_counts',
@@ -418,7 +418,8 @@ def save_lora(model, path, *, base_model='minilm', label_names=None, max_len=Non
 
     Parameters
     ----------
-    model : BERTClassifier with LoRA applied
+    model : a labelled TaskModel with LoRA applied (BERTClassifier,
+        BERTForTokenClassification, ...)
     path : str
         The adapter directory.
     base_model : str, default 'minilm'
@@ -438,9 +439,9 @@ def save_lora(model, path, *, base_model='minilm', label_names=None, max_len=Non
         The absolute adapter directory.
     """
     from .pretrained import write_model_directory
-    if not isinstance(model, BERTClassifier):
-        raise TypeError(f'save_lora saves a BERTClassifier with LoRA, got '
-                        f'{type(model).__name__}')
+    if not isinstance(model, TaskModel) or model.info is None:
+        raise TypeError(f'save_lora saves a labelled task model (a TaskModel with a head, '
+                        f'e.g. BERTClassifier) with LoRA, got {type(model).__name__}')
     rank, alpha, dropout, targets = lora_settings(model)
     directory = os.path.abspath(os.fspath(path))
     info = model.info_with(label_names=label_names, max_len=max_len)
@@ -449,9 +450,10 @@ def save_lora(model, path, *, base_model='minilm', label_names=None, max_len=Non
         'base_model': _base_reference(base_model, directory),
         'config': model.config.to_dict(),
         'rank': rank, 'alpha': alpha, 'dropout': dropout, 'targets': targets,
-        'num_classes': model.num_classes, 'label_names': info.label_names,
-        'classifier_dropout': float(getattr(model.classifier[0], 'rate', 0.0)),
-        'max_len': info.max_len, 'classifier': info.to_dict(), 'extra': dict(extra or {}),
+        **model.manifest_fields(info.label_names),  # model_class, num_classes, labels
+        'classifier': info.to_dict(),  # with this call's max_len
+        'classifier_dropout': float(model.head_dropout),
+        'max_len': info.max_len, 'extra': dict(extra or {}),
     }
     arrays = {name: p.data().as_in_context(mx.cpu())
               for name, p in _adapter_parameters(model).items()}
@@ -517,18 +519,22 @@ def load_lora(path, ctx=None):
     Returns
     -------
     (net, vocab, tokenizer)
-        ``net`` is a :class:`BERTClassifier` with LoRA layers (unmerged) and its
+        ``net`` is the adapter's task model (the class its manifest names, e.g. a
+        :class:`~gluonbert.BERTClassifier`) with LoRA layers (unmerged) and its
         :class:`~gluonbert.model.ClassifierInfo`.
     """
     from .convert import assign_parameters
     from .config import BERTConfig
-    from .pretrained import (MINILM_NAME, ZOO_MODELS, PretrainedError, classifier_info,
-                             load_pretrained, verify_params_file)
+    from .pretrained import (MINILM_NAME, ZOO_MODELS, PretrainedError, load_pretrained,
+                             task_model_from_manifest, verify_params_file)
     directory = os.path.abspath(os.fspath(path))
     manifest = _read_adapter_manifest(directory)
+    manifest_path = os.path.join(directory, ADAPTER_MANIFEST)
     params_path = os.path.join(directory, ADAPTER_PARAMS)
     verify_params_file(params_path, manifest.get('params_bytes'), manifest.get('params_sha1'))
-    info = classifier_info(manifest, os.path.join(directory, ADAPTER_MANIFEST))
+    kind = manifest.get('model_class', 'BERTClassifier')
+    if kind not in TASK_MODELS:
+        raise PretrainedError(f'{manifest_path}: unknown model class {kind!r}')
     base = manifest['base_model']
     if base not in (MINILM_NAME,) + ZOO_MODELS:
         base = os.path.normpath(os.path.join(directory, base))
@@ -537,8 +543,8 @@ def load_lora(path, ctx=None):
     if bert.config.architecture() != BERTConfig.from_dict(manifest['config']).architecture():
         raise PretrainedError(f'the adapter in {directory} was trained on a model with a '
                               f'different config than {base}')
-    net = BERTClassifier(bert, num_classes=manifest['num_classes'],
-                         dropout=manifest['classifier_dropout'], info=info)
+    net = task_model_from_manifest(TASK_MODELS[kind], bert, manifest, manifest_path,
+                                   dropout=manifest['classifier_dropout'])
     net.classifier.initialize(ctx=mx.cpu() if ctx is None else ctx)
     apply_lora(net, rank=manifest['rank'], alpha=manifest['alpha'],
                dropout=manifest['dropout'], targets=manifest['targets'])

@@ -19,8 +19,9 @@ from .heads import MLMDecoder, NSClassifier
 from .layers import (WEIGHT_INIT, Dropout, EncoderBlock, LayerNorm, LearnedPositionalEncoding,
                      PositionalEncoding)
 
-__all__ = ['BERTEncoder', 'BERTModel', 'BERTClassifier', 'BERTForPretraining',
-           'ClassifierInfo', 'TRUNCATIONS', 'MAX_CALIBRATION_TEXTS']
+__all__ = ['BERTEncoder', 'BERTModel', 'TaskModel', 'TASK_MODELS', 'BERTClassifier',
+           'BERTForPretraining', 'ClassifierInfo', 'CheckedInputs', 'TRUNCATIONS',
+           'MAX_CALIBRATION_TEXTS']
 
 
 TRUNCATIONS = ('head', 'head+tail')
@@ -161,7 +162,25 @@ def check_inputs(words, segments, valid_length, *, max_length, vocab_size=None,
                              f'[{positions.min():g}, {positions.max():g}]')
 
 
-class BERTEncoder(HybridBlock):
+class CheckedInputs:
+    """Checks a call's inputs with :func:`check_inputs` before the forward pass (a traced
+    call, with Symbols, is not checked). Mixed into every block a user calls with
+    ``(words, segments, valid_length)``: the encoder, the model and the task models."""
+
+    def check_inputs(self, words, segments, valid_length, *rest):
+        """Raise for malformed inputs; ``rest``: what a task model takes besides."""
+        cfg = self.config
+        check_inputs(words, segments, valid_length, max_length=cfg.max_length,
+                     vocab_size=cfg.vocab_size, type_vocab_size=cfg.type_vocab_size)
+
+    def forward(self, words, segments, valid_length=None, *rest):
+        # pylint: disable=arguments-differ
+        if not isinstance(words, mx.sym.Symbol):  # a NumPy array is told what to pass
+            self.check_inputs(words, segments, valid_length, *rest)
+        return super().forward(words, segments, valid_length, *rest)
+
+
+class BERTEncoder(CheckedInputs, HybridBlock):
     """Embeddings plus a stack of post-LayerNorm Transformer encoder blocks.
 
     ``x = LayerNorm(word_embed(words) + segment_embed(segments) + position(L))``, dropout,
@@ -225,13 +244,6 @@ class BERTEncoder(HybridBlock):
                     attention_dropout=cfg.attention_dropout, layer_norm_eps=layer_norm_eps,
                     activation=activation, layout='TNC', kernels=kernels))
 
-    def __call__(self, words, segments, valid_length=None):  # pylint: disable=arguments-differ
-        if not isinstance(words, mx.sym.Symbol):
-            cfg = self.config
-            check_inputs(words, segments, valid_length, max_length=cfg.max_length,
-                         vocab_size=cfg.vocab_size, type_vocab_size=cfg.type_vocab_size)
-        return super().__call__(words, segments, valid_length)
-
     def hybrid_forward(self, F, words, segments, valid_length=None):
         # pylint: disable=arguments-differ
         # Work time-major inside: the fused attention kernels want (L, B, U).
@@ -246,7 +258,7 @@ class BERTEncoder(HybridBlock):
         return F.transpose(x, axes=(1, 0, 2))                       # (B, L, U)
 
 
-class BERTModel(HybridBlock):
+class BERTModel(CheckedInputs, HybridBlock):
     """BERT encoder plus pooler (tanh Dense on the [CLS] encoding).
 
     Parameters
@@ -277,14 +289,6 @@ class BERTModel(HybridBlock):
                                    prefix='pooler_')
         self.config = self.encoder.config  # with the kernels resolved
 
-    def forward(self, words, segments, valid_length=None):  # pylint: disable=arguments-differ
-        if not isinstance(words, mx.sym.Symbol) and self._active:
-            # hybridized: the encoder's own check does not run, so check here
-            cfg = self.config
-            check_inputs(words, segments, valid_length, max_length=cfg.max_length,
-                         vocab_size=cfg.vocab_size, type_vocab_size=cfg.type_vocab_size)
-        return super().forward(words, segments, valid_length)
-
     def hybrid_forward(self, F, words, segments, valid_length=None):
         # pylint: disable=arguments-differ
         sequence = self.encoder(words, segments, valid_length)          # (B, L, U)
@@ -292,7 +296,126 @@ class BERTModel(HybridBlock):
         return sequence, self.pooler(cls)                               # (B, U)
 
 
-class BERTClassifier(HybridBlock):
+# ------------------------------------------------------------------------- task models
+TASK_MODELS = {}  # a manifest's 'model_class' -> the class that loads it
+
+
+class TaskModel(CheckedInputs, HybridBlock):
+    """A task head on a :class:`BERTModel`: the base class of every task model.
+
+    It holds what they share: the model (``bert``) and its ``config``, the input check, the
+    labelled tasks' :class:`ClassifierInfo` (label names, max_len, truncation, ...) and the
+    manifest round trip of a model directory (:meth:`manifest_fields`,
+    :meth:`from_manifest`). Every subclass is registered by its name in
+    :data:`TASK_MODELS`, which loading, export, LoRA and the fast paths ask instead of
+    checking concrete types.
+
+    A labelled task (``num_classes`` given) has a head named ``classifier``: dropout, then
+    one Dense layer to ``num_classes`` logits, as :class:`BERTClassifier` does on the pooled
+    output and :class:`~gluonbert.token_classification.BERTForTokenClassification` on
+    every token's encoding.
+
+    Class attributes
+    ----------------
+    task : str
+        What the outputs are: ``'sequence_classification'`` (``(B, num_classes)`` logits),
+        ``'token_classification'`` (``(B, L, num_classes)``) or ``'pretraining'``.
+    """
+    task = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        TASK_MODELS[cls.__name__] = cls
+
+    def __init__(self, bert, num_classes=None, dropout=0.1, *, info=None, token_level=False,
+                 prefix=None, params=None):
+        super().__init__(prefix=prefix, params=params)
+        if not isinstance(bert, BERTModel):
+            raise TypeError(f'{type(self).__name__} wraps a gluonbert BERTModel, got '
+                            f'{type(bert).__name__}; convert GluonNLP models with '
+                            f'gluonbert.from_gluonnlp')
+        self.bert = bert
+        self.num_classes = num_classes
+        self._info = None
+        if num_classes is None:
+            return
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f'num_classes must be an integer >= 2, got {num_classes!r}')
+        self.info = info if info is not None else ClassifierInfo.default(num_classes)
+        with self.name_scope():
+            self.classifier = nn.HybridSequential(prefix='classifier_')
+            with self.classifier.name_scope():
+                self.classifier.add(Dropout(rate=dropout, kernels=bert.config.kernels))
+                self.classifier.add(nn.Dense(num_classes, in_units=bert.config.units,
+                                             flatten=not token_level,
+                                             weight_initializer=WEIGHT_INIT))
+
+    @property
+    def config(self):
+        return self.bert.config
+
+    @property
+    def info(self):
+        """The :class:`ClassifierInfo` of a labelled task (None for pre-training)."""
+        return self._info
+
+    @info.setter
+    def info(self, info):
+        if not isinstance(info, ClassifierInfo):
+            raise TypeError(f'info must be a ClassifierInfo, got {type(info).__name__}')
+        if len(info.label_names) != self.num_classes:
+            raise ModelError(f'{len(info.label_names)} label names for {self.num_classes} '
+                             f'classes')
+        self._info = info
+
+    def info_with(self, **changes):
+        """This model's info with ``changes`` (fields; None leaves one as it is), checked
+        against ``num_classes``; the model itself is not changed."""
+        if self._info is None:
+            raise ModelError(f'{type(self).__name__} has no labels')
+        info = dataclasses.replace(self._info, **{k: (list(v) if k == 'label_names' else v)
+                                                  for k, v in changes.items() if v is not None})
+        if len(info.label_names) != self.num_classes:
+            raise ModelError(f'{len(info.label_names)} label names for {self.num_classes} '
+                             f'classes')
+        return info
+
+    @property
+    def label_names(self):
+        return None if self._info is None else list(self._info.label_names)
+
+    @label_names.setter
+    def label_names(self, names):
+        self.info = self.info_with(label_names=names)
+
+    @property
+    def head_dropout(self):
+        """The dropout rate before the labelled head's Dense layer (None without one)."""
+        return None if self._info is None else self.classifier[0].rate
+
+    def manifest_fields(self, label_names=None):
+        """What a model directory's manifest records of this task besides the config and
+        the weights (``label_names`` replaces the info's)."""
+        fields = {'model_class': type(self).__name__}
+        if self._info is not None:
+            info = self.info_with(label_names=label_names)
+            fields.update(num_classes=self.num_classes, label_names=info.label_names,
+                          classifier=info.to_dict())
+        return fields
+
+    @classmethod
+    def from_manifest(cls, bert, manifest, info=None, dropout=0.1):
+        """A new (uninitialised head) task model on ``bert`` from the fields
+        :meth:`manifest_fields` wrote; ``info`` is their :class:`ClassifierInfo`, read and
+        checked by the caller."""
+        if info is None:
+            return cls(bert)
+        if len(info.label_names) < 2:
+            raise ModelError(f'{len(info.label_names)} label names')
+        return cls(bert, num_classes=len(info.label_names), dropout=dropout, info=info)
+
+
+class BERTClassifier(TaskModel):
     """Sentence (pair) classifier: dropout and a Dense layer on BERT's pooled output.
 
     Parameters
@@ -313,76 +436,19 @@ class BERTClassifier(HybridBlock):
     Outputs:
         - **logits**: ``(B, num_classes)``
     """
+    task = 'sequence_classification'
 
     def __init__(self, bert, num_classes=2, dropout=0.1, prefix=None, params=None, *,
                  info=None):
-        super().__init__(prefix=prefix, params=params)
-        if not isinstance(bert, BERTModel):
-            raise TypeError(f'BERTClassifier wraps a gluonbert BERTModel, got '
-                            f'{type(bert).__name__}; convert GluonNLP models with '
-                            f'gluonbert.from_gluonnlp')
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f'num_classes must be an integer >= 2, got {num_classes!r}')
-        self.num_classes = num_classes
-        self.info = info if info is not None else ClassifierInfo.default(num_classes)
-        self.bert = bert
-        with self.name_scope():
-            self.classifier = nn.HybridSequential(prefix='classifier_')
-            with self.classifier.name_scope():
-                self.classifier.add(Dropout(rate=dropout, kernels=bert.config.kernels))
-                self.classifier.add(nn.Dense(num_classes, in_units=bert.config.units,
-                                             weight_initializer=WEIGHT_INIT))
-
-    @property
-    def config(self):
-        return self.bert.config
-
-    @property
-    def info(self):
-        """The :class:`ClassifierInfo` (label names, max_len, truncation, ...)."""
-        return self._info
-
-    @info.setter
-    def info(self, info):
-        if not isinstance(info, ClassifierInfo):
-            raise TypeError(f'info must be a ClassifierInfo, got {type(info).__name__}')
-        if len(info.label_names) != self.num_classes:
-            raise ModelError(f'{len(info.label_names)} label names for {self.num_classes} '
-                             f'classes')
-        self._info = info
-
-    def info_with(self, **changes):
-        """This classifier's info with ``changes`` (fields; None leaves one as it is),
-        checked against ``num_classes``; the classifier itself is not changed."""
-        info = dataclasses.replace(self._info, **{k: (list(v) if k == 'label_names' else v)
-                                                  for k, v in changes.items() if v is not None})
-        if len(info.label_names) != self.num_classes:
-            raise ModelError(f'{len(info.label_names)} label names for {self.num_classes} '
-                             f'classes')
-        return info
-
-    @property
-    def label_names(self):
-        return list(self._info.label_names)
-
-    @label_names.setter
-    def label_names(self, names):
-        self.info = self.info_with(label_names=names)
-
-    def forward(self, words, segments, valid_length=None):  # pylint: disable=arguments-differ
-        if not isinstance(words, mx.sym.Symbol) and self._active:
-            cfg = self.config
-            check_inputs(words, segments, valid_length, max_length=cfg.max_length,
-                         vocab_size=cfg.vocab_size, type_vocab_size=cfg.type_vocab_size)
-        return super().forward(words, segments, valid_length)
+        super().__init__(bert, num_classes, dropout, info=info, prefix=prefix, params=params)
 
     def hybrid_forward(self, F, words, segments, valid_length=None):
         # pylint: disable=arguments-differ
-        _, pooled = self.bert(words, segments, valid_length)
-        return self.classifier(pooled)
+        _, pooled = self.bert(words, segments, valid_length)                   # (B, U)
+        return self.classifier(pooled)                                         # (B, C)
 
 
-class BERTForPretraining(HybridBlock):
+class BERTForPretraining(TaskModel):
     """BERT with its masked-LM and next-sentence heads (MLM output tied to the word embedding).
 
     Parameters
@@ -402,17 +468,16 @@ class BERTForPretraining(HybridBlock):
         - **mlm_logits**: ``(B, M, V)``
         - **nsp_logits**: ``(B, 2)``
     """
+    task = 'pretraining'
 
     def __init__(self, config=None, bert=None, prefix=None, params=None):
-        super().__init__(prefix=prefix, params=params)
         if bert is None:
             if config is None:
                 raise TypeError('BERTForPretraining needs a config or a bert model')
             bert = BERTModel(config)
         elif config is not None and config.architecture() != bert.config.architecture():
             raise ValueError('config does not match the given bert model')
-        self.config = bert.config
-        self.bert = bert
+        super().__init__(bert, prefix=prefix, params=params)
         cfg = self.config
         with self.name_scope():
             self.mlm_decoder = MLMDecoder(vocab_size=cfg.vocab_size, units=cfg.units,
@@ -423,16 +488,15 @@ class BERTForPretraining(HybridBlock):
                                           prefix='mlm_decoder_')
             self.ns_classifier = NSClassifier(units=cfg.units, prefix='ns_classifier_')
 
-    def forward(self, words, segments, valid_length, masked_positions):
-        # pylint: disable=arguments-differ
-        if not isinstance(words, mx.sym.Symbol):
-            cfg = self.config
-            # when not hybridized the encoder checks words/segments itself
-            full = dict(vocab_size=cfg.vocab_size, type_vocab_size=cfg.type_vocab_size) \
-                if self._active else {}
-            check_inputs(words, segments, valid_length, max_length=cfg.max_length,
-                         masked_positions=masked_positions, **full)
-        return super().forward(words, segments, valid_length, masked_positions)
+    @classmethod
+    def from_manifest(cls, bert, manifest, info=None, dropout=0.1):
+        return cls(bert=bert)
+
+    def check_inputs(self, words, segments, valid_length, *rest):
+        cfg = self.config
+        check_inputs(words, segments, valid_length, max_length=cfg.max_length,
+                     vocab_size=cfg.vocab_size, type_vocab_size=cfg.type_vocab_size,
+                     masked_positions=rest[0] if rest else None)
 
     def hybrid_forward(self, F, words, segments, valid_length, masked_positions):
         # pylint: disable=arguments-differ

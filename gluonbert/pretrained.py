@@ -18,7 +18,7 @@ from ._net import reachable_url
 from .errors import ModelError
 from .config import BERTConfig
 from .convert import assign_parameters, from_gluonnlp
-from .model import BERTClassifier, BERTForPretraining, BERTModel, ClassifierInfo
+from .model import TASK_MODELS, BERTForPretraining, BERTModel, ClassifierInfo, TaskModel
 from .params import named_parameters
 from .tokenizer import BERTTokenizer, Vocab
 
@@ -298,7 +298,7 @@ def save_pretrained(model, vocab, tokenizer, directory, *, label_names=None, ext
 
     Parameters
     ----------
-    model : BERTModel, BERTClassifier or BERTForPretraining
+    model : BERTModel or a TaskModel (BERTClassifier, BERTForPretraining, ...)
     vocab : Vocab
     tokenizer : BERTTokenizer
     directory : str
@@ -309,7 +309,7 @@ def save_pretrained(model, vocab, tokenizer, directory, *, label_names=None, ext
         back to decide how to compute; a classifier's :class:`~gluonbert.model.
         ClassifierInfo` is saved under ``"classifier"``).
     """
-    if not isinstance(model, (BERTModel, BERTClassifier, BERTForPretraining)):
+    if not isinstance(model, (BERTModel, TaskModel)):
         raise TypeError(f'save_pretrained takes a gluonbert model, got {type(model).__name__}')
     manifest = {'format': 'gluonbert', 'version': FORMAT_VERSION,
                 'model_class': type(model).__name__, 'config': model.config.to_dict(),
@@ -317,11 +317,8 @@ def save_pretrained(model, vocab, tokenizer, directory, *, label_names=None, ext
                               'strip_accents': tokenizer.strip_accents,
                               'max_input_chars_per_word': tokenizer.max_input_chars_per_word},
                 'extra': extra or {}}
-    if isinstance(model, BERTClassifier):
-        info = model.info_with(label_names=label_names)
-        manifest['num_classes'] = model.num_classes
-        manifest['label_names'] = info.label_names  # also in 'classifier'; kept for readers
-        manifest['classifier'] = info.to_dict()
+    if isinstance(model, TaskModel):
+        manifest.update(model.manifest_fields(label_names))
 
     arrays = {name: p.data().as_in_context(mx.cpu())
               for name, p in named_parameters(model).items()}
@@ -453,20 +450,12 @@ def _load_saved(directory, ctx):
     # classifier stay in its info
     config = dataclasses.replace(config, kernels='auto')
     kind = field('model_class', str)
+    if kind != 'BERTModel' and kind not in TASK_MODELS:
+        raise PretrainedError(f'unknown model class {kind!r} in {manifest_path} (known: '
+                              f'BERTModel, {", ".join(sorted(TASK_MODELS))})')
     bert = BERTModel(config)
-    if kind == 'BERTModel':
-        model = bert
-    elif kind == 'BERTClassifier':
-        num_classes, label_names = field('num_classes', int), field('label_names', list)
-        if num_classes < 1 or len(label_names) != num_classes:
-            raise PretrainedError(f'{manifest_path}: damaged manifest ({len(label_names)} '
-                                  f'label names for {num_classes} classes)')
-        model = BERTClassifier(bert, num_classes=num_classes,
-                               info=classifier_info(manifest, manifest_path))
-    elif kind == 'BERTForPretraining':
-        model = BERTForPretraining(bert=bert)
-    else:
-        raise PretrainedError(f'unknown model class {kind!r} in {manifest_path}')
+    model = bert if kind == 'BERTModel' else task_model_from_manifest(
+        TASK_MODELS[kind], bert, manifest, manifest_path)
     try:
         arrays = mx.nd.load(params_path)
     except mx.base.MXNetError as err:
@@ -478,6 +467,24 @@ def _load_saved(directory, ctx):
         raise PretrainedError(f'{params_path}: {err}') from err
     vocab, tokenizer = _saved_vocabulary(directory, field)
     return model, vocab, tokenizer
+
+
+def task_model_from_manifest(cls, bert, manifest, manifest_path, dropout=0.1):
+    """A :class:`~gluonbert.model.TaskModel` of class ``cls`` on ``bert`` as a model or
+    adapter manifest describes it (a labelled task's info checked against its class
+    count: a PretrainedError naming ``manifest_path``)."""
+    info = None
+    if 'num_classes' in manifest or 'classifier' in manifest:
+        info = classifier_info(manifest, manifest_path)
+        num_classes = manifest.get('num_classes')
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or \
+                num_classes != len(info.label_names):
+            raise PretrainedError(f'{manifest_path}: damaged manifest ({len(info.label_names)} '
+                                  f'label names for {num_classes!r} classes)')
+    try:
+        return cls.from_manifest(bert, manifest, info=info, dropout=dropout)
+    except (ModelError, ValueError, TypeError) as err:
+        raise PretrainedError(f'{manifest_path}: damaged manifest ({err})') from err
 
 
 def classifier_info(manifest, manifest_path):

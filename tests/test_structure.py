@@ -17,8 +17,8 @@ LAYERS = [
     ('base', ['errors', '_env', '_io', '_net', '_version', 'config', 'hardware', 'timing',
               'params']),
     ('native operators', ['ops', 'amp']),
-    ('core', ['layers', 'kernel_settings', 'heads', 'model', 'tokenizer', 'convert',
-              'pretrained', 'lora']),
+    ('core', ['layers', 'kernel_settings', 'heads', 'model', 'token_classification',
+              'tokenizer', 'convert', 'pretrained', 'lora']),
     ('data', ['data']),
     ('inference', ['predict']),
     ('process groups', ['distributed']),
@@ -135,3 +135,46 @@ def _function_lines(path, name):
 def test_training_loops_are_short(module, function):
     lines = _function_lines(os.path.join(PACKAGE, f'{module}.py'), function)
     assert lines <= MAX_LOOP_LINES, f'{function} has {lines} lines'
+
+
+# The task models (gluonbert.model.TaskModel's subclasses): code outside their own modules
+# asks the base class, the task or the registry, never for a concrete class.
+TASK_MODEL_CLASSES = ('BERTClassifier', 'BERTForPretraining', 'BERTForTokenClassification')
+TASK_MODEL_HOMES = ('gluonbert.model', 'gluonbert.token_classification')
+
+
+def _type_checks(tree):
+    """Lines that test an object against a task model class: isinstance/issubclass with
+    one of them, ``type(x) is C``, or a comparison with one's name as a string."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, 'id', None) in (
+                'isinstance', 'issubclass') and len(node.args) == 2:
+            names = {getattr(n, 'id', getattr(n, 'attr', None))
+                     for n in ast.walk(node.args[1])}
+            if names & set(TASK_MODEL_CLASSES):
+                found.append(node.lineno)
+        elif isinstance(node, ast.Compare):
+            parts = [node.left, *node.comparators]
+            if any(isinstance(p, ast.Constant) and p.value in TASK_MODEL_CLASSES
+                   for p in parts) or any(getattr(p, 'id', None) in TASK_MODEL_CLASSES
+                                          for p in parts):
+                found.append(node.lineno)
+    return found
+
+
+def test_no_concrete_task_model_is_checked_outside_its_module():
+    wrong = []
+    for dotted, path in modules().items():
+        if dotted in TASK_MODEL_HOMES:
+            continue
+        tree = ast.parse(open(path, encoding='utf-8').read(), path)
+        wrong += [f'{dotted}:{line}' for line in _type_checks(tree)]
+    assert wrong == []
+
+
+def test_the_type_check_finder_finds_them():
+    tree = ast.parse('isinstance(net, (BERTModel, BERTClassifier))\n'
+                     'kind == "BERTForPretraining"\ntype(net) is BERTForTokenClassification\n'
+                     'isinstance(net, TaskModel)\n')
+    assert _type_checks(tree) == [1, 2, 3]

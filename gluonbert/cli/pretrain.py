@@ -110,7 +110,7 @@ def _load_model(args, ctx, max_len, group):
         return model, vocab, tokenizer
     loaded, vocab, tokenizer = load_pretrained(model_source(args.model), ctx=ctx,
                                                with_heads=True)
-    model = loaded if isinstance(loaded, BERTForPretraining) else \
+    model = loaded if getattr(loaded, 'task', None) == 'pretraining' else \
         BERTForPretraining(bert=getattr(loaded, 'bert', loaded))
     initialize_missing(model, ctx)
     if args.max_length is not None and group.is_root:

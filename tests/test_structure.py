@@ -1,8 +1,10 @@
 """The package's shape, enforced: module sizes, the two training loops' lengths, and
-imports that only go down the layers the README's "Layout" names (so no cycles), function-
-level imports included. Read from the source with ``ast``; nothing is imported."""
+imports that only go down the layers docs/layout.md names (so no cycles), function-level
+imports included. Read from the source with ``ast``; nothing is imported. Also the README's
+length (a front door, not a notebook) and that the docs/ files it links exist."""
 import ast
 import os
+import re
 
 import pytest
 
@@ -10,9 +12,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, 'gluonbert')
 MAX_MODULE_LINES = 600
 MAX_LOOP_LINES = 80
+README = os.path.join(ROOT, 'README.md')
+MAX_README_LINES = 300
 
-# Lowest first; a module may import from its own layer and the layers below (the README's
-# "Layout" section is this table in words). Inside a layer, imports must not form a cycle.
+# Lowest first; a module may import from its own layer and the layers below (docs/layout.md
+# is this table in words). Inside a layer, imports must not form a cycle.
 LAYERS = [
     ('base', ['errors', '_env', '_io', '_net', '_version', 'config', 'hardware', 'timing',
               'params']),
@@ -78,7 +82,7 @@ def imported_modules(dotted, path):
 
 def test_every_module_is_in_a_layer():
     units = {top_unit(d) for d in modules()}
-    assert units - set(LAYER_OF) == set(), 'add new modules to LAYERS (and the README)'
+    assert units - set(LAYER_OF) == set(), 'add new modules to LAYERS (and docs/layout.md)'
 
 
 @pytest.mark.parametrize('dotted', sorted(modules()))
@@ -178,3 +182,17 @@ def test_the_type_check_finder_finds_them():
                      'kind == "BERTForPretraining"\ntype(net) is BERTForTokenClassification\n'
                      'isinstance(net, TaskModel)\n')
     assert _type_checks(tree) == [1, 2, 3]
+
+
+def test_readme_is_at_most_300_lines():
+    with open(README, encoding='utf-8') as f:
+        lines = sum(1 for _ in f)
+    assert lines <= MAX_README_LINES, f'README.md has {lines} lines: move details to docs/'
+
+
+def test_docs_linked_from_the_readme_exist():
+    with open(README, encoding='utf-8') as f:
+        linked = set(re.findall(r'\]\((docs/[^)#\s]+\.md)', f.read()))
+    assert linked, 'README.md links no docs/*.md file'
+    missing = sorted(p for p in linked if not os.path.isfile(os.path.join(ROOT, p)))
+    assert missing == []

@@ -1,6 +1,7 @@
 """The command-line tools, run in-process on tiny data, and the prediction API."""
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -36,9 +37,17 @@ def test_finetune_then_predict(tiny_files, tmp_path, capsys, monkeypatch):
     out = tmp_path / 'run'
     assert finetune_main(finetune_args(train, test, out)) == 0
     metrics = json.loads((out / 'metrics.json').read_text())
-    for key in ('test_accuracy', 'train_seconds', 'train_samples_per_second'):
-        assert isinstance(metrics[key], float)
-    assert len(metrics['history']) == 2
+    history = metrics['history']
+    assert len(history) == 2
+    # the best epoch's accuracy: a whole number of the 12 test rows right
+    assert metrics['test_accuracy'] == max(r['test_accuracy'] for r in history)
+    assert metrics['test_accuracy'] == history[metrics['best_epoch'] - 1]['test_accuracy']
+    assert round(metrics['test_accuracy'] * 12) == pytest.approx(metrics['test_accuracy'] * 12)
+    assert 0 <= metrics['test_accuracy'] <= 1
+    # the epochs' time, and 2 epochs of the 24 training rows in it
+    assert metrics['train_seconds'] == pytest.approx(sum(r['seconds'] for r in history))
+    assert 0 < metrics['train_seconds'] < metrics['wall_seconds']
+    assert metrics['train_samples_per_second'] * metrics['train_seconds'] == pytest.approx(48)
     assert metrics['lr'] == default_lr('tiny')  # no --lr: the preset's default
     assert (out / 'history.png').exists() and (out / 'metrics.jsonl').exists()
     printed = capsys.readouterr().out
@@ -327,8 +336,16 @@ def test_pretrain_cli_output_feeds_finetuning(tmp_path, tiny_files, capsys):
                           '--max-len', '32', '--log-interval', '2', '--output-dir', str(out),
                           '--no-progress']) == 0
     metrics = json.loads((out / 'metrics.json').read_text())
+    # the held-out figures of the saved model: the last record's (the same weights, the same
+    # held-out examples), accuracies of whole numbers of examples, perplexity exp(loss)
+    last = metrics['records'][-1]
+    assert last['step'] == 4
     for key in ('mlm_accuracy', 'nsp_accuracy', 'mlm_loss'):
-        assert isinstance(metrics[key], float)
+        assert metrics[key] == pytest.approx(last[f'eval_{key}'], rel=1e-5), key
+    assert 0 <= metrics['mlm_accuracy'] <= 1 and 0 <= metrics['nsp_accuracy'] <= 1
+    nsp_right = metrics['nsp_accuracy'] * metrics['eval_examples']
+    assert nsp_right == pytest.approx(round(nsp_right))
+    assert metrics['mlm_perplexity'] == pytest.approx(math.exp(metrics['mlm_loss']))
     model, _, _ = load_pretrained(str(out / 'model'))
     assert isinstance(model, gluonbert.BERTForPretraining)
     train, test = tiny_files

@@ -87,8 +87,14 @@ def test_prepare_then_pretrain_with_data(corpus, tmp_path, capsys):
     assert metrics['train_examples'] == counts['train_examples']
     assert metrics['eval_examples'] == counts['heldout_examples']
     assert [r['step'] for r in metrics['records']] == [2]
-    assert isinstance(metrics['records'][0]['eval_mlm_loss'], float)
-    assert isinstance(metrics['mlm_accuracy'], float)
+    # the saved model's held-out figures are those of the last record (same weights, same
+    # held-out examples); the NSP accuracy is a whole number of them
+    record = metrics['records'][0]
+    for key in ('mlm_loss', 'mlm_accuracy', 'nsp_loss', 'nsp_accuracy'):
+        assert metrics[key] == pytest.approx(record[f'eval_{key}'], rel=1e-5), key
+    assert 0 <= metrics['mlm_accuracy'] <= 1
+    nsp_right = metrics['nsp_accuracy'] * counts['heldout_examples']
+    assert nsp_right == pytest.approx(round(nsp_right))
     assert (out / 'metrics.jsonl').is_file()
     model, _, _ = load_pretrained(str(out / 'model'))
     assert isinstance(model, gluonbert.BERTForPretraining)

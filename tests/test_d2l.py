@@ -163,11 +163,3 @@ def test_encoder_block_in_tnc_layout_agrees_too():
     tnc = _gluonbert_block(weights, activation='relu', layer_norm_eps=1e-5, layout='TNC')
     out = tnc(x.transpose((1, 0, 2)), valid_lens).transpose((1, 0, 2))
     assert_close(out.asnumpy(), d2l_out.asnumpy(), rtol=64 * FLOAT32_EPS, name='TNC block')
-
-
-def test_numpy_mode_is_off_after_a_failure_inside_it():
-    with pytest.raises(ZeroDivisionError):
-        with _numpy_mode():
-            assert mx.util.is_np_array()
-            raise ZeroDivisionError
-    assert not mx.util.is_np_array()

@@ -258,13 +258,6 @@ def cli_flags(options):
     return args
 
 
-def test_the_table_is_large_and_covers_every_kind_of_input():
-    assert len(CASES) >= 40
-    assert len({case.id for case in CASES}) == len(CASES)
-    assert sum(isinstance(c.expect, Rows) for c in CASES) >= 20
-    assert sum(not isinstance(c.expect, Rows) for c in CASES) >= 30
-
-
 @pytest.mark.parametrize('case', CASES, ids=[c.id for c in CASES])
 def test_reader(case, tmp_path):
     path = make_file(tmp_path, case)

@@ -9,12 +9,14 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(code, env=None):
+def _run(code, env=None, cpus=None):
+    """``code`` in a fresh interpreter; ``cpus``: the only CPUs it may run on."""
     full_env = dict(os.environ, PYTHONPATH=ROOT, **(env or {}))
     full_env.pop('OMP_NUM_THREADS', None)
     full_env.update(env or {})
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus is not None else None
     return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                          env=full_env, timeout=120)
+                          env=full_env, timeout=120, preexec_fn=pin)
 
 
 def test_missing_mxnet_says_which_extra_to_install():
@@ -32,11 +34,35 @@ def test_python_312_is_refused_with_supported_versions():
     assert 'ERR gluonbert supports Python 3.8 to 3.11' in result.stdout
 
 
+def _cores_in_proc_cpuinfo(cpus):
+    """Distinct ("physical id", "core id") pairs of /proc/cpuinfo among ``cpus``: the
+    physical cores they sit on, counted without gluonbert's code (which reads sysfs)."""
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8') as f:
+            blocks = f.read().strip().split('\n\n')
+    except OSError:
+        pytest.skip('no /proc/cpuinfo to count physical cores from')
+    cores = set()
+    for block in blocks:
+        fields = dict(line.split(':', 1) for line in block.splitlines() if ':' in line)
+        fields = {key.strip(): value.strip() for key, value in fields.items()}
+        if 'core id' not in fields:
+            pytest.skip('/proc/cpuinfo names no "core id" here')
+        if int(fields['processor']) in cpus:
+            cores.add((fields.get('physical id', '0'), fields['core id']))
+    return len(cores)
+
+
+@pytest.mark.skipif(not hasattr(os, 'sched_getaffinity'), reason='CPU affinity is Linux only')
 def test_thread_default_is_physical_cores_before_mxnet_import():
-    result = _run("import gluonbert, os\nfrom gluonbert._env import physical_cores\n"
-                  "print(os.environ['OMP_NUM_THREADS'], physical_cores())")
-    threads, cores = result.stdout.split()
-    assert threads == cores
+    code = ("import gluonbert, os\nfrom gluonbert._env import physical_cores\n"
+            "print(os.environ['OMP_NUM_THREADS'], physical_cores())")
+    allowed = os.sched_getaffinity(0)
+    for cpus in (allowed, {min(allowed)}):  # all this process may use, and one CPU only
+        result = _run(code, cpus=cpus)
+        assert result.returncode == 0, result.stderr
+        expected = _cores_in_proc_cpuinfo(cpus)
+        assert result.stdout.split() == [str(expected)] * 2, (sorted(cpus), result.stdout)
 
 
 def test_user_thread_setting_wins():

@@ -39,8 +39,23 @@ def test_report_names_the_machine_and_is_json():
         'yes' if hardware.has_native_bf16() else f'no: {hardware.bf16_support()[1]}')
 
 
-def test_a_cpu_context_needs_no_gpu_kernels():
-    hardware.require_gpu_kernels(mx.cpu())  # returns without probing anything
+def test_a_cpu_context_passes_without_a_gpu_probe(monkeypatch):
+    """A CPU context returns before any kernel is tried: the probe, here one that would
+    report missing kernels, is not called for it (and is for a GPU context)."""
+    probed = []
+
+    def probe(ctx):
+        probed.append(ctx)
+        return 'CUDA: no kernel image is available for execution on the device'
+
+    monkeypatch.setattr(hardware, '_gpu_probe', probe)
+    monkeypatch.setattr(hardware, 'gpu_compute_capabilities', lambda: ['9.0'])
+    assert hardware.require_gpu_kernels(mx.cpu()) is None
+    assert hardware.require_gpu_kernels(mx.cpu(1), capability='9.0') is None
+    assert probed == []
+    with pytest.raises(UnsupportedHardwareError):
+        hardware.require_gpu_kernels(mx.gpu(0))
+    assert probed == [mx.gpu(0)]
 
 
 def test_missing_gpu_kernels_are_one_clear_line(monkeypatch):

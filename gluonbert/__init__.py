@@ -32,6 +32,7 @@ from .pretrained import load_pretrained, save_pretrained  # noqa: E402
 from .lora import (LoRADense, apply_lora, merge_lora, save_lora, load_lora,  # noqa: E402
                    lora_parameter_counts)
 from .data import BERTTransform, make_dataloader, load_dataset  # noqa: E402
+from .engine.runconfig import TrainConfig, PretrainConfig  # noqa: E402
 from .train import train_loop, evaluate_accuracy  # noqa: E402
 from .predict import predict_sentiment, predict, Prediction  # noqa: E402
 from .pretrain import PretrainingData, pretrain_loop  # noqa: E402
@@ -50,6 +51,7 @@ __all__ = ['BERTConfig', 'PRESETS', 'ops', 'PositionalEncoding', 'LearnedPositio
            'parameter_counts', 'Vocab', 'BERTTokenizer', 'load_pretrained', 'save_pretrained',
            'LoRADense', 'apply_lora', 'merge_lora', 'save_lora', 'load_lora',
            'lora_parameter_counts', 'BERTTransform', 'make_dataloader', 'load_dataset',
-           'train_loop', 'evaluate_accuracy', 'predict_sentiment', 'predict', 'Prediction',
+           'train_loop', 'TrainConfig', 'PretrainConfig', 'evaluate_accuracy',
+           'predict_sentiment', 'predict', 'Prediction',
            'PretrainingData', 'pretrain_loop', 'GluonbertError', 'ClassifierInfo',
            'apply_thread_defaults', 'default_num_threads', '__version__']

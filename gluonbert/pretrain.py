@@ -17,60 +17,40 @@ data : PretrainingData or ShardedPretrainingData
     fit the model's position embeddings (a UsageError otherwise). Any object with their
     ``max_len``, ``fingerprint()``, ``batches_per_epoch(batch_size, num_shards)`` and
     ``epoch_batches(batch_size, epoch, ctx, num_shards=, shard_index=, start=)`` serves.
-steps : int
-    Optimizer updates in all (a resumed run may be given more: its schedule is stretched).
-batch_size : int
-    Sequences per batch (per worker); ``accumulate`` batches make an update.
-lr, warmup_ratio, weight_decay, max_grad_norm, optimizer
-    As for :func:`gluonbert.train_loop`.
+config : PretrainConfig, optional
+    The run's settings, each documented in :class:`~gluonbert.engine.PretrainConfig`:
+    ``steps`` (a resumed run may be given more: its schedule is stretched),
+    ``batch_size`` (per worker; ``accumulate`` batches make an update), the optimizer and
+    schedule as for fine-tuning, ``seed`` (seeds every RNG before every update, so a
+    resumed run replays the dropout), ``log_interval``, ``checkpoint_every``,
+    ``checkpoint_dir``, ``resume``, ``metrics_path``, ``plot_path``, ``early_stop``,
+    ``progress`` and ``kvstore``.
 ctx : mx.Context, default ``mx.cpu()``
 eval_data : PretrainingData, optional
     Held-out examples, evaluated at every logged step.
-seed : int
-    Seeds MXNet, numpy and Python before every update
-    (:func:`gluonbert.engine.seed_everything`), so a resumed run replays the dropout.
-checkpoint_dir : str, optional
-    Transactional checkpoints (``step-NNNN/`` directories and the pointer file ``last``,
-    see :mod:`gluonbert.engine.checkpoint`; the directory is locked while the run lasts)
-    every ``checkpoint_every`` updates and after the last one. Each records the exact data
-    position (batches consumed) and the metric sums not yet logged, so that ``resume=True``
-    continues bit for bit as if uninterrupted, the metrics file included (but for
-    ``sequences_per_second``). A resume checks the checkpoint is of the same run: model
-    configuration, data (a fingerprint of the tokenized documents and the masking
-    settings), ``lr``, ``batch_size``, ``accumulate``, ``seed``... (a
-    :class:`~gluonbert.errors.CheckpointError` names what differs).
-checkpoint_every : int, optional
-    Default: ``log_interval`` (``checkpoint_interval``, its former name, is still taken).
-resume : bool
-    Continue from ``checkpoint_dir``'s last checkpoint; a fresh start where there is none.
-metrics_path : str, optional
-    One JSON line per logged step; rebuilt from the checkpoint on resume.
-log_interval : int
-    Updates per logged record (and the last update).
-progress : bool
-    tqdm progress bar.
-kvstore : {'device', 'local', 'dist_sync', 'dist_device_sync', 'dist_async', 'horovod'}
-    Distributed kinds (see :mod:`gluonbert.distributed`): each worker takes every N-th
-    example of each epoch (in memory) or reads every N-th shard (streamed), all for the
-    same number of batches, ``batch_size`` is per worker, the gradients (each
-    worker's mean loss) are averaged over the workers, the logged and evaluated metrics are
-    over all workers, and only rank 0 writes files. Every worker passes the same ``data``,
-    ``eval_data`` and ``seed``.
-plot_path : str, optional
-    PNG of the loss and accuracy curves against the step.
-early_stop : int, optional
-    Stop after this many logged records without a lower MLM loss (held-out with
-    ``eval_data``).
+**settings
+    Fields of :class:`~gluonbert.engine.PretrainConfig` that replace the config's.
 
-Returns: the logged records (a list of dicts) with ``step``, the training metrics since
-the last record (``mlm_loss``, ``mlm_accuracy``, ``mlm_perplexity``, ``nsp_loss``,
-``nsp_accuracy``), ``sequences_per_second``, ``lr``, ``kernels`` (what the optimizer and
-clipping computed with) and, with ``eval_data``, ``eval_*`` metrics.
+Checkpoints (``step-NNNN/`` directories and the pointer file ``last``, see
+:mod:`gluonbert.engine.checkpoint`; the directory is locked while the run lasts) come every
+``checkpoint_every`` updates and after the last one. Each records the exact data position
+(batches consumed) and the metric sums not yet logged, so that ``resume=True`` continues
+bit for bit as if uninterrupted, the metrics file included (but for
+``sequences_per_second``). A resume checks the checkpoint is of the same run: model
+configuration, data (a fingerprint of the tokenized documents and the masking settings)
+and the config's compared settings (a :class:`~gluonbert.errors.CheckpointError` names
+what differs).
+
+Distributed kinds (``kvstore``, see :mod:`gluonbert.distributed`): each worker takes every
+N-th example of each epoch (in memory) or reads every N-th shard (streamed), all for the
+same number of batches, ``batch_size`` is per worker, the gradients (each worker's mean
+loss) are averaged over the workers, the logged and evaluated metrics are over all
+workers, and only rank 0 writes files. Every worker passes the same ``data``,
+``eval_data`` and ``seed``.
 """
 import functools
 import math
 import time
-import warnings
 
 import numpy as np
 import mxnet as mx
@@ -84,9 +64,10 @@ from .engine.loop import (Checkpointer, EarlyStopping, MetricsWriter, Plotter, S
                           place_parameters, plot_curves, seed_everything)
 from .engine.optim import model_kernels, run_trainer, trainable
 from .engine.resume import run_record
+from .engine.runconfig import PretrainConfig
 
 __all__ = ['read_corpus', 'split_sentences', 'PretrainingData', 'ShardedPretrainingData',
-           'pretrain_loop', 'evaluate_pretraining', 'IS_NEXT', 'NOT_NEXT']
+           'pretrain_loop', 'PretrainConfig', 'evaluate_pretraining', 'IS_NEXT', 'NOT_NEXT']
 
 
 # ------------------------------------------------------------------------------ loop
@@ -203,27 +184,6 @@ def plot_pretraining(records, path):
                            ('eval_mlm_accuracy', 'held-out MLM', 's-')))])
 
 
-def _checked_arguments(steps, resume, checkpoint_dir, log_interval, checkpoint_every,
-                       checkpoint_interval, accumulate):
-    """``checkpoint_every`` once pretrain_loop's arguments are checked."""
-    if steps < 1:
-        raise ValueError(f'steps must be >= 1, got {steps}')
-    if resume and not checkpoint_dir:
-        raise ValueError('resume=True needs a checkpoint_dir')
-    for name, value in (('log_interval', log_interval), ('accumulate', accumulate)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f'{name} must be a positive integer, got {value!r}')
-    if checkpoint_interval is not None:
-        warnings.warn('pretrain_loop(checkpoint_interval=) is now checkpoint_every=',
-                      DeprecationWarning, stacklevel=3)
-        checkpoint_every = checkpoint_every or checkpoint_interval
-    checkpoint_every = checkpoint_every or log_interval
-    if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
-        raise ValueError(f'checkpoint_every must be a positive integer, got '
-                         f'{checkpoint_every!r}')
-    return checkpoint_every
-
-
 def _check_lengths(model, data, eval_data):
     """UsageError when the data are longer than the model's position embeddings."""
     max_length = model.config.max_length
@@ -233,40 +193,37 @@ def _check_lengths(model, data, eval_data):
                              f'model has {max_length} position embeddings (max_length)')
 
 
-def pretrain_loop(model, data, *, steps, batch_size=32, lr=1e-4, ctx=None, eval_data=None,
-                  warmup_ratio=0.1, weight_decay=0.01, max_grad_norm=1.0, accumulate=1,
-                  optimizer='adamw', seed=0, checkpoint_dir=None, checkpoint_every=None,
-                  resume=False, metrics_path=None, log_interval=50, progress=True,
-                  kvstore='device', plot_path=None, early_stop=None, checkpoint_interval=None):
-    """Pre-train a :class:`BERTForPretraining` with MLM + NSP for ``steps`` updates;
+def pretrain_loop(model, data, *, config=None, ctx=None, eval_data=None, **settings):
+    """Pre-train a :class:`BERTForPretraining` with MLM + NSP for ``config.steps`` updates;
     returns the logged records. The parameters are described in :mod:`gluonbert.pretrain`.
     """
     from tqdm.auto import tqdm
-    every = _checked_arguments(steps, resume, checkpoint_dir, log_interval, checkpoint_every,
-                               checkpoint_interval, accumulate)
-    ctx, group = ctx or mx.cpu(), get_group(kvstore)
+    cfg = (config or PretrainConfig()).replace(**settings)
+    steps, batch_size, accumulate, seed = cfg.steps, cfg.batch_size, cfg.accumulate, cfg.seed
+    every, log_interval = cfg.checkpoint_every, cfg.log_interval
+    ctx, group = ctx or mx.cpu(), get_group(cfg.kvstore)
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     root, shards = group.is_root, ({'num_shards': group.num_workers, 'shard_index': group.rank}
                                    if group.is_distributed else {})
     _check_lengths(model, data, eval_data)
     place_parameters(model, [ctx])
     kernels = model_kernels(model)
-    trainer, schedule = run_trainer(model, group, optimizer=optimizer, lr=lr, kernels=kernels,
-                                    weight_decay=weight_decay, total_steps=steps,
-                                    warmup_ratio=warmup_ratio)
+    trainer, schedule = run_trainer(model, group, optimizer=cfg.optimizer, lr=cfg.lr,
+                                    kernels=kernels, weight_decay=cfg.weight_decay,
+                                    total_steps=steps, warmup_ratio=cfg.warmup_ratio)
     step = Step(trainer, trainable(model), [ctx], group, schedule, accumulate=accumulate,
-                max_grad_norm=max_grad_norm, kernels=kernels)
-    settings = {'lr': lr, 'optimizer': optimizer, 'weight_decay': weight_decay,
-                'warmup_ratio': warmup_ratio, 'max_grad_norm': max_grad_norm or None,
-                'accumulate': accumulate, 'batch_size': batch_size, 'seed': seed,
-                'workers': group.num_workers, 'optimizer_on_servers': group.update_on_kvstore}
+                max_grad_norm=cfg.max_grad_norm, kernels=kernels)
+    settings = {**cfg.compared(), 'workers': group.num_workers,
+                'optimizer_on_servers': group.update_on_kvstore}
     session = Session(model, step, [
-        EarlyStopping(early_stop), MetricsWriter(metrics_path) if metrics_path and root else None,
-        Checkpointer(checkpoint_dir, kind='step', every=every, total=steps, resume=resume,
+        EarlyStopping(cfg.early_stop),
+        MetricsWriter(cfg.metrics_path) if cfg.metrics_path and root else None,
+        Checkpointer(cfg.checkpoint_dir, kind='step', every=every, total=steps,
+                     resume=cfg.resume,
                      static={'steps': steps, 'seed': seed}, run=lambda: run_record(
                          model, settings, data.fingerprint(),
                          eval_data.fingerprint() if eval_data else None)),
-        Plotter(plot_path, plot_pretraining) if plot_path and root else None])
+        Plotter(cfg.plot_path, plot_pretraining) if cfg.plot_path and root else None])
     eval_batches = eval_data.batches(batch_size, epoch=0, ctx=ctx, even_shards=False,
                                      **shards) if eval_data else None
     batches = _EpochBatches(data, batch_size, ctx, shards)
@@ -276,7 +233,7 @@ def pretrain_loop(model, data, *, steps, batch_size=32, lr=1e-4, ctx=None, eval_
         # the data position (the first checkpoint layout recorded the step only)
         state.batches = state.batches or state.step * accumulate
         bar = tqdm(total=steps, initial=state.step, desc='pre-training', unit='step',
-                   disable=not (progress and root), dynamic_ncols=True)
+                   disable=not (cfg.progress and root), dynamic_ncols=True)
         while state.step < steps and not state.stop:
             seed_everything(seed, state.step, group.rank)  # dropout: a function of the step
             for index in range(accumulate):
@@ -296,7 +253,7 @@ def pretrain_loop(model, data, *, steps, batch_size=32, lr=1e-4, ctx=None, eval_
                                 nsp=f"{record['nsp_accuracy']:.2f}")
                 session.record(record, -record.get('eval_mlm_loss', record['mlm_loss']),
                                last=state.step == steps)
-            elif checkpoint_dir and state.step % every == 0:
+            elif cfg.checkpoint_dir and state.step % every == 0:
                 window.fold(group)  # the checkpoint holds every worker's sums
             state.extra['window'] = window.saved()
             session.updated()

@@ -3,77 +3,42 @@
 Batches are ``(words, valid_length, segments, label)`` as produced by
 :func:`gluonbert.data.make_dataloader` (and the seed tutorial's batchify). The loop is built
 from :mod:`gluonbert.engine` (the step function, checkpoints, callbacks), which
-pre-training shares; the optimizer and checkpoint functions are importable from here too.
+pre-training shares.
+
+The run's settings are a :class:`~gluonbert.engine.TrainConfig`, each field documented
+there (optimizer, schedule, clipping, accumulation, dtype, seed, checkpoints, resume,
+early stopping, files, distribution); pass one as ``config=``, or its fields as keywords::
+
+    train_loop(net, train, test, 3, 5e-5, mx.cpu())                          # the tutorial's
+    train_loop(net, train, test, config=TrainConfig(num_epoch=3, dtype='bfloat16'))
+    train_loop(net, train, test, 3, 5e-5, mx.cpu(), checkpoint_dir='runs/x', resume=True)
 
 Parameters of :func:`train_loop`
 --------------------------------
-net : BERTClassifier (or any block ``net(words, segments, valid_length) -> logits``)
+net : a task model (``net(words, segments, valid_length) -> logits``)
 train_data, test_data : iterables of ``(words, valid_length, segments, label)`` batches
     ``train_data`` must have a length; ``test_data`` may be None (the score of an epoch is
     then minus its training loss).
-num_epoch : int
-lr : float
-    Peak learning rate.
-ctx : mx.Context or list of mx.Context
-    Several contexts train data-parallel (batches split with ``split_and_load``).
+num_epoch, lr : int, float, optional
+    The config's ``num_epoch`` and ``lr``, positionally as the tutorial passes them.
+ctx : mx.Context or list of mx.Context, default ``mx.cpu()``
+    Several contexts train data-parallel (batches split with ``split_and_load``). With a
+    distributed ``kvstore`` each worker passes its own shard of the data, with the same
+    number of batches on every worker; metrics are over all workers; only rank 0 writes.
 loss_fn : gluon Loss, default ``SoftmaxCrossEntropyLoss()``
-optimizer : {'adamw', 'bertadam', 'adam', 'sgd'}
-    ``adamw`` (default) is Adam with decoupled weight decay and bias correction;
-    ``bertadam`` is GluonNLP's BERTAdam (no bias correction). LayerNorm parameters and
-    biases get no weight decay. AdamW and the clipping norm use gluonbert's fused
-    operators only when the model's kernels (``net.config.kernels``) are ``'fused'``.
-weight_decay, warmup_ratio, max_grad_norm : float
-    Linear warm-up over ``warmup_ratio`` of the updates, then linear decay to 0;
-    gradients clipped to global norm ``max_grad_norm`` (None or 0 disables).
-accumulate : int
-    Batches whose gradients are summed per update.
-dtype : {'float32', 'float16', 'bfloat16'}
-    float16 is AMP on GPU; bfloat16 is AMP on CPU (:mod:`gluonbert.amp`). AMP changes MXNet
-    process-wide.
-kvstore : {'device', 'local', 'dist_sync', 'dist_device_sync', 'dist_async', 'horovod'}
-    ``device``/``local``: one process (the kvstore reduces over ``ctx``). The others train
-    with several processes (see :mod:`gluonbert.distributed`): each worker passes its own
-    shard of the data (e.g. ``make_dataloader(..., num_shards=group.num_workers,
-    shard_index=group.rank)``), with the same number of batches on every worker; the
-    gradients are summed over the workers, so an update sees the global batch (batch x
-    workers). Metrics are over all workers; only rank 0 writes files.
-seed : int or None
-    Seeds MXNet, numpy and Python per epoch (:func:`gluonbert.engine.seed_everything`), so
-    resumed runs replay the same randomness.
-checkpoint_dir : str, optional
-    A checkpoint every epoch, written whole (``epoch-NNNN/``: parameters, optimizer states,
-    state) before the pointer file ``last`` names it, so a crash at any point leaves the
-    previous one usable; ``best.params`` (best test accuracy) is a hard link. The directory
-    is locked (``.lock``) while the run lasts: a second run on it fails.
-resume : bool
-    Continue from ``checkpoint_dir``'s last checkpoint (model, trainer, epoch, history), bit
-    for bit as if uninterrupted; a fresh start where there is none. The checkpoint must be
-    of the same run: label names, model configuration (its kernels included), the data (a
-    fingerprint of the examples) and the settings that change the results (``lr``,
-    ``optimizer``, ``weight_decay``, ``warmup_ratio``, ``max_grad_norm``, ``accumulate``,
-    ``dtype``, ``seed``, the loss, the batches per epoch, the number of workers,
-    ``run_info``) are compared, and a difference is a
-    :class:`~gluonbert.errors.CheckpointError`. ``num_epoch`` and ``early_stop`` may
-    change: more epochs extend a run (its learning-rate schedule is then stretched to the
-    new total from the current step, so the result differs from a run started with that
-    many). Distributed workers all read the checkpoint: it must be on a shared filesystem.
-early_stop : int, optional
-    Stop after this many epochs without a better test accuracy.
-metrics_path : str, optional
-    One JSON line per epoch: started over at the beginning, with the resumed epochs' lines,
-    so that it has exactly one line per epoch of the run.
-plot_path : str, optional
-    PNG of the loss and accuracy curves, redrawn at most once a minute and at the end.
-progress : bool
-    tqdm progress bar with loss and samples/s, and a line per epoch.
+config : TrainConfig, optional
 on_epoch_end : callable(record), optional
 timer : :class:`gluonbert.timing.PhaseTimer`, optional
     Charges the run's wall time to phases (``data``, ``forward_backward``, ``update``,
-    ``metrics``, ``evaluate``, ``checkpoint``, ``logging``), draining MXNet's engine at the
-    end of each; for finding bottlenecks (a timed run is slightly slower).
+    ``metrics``, ``evaluate``, ``checkpoint``, ``logging``).
 run_info : dict, optional
     Further settings that change the results (e.g. a command line's max_len), JSON values:
-    recorded in each checkpoint and compared on resume.
+    recorded in each checkpoint and compared on resume, with the config's compared
+    settings (:meth:`~gluonbert.engine.RunConfig.compared`), the loss, the batches per
+    epoch, the number of workers, the label names, the model configuration and a
+    fingerprint of the data.
+**settings
+    Fields of :class:`~gluonbert.engine.TrainConfig` that replace the config's.
 
 Returns: a :class:`History`, one dict per epoch: ``epoch, train_loss, train_accuracy,
 test_accuracy, seconds, samples_per_second, lr, kernels`` (``kernels``: 'fused' or
@@ -86,26 +51,24 @@ import time
 import mxnet as mx
 from mxnet import gluon
 
-from ._io import atomic_write
-from .amp import DTYPES, setup_amp
+from .amp import setup_amp
 from .distributed import get_group
 from .engine.checkpoint import load_best_parameters
 from .engine.loop import (Callback, Checkpointer, EarlyStopping, FunctionCallback,
                           MetricsWriter, Plotter, Session, Step, place_parameters, plot_curves,
                           seed_everything)
-from .engine.loop import PLOT_INTERVAL_SECONDS  # noqa: F401  (kept importable from here)
 from .engine.optim import (AdamW, LinearWarmupSchedule, make_trainer, model_kernels,
                            run_trainer, trainable)
-from .engine.optim import NO_DECAY_SUFFIXES  # noqa: F401  (kept importable from here)
 from .engine.resume import data_fingerprint, run_record
+from .engine.runconfig import TrainConfig
 from .engine.states import load_trainer_states, save_trainer_states
 from .errors import UsageError
 from .hardware import require_bf16
 from .timing import NO_TIMER
 
-__all__ = ['train_loop', 'evaluate_accuracy', 'correct_count', 'AdamW', 'make_trainer',
-           'LinearWarmupSchedule', 'plot_history', 'History', 'atomic_write', 'save_trainer_states',
-           'load_trainer_states', 'load_best_parameters']
+__all__ = ['train_loop', 'TrainConfig', 'evaluate_accuracy', 'correct_count', 'AdamW',
+           'make_trainer', 'LinearWarmupSchedule', 'plot_history', 'History',
+           'save_trainer_states', 'load_trainer_states', 'load_best_parameters']
 
 def _as_contexts(ctx):
     contexts = list(ctx) if isinstance(ctx, (list, tuple)) else [ctx]
@@ -180,28 +143,13 @@ def plot_history(history, path):
                  ('accuracy', accuracy)])
 
 
-def _setup_amp(dtype, contexts):
-    """MXNet's ``amp`` for ``dtype`` (None for float32): see :func:`gluonbert.amp.setup_amp`."""
-    return setup_amp(dtype, contexts)
-
-
-def _checked_arguments(train_data, num_epoch, lr, ctx, accumulate, dtype, resume,
-                       checkpoint_dir):
+def _checked_arguments(train_data, config, ctx):
     """``(contexts, batches per epoch)`` once train_loop's arguments are checked (the
     bfloat16 hardware first: a machine without it is told so before anything else)."""
     contexts = _as_contexts(ctx)
-    if dtype not in DTYPES:
-        raise ValueError(f'dtype must be one of {DTYPES}, got {dtype!r}')
-    if dtype == 'bfloat16' and all(c.device_type == 'cpu' for c in contexts):
+    if config.dtype == 'bfloat16' and all(c.device_type == 'cpu' for c in contexts):
         require_bf16('bfloat16 training', 'use float32 (--dtype float32)')
-    if not isinstance(num_epoch, int) or num_epoch < 1:
-        raise ValueError(f'num_epoch must be a positive integer, got {num_epoch!r}')
-    if not lr > 0:
-        raise ValueError(f'lr must be > 0, got {lr!r}')
-    if not isinstance(accumulate, int) or accumulate < 1:
-        raise ValueError(f'accumulate must be a positive integer, got {accumulate!r}')
-    if resume and not checkpoint_dir:
-        raise ValueError('resume=True needs a checkpoint_dir')
+    checkpoint_dir = config.checkpoint_dir
     if checkpoint_dir and os.path.exists(checkpoint_dir) and not os.path.isdir(checkpoint_dir):
         raise UsageError(f'{checkpoint_dir} is a file; checkpoint_dir must be a directory')
     try:
@@ -228,63 +176,59 @@ class _EpochLine(Callback):
               f"{record['samples_per_second']:.1f} samples/s", flush=True)
 
 
-def train_loop(net, train_data, test_data, num_epoch, lr, ctx, loss_fn=None, *,
-               optimizer='adamw', weight_decay=0.01, warmup_ratio=0.1, max_grad_norm=1.0,
-               accumulate=1, dtype='float32', kvstore='device', seed=0,
-               checkpoint_dir=None, resume=False, early_stop=None, metrics_path=None,
-               plot_path=None, progress=True, on_epoch_end=None, timer=None, run_info=None):
+def train_loop(net, train_data, test_data, num_epoch=None, lr=None, ctx=None, loss_fn=None,
+               *, config=None, on_epoch_end=None, timer=None, run_info=None, **settings):
     """Fine-tune ``net``, evaluating it after every epoch; returns a :class:`History`.
 
     The parameters are described in the docstring of :mod:`gluonbert.train`.
     """
-    contexts, batches = _checked_arguments(train_data, num_epoch, lr, ctx, accumulate, dtype,
-                                           resume, checkpoint_dir)
+    given = {k: v for k, v in (('num_epoch', num_epoch), ('lr', lr)) if v is not None}
+    cfg = (config or TrainConfig()).replace(**given, **settings)
+    contexts, batches = _checked_arguments(train_data, cfg, ctx or mx.cpu())
     loss_fn = loss_fn or gluon.loss.SoftmaxCrossEntropyLoss()
-    timer, group = timer or NO_TIMER, get_group(kvstore)
+    timer, group = timer or NO_TIMER, get_group(cfg.kvstore)
     group.check_contexts(contexts)
-    progress, root = progress and group.is_root, group.is_root
-    amp = _setup_amp(dtype, contexts)
+    progress, root = cfg.progress and group.is_root, group.is_root
+    amp = setup_amp(cfg.dtype, contexts)
     place_parameters(net, contexts)
     kernels = model_kernels(net)
     trainer, schedule = run_trainer(
-        net, group, optimizer=optimizer, lr=lr, weight_decay=weight_decay, kernels=kernels,
-        total_steps=num_epoch * math.ceil(batches / accumulate), warmup_ratio=warmup_ratio)
-    if amp is not None and dtype == 'float16':
+        net, group, optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        kernels=kernels, total_steps=cfg.num_epoch * math.ceil(batches / cfg.accumulate),
+        warmup_ratio=cfg.warmup_ratio)
+    if amp is not None and cfg.dtype == 'float16':
         amp.init_trainer(trainer)
-    step = Step(trainer, trainable(net), contexts, group, schedule, accumulate=accumulate,
-                max_grad_norm=max_grad_norm, kernels=kernels, amp=amp, timer=timer)
-    settings = {'lr': lr, 'optimizer': optimizer, 'weight_decay': weight_decay,
-                'warmup_ratio': warmup_ratio, 'max_grad_norm': max_grad_norm or None,
-                'accumulate': accumulate, 'dtype': dtype, 'seed': seed,
-                'loss': type(loss_fn).__name__, 'batches_per_epoch': batches,
+    step = Step(trainer, trainable(net), contexts, group, schedule, accumulate=cfg.accumulate,
+                max_grad_norm=cfg.max_grad_norm, kernels=kernels, amp=amp, timer=timer)
+    settings = {**cfg.compared(), 'loss': type(loss_fn).__name__, 'batches_per_epoch': batches,
                 'workers': group.num_workers, 'optimizer_on_servers': group.update_on_kvstore,
                 **(run_info or {})}
     callbacks = [
-        EarlyStopping(early_stop), _EpochLine(num_epoch) if progress else None,
-        MetricsWriter(metrics_path) if metrics_path and root else None,
-        Checkpointer(checkpoint_dir, kind='epoch', resume=resume, static={
-            'num_epoch': num_epoch, 'seed': seed}, run=lambda: run_record(
+        EarlyStopping(cfg.early_stop), _EpochLine(cfg.num_epoch) if progress else None,
+        MetricsWriter(cfg.metrics_path) if cfg.metrics_path and root else None,
+        Checkpointer(cfg.checkpoint_dir, kind='epoch', resume=cfg.resume, static={
+            'num_epoch': cfg.num_epoch, 'seed': cfg.seed}, run=lambda: run_record(
                 net, settings, data_fingerprint(train_data),
                 data_fingerprint(test_data) if test_data is not None else None)),
-        Plotter(plot_path, plot_history) if plot_path and root else None,
+        Plotter(cfg.plot_path, plot_history) if cfg.plot_path and root else None,
         FunctionCallback(on_epoch_end) if on_epoch_end is not None else None]
     session = Session(net, step, callbacks, timer=timer)
     with session as state:
-        for epoch in range(state.epoch, num_epoch):
+        for epoch in range(state.epoch, cfg.num_epoch):
             if state.stop:
                 break
-            if seed is not None:  # every RNG from (seed, epoch); the loader's order too
-                seed_everything(seed, epoch, group.rank)
+            if cfg.seed is not None:  # every RNG from (seed, epoch); the loader's order too
+                seed_everything(cfg.seed, epoch, group.rank)
                 _set_sampler_epoch(train_data, epoch)
             record = _train_one_epoch(net, train_data, contexts, loss_fn, step, state, epoch,
-                                      num_epoch, progress, kernels)
+                                      cfg.num_epoch, progress, kernels)
             with timer('evaluate'):
                 record['test_accuracy'] = (
                     evaluate_accuracy(net, test_data, contexts, group=group)
                     if test_data is not None else None)
             state.epoch = epoch + 1
             score = record['test_accuracy'] if test_data is not None else -record['train_loss']
-            session.record(record, score, last=epoch + 1 == num_epoch)
+            session.record(record, score, last=epoch + 1 == cfg.num_epoch)
     return History(state.history, kernels)
 
 

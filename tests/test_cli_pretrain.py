@@ -183,10 +183,11 @@ def test_checkpoint_every_and_resume_with_more_steps(shards32, tmp_path, monkeyp
     base = ['--data', shards32, '--output-dir', str(out), '--batch-size', '4',
             '--log-interval', '4', '--checkpoint-every', '2', '--no-progress']
     assert pretrain_main([*base, '--steps', '4']) == 0
-    assert calls[-1]['checkpoint_every'] == 2 and calls[-1]['resume'] is False
+    config = calls[-1]['config']  # the flags, as the run's PretrainConfig
+    assert config.checkpoint_every == 2 and config.resume is False and config.steps == 4
     assert (out / 'checkpoints' / 'last').read_text().strip() == 'step-0004'
     assert pretrain_main([*base, '--steps', '6', '--resume']) == 0
-    assert calls[-1]['resume'] is True
+    assert calls[-1]['config'].resume is True and calls[-1]['config'].steps == 6
     assert (out / 'checkpoints' / 'last').read_text().strip() == 'step-0006'
     steps = [json.loads(line)['step'] for line in
              (out / 'metrics.jsonl').read_text().splitlines()]

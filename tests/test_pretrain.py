@@ -273,10 +273,9 @@ def test_resume_checks_the_run_and_reads_the_first_layout(tmp_path):
         records = pretrain_loop(model, data, **dict(options, steps=4, resume=True))
     assert [r['step'] for r in records] == [1, 2, 3, 4]
     assert sorted(os.listdir(tmp_path)) == ['.lock', 'last', 'step-0004']
-    with pytest.warns(DeprecationWarning, match='checkpoint_every'):
-        pretrain_loop(model, data, **dict(options, steps=5, resume=True,
-                                          checkpoint_interval=5))
-    with pytest.raises(ValueError, match='checkpoint_every must be a positive integer'):
+    with pytest.raises(TypeError, match='PretrainConfig has no setting checkpoint_interval'):
+        pretrain_loop(model, data, **dict(options, checkpoint_interval=5))
+    with pytest.raises(UsageError, match='checkpoint_every must be an integer >= 1'):
         pretrain_loop(model, data, **dict(options, checkpoint_every=0.5))
     with DirectoryLock(str(tmp_path)):  # one run per checkpoint directory
         with pytest.raises(UsageError, match='is in use by another gluonbert run'):

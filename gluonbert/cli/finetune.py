@@ -23,6 +23,7 @@ from ..model import MAX_CALIBRATION_TEXTS, BERTClassifier, BERTModel, Classifier
 from ..predict import predict_sentiment
 from ..pretrained import MINILM_NAME, load_pretrained, save_pretrained
 from ..timing import NO_TIMER, PhaseTimer
+from ..engine.runconfig import TrainConfig
 from ..train import load_best_parameters, train_loop
 from .common import (DEFAULT_LRS, KVSTORE_HELP, KVSTORES, check_at_least, default_lr,
                      format_lr, join_group, model_kind, parse_contexts, workers_note,
@@ -144,10 +145,9 @@ def _validate_finetune_args(args):
     if args.max_len < 3 or args.max_len > 512:
         raise UsageError(f'--max-len must be in [3, 512], got {args.max_len}')
     check_at_least(args, 1, 'batch_size', 'epochs', 'accumulate')
-    if args.lr is not None and not args.lr > 0:
-        raise UsageError(f'--lr must be > 0, got {args.lr}')
-    if not 0 <= args.warmup_ratio < 1:
-        raise UsageError(f'--warmup-ratio must be in [0, 1), got {args.warmup_ratio}')
+    # the training settings, checked where they are defined (TrainConfig; an unset --epochs
+    # or --lr takes the model's default later), with the run's checkpoint directory
+    TrainConfig.from_flags(args, checkpoint_dir=os.path.join(args.output_dir, 'checkpoints'))
     if bool(args.train) != bool(args.test):
         raise UsageError('--train and --test go together')
     if args.train and args.dataset:
@@ -372,18 +372,15 @@ def _build_classifier(run, bert, info):
 
 
 def _train(run, net, loaders, lr):
-    """``train_loop`` with the run's flags; its history."""
+    """``train_loop`` with the run's flags (their TrainConfig fields); its history."""
     args = run.args
+    config = TrainConfig.from_flags(
+        args, lr=lr, num_epoch=args.epochs, checkpoint_dir=run.path('checkpoints'),
+        metrics_path=run.path('metrics.jsonl'), plot_path=run.path('history.png'),
+        progress=not args.no_progress)
     return train_loop(
-        net, loaders[0], loaders[1], args.epochs, lr, run.contexts,
-        optimizer=args.optimizer, weight_decay=args.weight_decay,
-        warmup_ratio=args.warmup_ratio, accumulate=args.accumulate, dtype=args.dtype,
-        seed=args.seed, checkpoint_dir=run.path('checkpoints'),
-        resume=args.resume, early_stop=args.early_stop,
-        metrics_path=run.path('metrics.jsonl'),
-        plot_path=run.path('history.png'), progress=not args.no_progress,
-        kvstore=args.kvstore, timer=run.timer,
-        # flags that change the results besides train_loop's own: --resume checks them
+        net, loaders[0], loaders[1], ctx=run.contexts, config=config, timer=run.timer,
+        # flags that change the results besides the config's: --resume checks them too
         run_info={'batch_size': args.batch_size, 'max_len': args.max_len,
                   'truncate': args.truncate, 'dropout': args.dropout,
                   'lora': None if args.lora_rank is None else {

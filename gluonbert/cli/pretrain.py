@@ -16,6 +16,7 @@ from ..data import ShardedPretrainingData, read_manifest
 from ..errors import DataError, UsageError
 from ..model import BERTForPretraining
 from ..params import initialize_missing, parameter_counts
+from ..engine.runconfig import PretrainConfig
 from ..pretrain import evaluate_pretraining, pretrain_loop
 from ..pretrained import MINILM_NAME, load_pretrained, load_vocabulary, save_pretrained
 from .common import (DEFAULT_LRS, KVSTORE_HELP, KVSTORES, check_at_least, default_lr,
@@ -187,6 +188,10 @@ def _check(args):
                    'log_interval', 'checkpoint_every', 'workers', 'shuffle_buffer',
                    'eval_examples', 'max_length', 'examples_per_shard')
     check_max_len(args.max_len)
+    # the training settings, checked where they are defined (an unset --lr takes the
+    # model's default later)
+    PretrainConfig.from_flags(args, checkpoint_dir=os.path.join(args.output_dir or '.',
+                                                                'checkpoints'))
 
 
 def _start_line(args, data, eval_data, lr, max_len, group):
@@ -223,13 +228,10 @@ def pretrain(args):
     if group.is_root:
         print(_start_line(args, data, eval_data, lr, max_len, group), flush=True)
     started = time.perf_counter()
-    records = pretrain_loop(
-        model, data, steps=args.steps, batch_size=args.batch_size, lr=lr, ctx=ctx,
-        eval_data=eval_data, warmup_ratio=args.warmup_ratio, accumulate=args.accumulate,
-        seed=args.seed, checkpoint_dir=os.path.join(output_dir, 'checkpoints'),
-        checkpoint_every=args.checkpoint_every, resume=args.resume,
-        metrics_path=os.path.join(output_dir, 'metrics.jsonl'), log_interval=args.log_interval,
-        progress=not args.no_progress, kvstore=args.kvstore)
+    config = PretrainConfig.from_flags(
+        args, lr=lr, checkpoint_dir=os.path.join(output_dir, 'checkpoints'),
+        metrics_path=os.path.join(output_dir, 'metrics.jsonl'), progress=not args.no_progress)
+    records = pretrain_loop(model, data, config=config, ctx=ctx, eval_data=eval_data)
     seconds = time.perf_counter() - started
     if not group.is_root:  # rank 0 evaluates and saves the model
         return {'rank': group.rank, 'num_workers': group.num_workers, 'records': records}

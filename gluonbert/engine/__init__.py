@@ -9,6 +9,8 @@ pre-training (:func:`gluonbert.pretrain_loop`).
 - :mod:`.checkpoint`: checkpoints as transactions (directory per checkpoint, pointer file,
   fsync, best.params), written in the background;
 - :mod:`.resume`: the checks before a resume and the loading; metrics files;
+- :mod:`.runconfig`: :class:`TrainConfig` and :class:`PretrainConfig`, the loops' settings
+  as documented dataclasses;
 - :mod:`.states`: optimizer states and parameter files in MXNet's format, never pickles;
 - :mod:`.mxnet_internals`: every private MXNet attribute the engine uses, one function
   each.
@@ -22,9 +24,11 @@ from .loop import (Callback, Checkpointer, EarlyStopping, FunctionCallback, Metr
 from .optim import (AdamW, LinearWarmupSchedule, clip_global_norm, make_trainer,
                     model_kernels, optimizer_step, register_optimizers)
 from .resume import data_fingerprint, load_checkpoint, run_record
+from .runconfig import PretrainConfig, RunConfig, TrainConfig
 from .states import load_trainer_states, save_trainer_states
 
-__all__ = ['AdamW', 'Callback', 'CheckpointWriter', 'Checkpointer', 'EarlyStopping',
+__all__ = ['TrainConfig', 'PretrainConfig', 'RunConfig', 'AdamW', 'Callback',
+           'CheckpointWriter', 'Checkpointer', 'EarlyStopping',
            'FunctionCallback', 'LinearWarmupSchedule', 'MetricsWriter', 'Plotter', 'Session',
            'Step', 'TrainState', 'clip_global_norm', 'commit_checkpoint', 'data_fingerprint',
            'load_best_parameters', 'load_checkpoint', 'load_trainer_states', 'make_trainer',

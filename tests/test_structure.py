@@ -196,3 +196,10 @@ def test_docs_linked_from_the_readme_exist():
     assert linked, 'README.md links no docs/*.md file'
     missing = sorted(p for p in linked if not os.path.isfile(os.path.join(ROOT, p)))
     assert missing == []
+
+
+def test_one_block_tree_walker():
+    # gluonbert.params.walk_blocks is the walker; kernel_settings still has its own (to go)
+    walkers = sorted(dotted for dotted, path in modules().items()
+                     if '._children' in open(path, encoding='utf-8').read())
+    assert walkers == ['gluonbert.kernel_settings', 'gluonbert.params']

@@ -4,8 +4,9 @@ import argparse
 import sys
 
 from ..errors import UsageError
-from ..export import check_prefix, export_classifier, load_classifier
+from ..export import check_prefix, export_classifier
 from ..hardware import require_bf16
+from ..model_dir import load_classifier
 from ..sysinfo import fastest_path, int8_caveat
 from .runner import console_entry, run_command
 

@@ -14,8 +14,8 @@ from typing import Optional
 
 from .. import fast
 from ..errors import UsageError
-from ..export import load_classifier
 from ..hardware import require_bf16
+from ..model_dir import load_classifier
 from ..predict import predict
 from ..sysinfo import fastest_path, int8_caveat
 from .common import parse_contexts

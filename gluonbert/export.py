@@ -27,30 +27,12 @@ import numpy as np
 import mxnet as mx
 
 from ._io import write_text
-from .errors import ModelError, UsageError
+from .errors import UsageError
 
-__all__ = ['export_classifier', 'load_classifier']
+__all__ = ['export_classifier']
 
 EXPORT_FORMAT = 'gluonbert-export'
 EXPORT_VERSION = 1
-
-
-def load_classifier(model_dir, ctx=None):
-    """(classifier, vocab, tokenizer) from a ``gluonbert-finetune`` model directory or a
-    LoRA adapter directory (merged into its base)."""
-    from .lora import ADAPTER_MANIFEST, load_lora, merge_lora
-    from .pretrained import load_pretrained
-    if not os.path.isdir(model_dir):
-        raise ModelError(f'no such model directory: {model_dir}')
-    if os.path.exists(os.path.join(model_dir, ADAPTER_MANIFEST)):
-        net, vocab, tokenizer = load_lora(model_dir, ctx=ctx)
-        merge_lora(net)
-    else:
-        net, vocab, tokenizer = load_pretrained(model_dir, ctx=ctx)
-    if getattr(net, 'task', None) != 'sequence_classification':
-        raise ModelError(f'{model_dir} holds a {type(net).__name__}, not a fine-tuned '
-                         f'sentence classifier (export and predict take those only)')
-    return net, vocab, tokenizer
 
 
 def _write_graph(model, files):

@@ -18,7 +18,6 @@ Typical use::
     merge_lora(net)                             # plain Dense layers again
 """
 import dataclasses
-import json
 import math
 import os
 
@@ -28,7 +27,7 @@ from mxnet.gluon import HybridBlock, nn
 
 from .layers import MultiHeadAttention, PositionWiseFFN, parameter_input
 from .model import TASK_MODELS, TaskModel
-from .params import count_parameters, named_parameters
+from .params import count_parameters, named_parameters, walk_blocks
 
 __all__ = ['LoRADense', 'LoRACounts', 'apply_lora', 'merge_lora', 'lora_parameter_counts',
            'lora_settings', 'normalise_targets', 'base_parameters', 'save_lora',
@@ -150,18 +149,11 @@ def _check_alpha_dropout(alpha, dropout):
 
 
 # ------------------------------------------------------------------------ tree helpers
-def _walk(block, path=''):
-    """Yield ``(structural path, block)`` for block and all its descendants."""
-    yield path, block
-    for name, child in block._children.items():  # noqa: SLF001  Gluon 1.x: no public API
-        yield from _walk(child, f'{path}.{name}' if path else name)
-
-
 def _lora_sites(model):
     """``[(path, parent, child name, LoRADense)]`` for every LoRA layer in model."""
-    return [(path, parent, name, child) for path, parent in _walk(model)
-            for name, child in parent._children.items()  # noqa: SLF001  (as in _walk)
-            if isinstance(child, LoRADense)]
+    blocks = dict(walk_blocks(model))
+    return [(path, blocks[path.rpartition('.')[0]], path.rpartition('.')[2], block)
+            for path, block in walk_blocks(model) if isinstance(block, LoRADense) and path]
 
 
 def _replace_child(parent, name, new):
@@ -176,7 +168,7 @@ def _replace_child(parent, name, new):
 
 def _clear_cached_graphs(model):
     """Forget every traced graph: the next hybridized call traces the new structure."""
-    for _, block in _walk(model):
+    for _, block in walk_blocks(model):
         if isinstance(block, HybridBlock):
             block._clear_cached_op()  # noqa: SLF001  gluon has no public way to drop it
 
@@ -311,7 +303,7 @@ def apply_lora(model, rank=8, alpha=16, dropout=0.0, targets=('query', 'value'))
         raise ValueError('LoRA is already applied to this model; merge_lora(model) first, '
                          'or start again from the base model')
     sites = [(f'{path}.{name}' if path else name, parent, name)
-             for path, parent in _walk(model) for name in names
+             for path, parent in walk_blocks(model) for name in names
              if isinstance(parent, _OWNERS[name])]
     unmatched = [n for n in names if not any(site[2] == n for site in sites)]
     if unmatched:
@@ -493,19 +485,61 @@ def save_lora_base(model, vocab, tokenizer, directory, *, extra=None):
     return save_pretrained(base, vocab, tokenizer, directory, extra=extra)
 
 
+def _is_number(value, low, high=None):
+    """A JSON number (not a bool) ``> low`` (``>= low`` with ``high``: in [low, high))."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and (
+        low <= value < high if high is not None else value > low)
+
+
+def _is_count(value, least):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+# every key save_lora writes besides format and version: (check, what it must be)
+_ADAPTER_KEYS = {
+    'base_model': (lambda v: isinstance(v, str) and v != '', 'a model name or directory'),
+    'config': (lambda v: isinstance(v, dict), 'an object'),
+    'model_class': (lambda v: isinstance(v, str) and v in TASK_MODELS,
+                    'a task model class (' + ', '.join(sorted(TASK_MODELS)) + ')'),
+    'rank': (lambda v: _is_count(v, 1), 'an integer >= 1'),
+    'alpha': (lambda v: _is_number(v, 0), 'a number > 0'),
+    'dropout': (lambda v: _is_number(v, 0, 1), 'a number in [0, 1)'),
+    'targets': (lambda v: isinstance(v, list) and v != [] and len(set(map(str, v))) == len(v)
+                and all(isinstance(t, str) and t in TARGETS for t in v),
+                'a list of distinct names from ' + ', '.join(TARGETS)),
+    'num_classes': (lambda v: _is_count(v, 2), 'an integer >= 2'),
+    'label_names': (lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
+                    'a list of names'),
+    'classifier': (lambda v: isinstance(v, dict), 'an object'),
+    'classifier_dropout': (lambda v: _is_number(v, 0, 1), 'a number in [0, 1)'),
+    'max_len': (lambda v: _is_count(v, 3), 'an integer >= 3'),
+    'extra': (lambda v: isinstance(v, dict), 'an object'),
+    'params_bytes': (lambda v: _is_count(v, 0), 'an integer >= 0'),
+    'params_sha1': (lambda v: isinstance(v, str) and len(v) == 40 and
+                    all(c in '0123456789abcdef' for c in v), 'a sha1 (40 hex digits)'),
+}
+
+
 def _read_adapter_manifest(directory):
+    """The manifest of an adapter directory with every key checked (type and range); a
+    one-line PretrainedError naming the file and the key otherwise."""
+    from ._io import read_json_object
     from .pretrained import PretrainedError
     path = os.path.join(directory, ADAPTER_MANIFEST)
     if not os.path.exists(path):
         raise PretrainedError(f'{directory} is not a LoRA adapter directory (no '
                               f'{ADAPTER_MANIFEST})')
-    with open(path, encoding='utf-8') as f:
-        try:
-            manifest = json.load(f)
-        except json.JSONDecodeError as err:
-            raise PretrainedError(f'{path} is not valid JSON: {err}') from err
-    if manifest.get('format') != ADAPTER_FORMAT or manifest.get('version') != ADAPTER_VERSION:
-        raise PretrainedError(f'{path} is not a gluonbert LoRA adapter v{ADAPTER_VERSION}')
+    manifest = read_json_object(path, 'adapter manifest', PretrainedError)
+    if manifest.get('format') != ADAPTER_FORMAT:
+        raise PretrainedError(f'{path} is not a gluonbert LoRA adapter manifest')
+    if manifest.get('version') != ADAPTER_VERSION:
+        raise PretrainedError(f'{path}: written by another gluonbert (adapter format version '
+                              f'{manifest.get("version")!r}; this one reads version '
+                              f'{ADAPTER_VERSION}); save the adapter again with this version')
+    for key, (check, what) in _ADAPTER_KEYS.items():
+        if not check(manifest.get(key)):
+            raise PretrainedError(f'{path}: damaged adapter manifest ({key} is missing or not '
+                                  f'{what}); save the adapter again')
     return manifest
 
 
@@ -531,24 +565,30 @@ def load_lora(path, ctx=None):
     manifest = _read_adapter_manifest(directory)
     manifest_path = os.path.join(directory, ADAPTER_MANIFEST)
     params_path = os.path.join(directory, ADAPTER_PARAMS)
-    verify_params_file(params_path, manifest.get('params_bytes'), manifest.get('params_sha1'))
-    kind = manifest.get('model_class', 'BERTClassifier')
-    if kind not in TASK_MODELS:
-        raise PretrainedError(f'{manifest_path}: unknown model class {kind!r}')
+    verify_params_file(params_path, manifest['params_bytes'], manifest['params_sha1'])
+    try:
+        config = BERTConfig.from_dict(manifest['config'])
+    except (TypeError, ValueError) as err:
+        raise PretrainedError(f'{manifest_path}: damaged adapter manifest (config: {err}); '
+                              f'save the adapter again') from err
     base = manifest['base_model']
     if base not in (MINILM_NAME,) + ZOO_MODELS:
         base = os.path.normpath(os.path.join(directory, base))
     loaded, vocab, tokenizer = load_pretrained(base, ctx=ctx)
     bert = getattr(loaded, 'bert', loaded)  # a fine-tuned or pre-training directory
-    if bert.config.architecture() != BERTConfig.from_dict(manifest['config']).architecture():
+    if bert.config.architecture() != config.architecture():
         raise PretrainedError(f'the adapter in {directory} was trained on a model with a '
                               f'different config than {base}')
-    net = task_model_from_manifest(TASK_MODELS[kind], bert, manifest, manifest_path,
-                                   dropout=manifest['classifier_dropout'])
+    net = task_model_from_manifest(TASK_MODELS[manifest['model_class']], bert, manifest,
+                                   manifest_path, dropout=manifest['classifier_dropout'])
     net.classifier.initialize(ctx=mx.cpu() if ctx is None else ctx)
-    apply_lora(net, rank=manifest['rank'], alpha=manifest['alpha'],
-               dropout=manifest['dropout'], targets=manifest['targets'])
-    adapter = _adapter_parameters(net)
-    assign_parameters(net, mx.nd.load(params_path), source=params_path,
-                      allow_missing=[n for n in named_parameters(net) if n not in adapter])
+    try:  # a rank too large for the base's layers, tensors that do not fit
+        apply_lora(net, rank=manifest['rank'], alpha=manifest['alpha'],
+                   dropout=manifest['dropout'], targets=manifest['targets'])
+        adapter = _adapter_parameters(net)
+        assign_parameters(net, mx.nd.load(params_path), source=params_path,
+                          allow_missing=[n for n in named_parameters(net) if n not in adapter])
+    except ValueError as err:
+        raise PretrainedError(f'{manifest_path}: the adapter does not fit its base ({err})') \
+            from err
     return net, vocab, tokenizer

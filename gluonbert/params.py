@@ -1,10 +1,26 @@
-"""Parameter helpers: names, counts (overall and per component), and initialising what a
-checkpoint did not provide."""
+"""Parameter helpers: names, counts (overall and per component), initialising what a
+checkpoint did not provide, and the one walker of a block tree (:func:`walk_blocks`)."""
 import collections
 
 import numpy as np
 
-__all__ = ['count_parameters', 'parameter_counts', 'named_parameters', 'initialize_missing']
+__all__ = ['count_parameters', 'parameter_counts', 'named_parameters', 'initialize_missing',
+           'walk_blocks']
+
+
+def walk_blocks(block, path=''):
+    """Yield ``(structural path, block)`` for ``block`` and every block under it.
+
+    Depth first, pre-order: a block comes before its children, children in the order they
+    were registered (the order of ``print(block)``). Paths are attribute paths relative to
+    ``block`` (``''`` for itself, then ``'encoder'``, ``'encoder.layers'``,
+    ``'encoder.layers.0'``...), as :func:`named_parameters` names parameters; a block
+    registered under two parents is yielded once per path.
+    """
+    yield path, block
+    # SLF001, why: Gluon 1.x has no public iterator over a block's children
+    for name, child in block._children.items():  # noqa: SLF001  (see above)
+        yield from walk_blocks(child, f'{path}.{name}' if path else name)
 
 
 def named_parameters(block):

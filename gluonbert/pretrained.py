@@ -403,8 +403,13 @@ def _saved_manifest(directory):
     PretrainedError naming the manifest."""
     manifest_path = os.path.join(directory, MANIFEST)
     manifest = _read_json(manifest_path, 'manifest')
-    if manifest.get('format') != 'gluonbert' or manifest.get('version') != FORMAT_VERSION:
-        raise PretrainedError(f'{directory} is not a gluonbert v{FORMAT_VERSION} model directory')
+    if manifest.get('format') != 'gluonbert':
+        raise PretrainedError(f'{directory} is not a gluonbert model directory')
+    if manifest.get('version') != FORMAT_VERSION:
+        raise PretrainedError(f'{manifest_path}: written by another gluonbert (model directory '
+                              f'format version {manifest.get("version")!r}; this one reads '
+                              f'version {FORMAT_VERSION}); save the model again with this '
+                              f'version')
 
     def field(key, kind, parent=manifest, label=None):
         value = parent.get(key)
@@ -489,15 +494,13 @@ def task_model_from_manifest(cls, bert, manifest, manifest_path, dropout=0.1):
 
 def classifier_info(manifest, manifest_path):
     """The ClassifierInfo of a model or adapter manifest (a PretrainedError naming
-    ``manifest_path`` if damaged); manifests written before it existed keep the label
-    names, max_len and truncation under 'label_names', 'extra' and 'max_len'."""
+    ``manifest_path`` if damaged, or written before manifests held one)."""
+    if 'classifier' not in manifest:
+        raise PretrainedError(f'{manifest_path}: written by an older gluonbert (format version '
+                              f'{manifest.get("version")!r} without a classifier record); '
+                              f'fine-tune it again with this version')
     try:
-        if 'classifier' in manifest:
-            return ClassifierInfo.from_dict(manifest['classifier'])
-        extra = manifest.get('extra') if isinstance(manifest.get('extra'), dict) else {}
-        return ClassifierInfo(label_names=manifest.get('label_names'),
-                              max_len=manifest.get('max_len') or extra.get('max_len', 128),
-                              truncate=extra.get('truncate', 'head'))
+        return ClassifierInfo.from_dict(manifest['classifier'])
     except ModelError as err:
         raise PretrainedError(f'{manifest_path}: damaged manifest ({err})') from err
 

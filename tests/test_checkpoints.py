@@ -372,14 +372,14 @@ def _legacy(checkpoints, states):
     shutil.rmtree(checkpoints / 'epoch-0002')
 
 
-def test_resume_unpickles_nothing(files, copy, tmp_path, capsys):
+def test_a_first_layout_checkpoint_is_refused_in_one_line(files, copy, tmp_path, capsys):
     checkpoints, marker = copy / 'checkpoints', tmp_path / 'marker'
-    # an old layout's pickled last.states, as a crafted file
+    # the first layout's pickled last.states, as a crafted file: refused before it is read
     _legacy(checkpoints, _malicious_pickle(marker))
     _fails(capsys, _args(files, copy, '--resume'),
-           f'{checkpoints}/last.states: optimizer states in the old pickle format are not '
-           f'loaded (unsafe); delete it to restart the optimizer from scratch, or start again '
-           f'without --resume')
+           f'{checkpoints}: a checkpoint of an older gluonbert (the first layout, '
+           f'gluonbert-checkpoint-1: last.json, last.params, last.states); this version '
+           f'resumes gluonbert-checkpoint-2 only: start again without --resume')
     assert not marker.exists()
 
 
@@ -398,26 +398,6 @@ def test_a_crafted_checkpoint_unpickles_nothing(files, copy, tmp_path, capsys):
            f'loaded (unsafe); delete it to restart the optimizer from scratch, or start again '
            f'without --resume')
     assert not marker.exists()
-
-
-def test_an_old_layout_checkpoint_with_damaged_parameters(files, copy, capsys):
-    checkpoints = copy / 'checkpoints'
-    _legacy(checkpoints, (checkpoints / 'epoch-0002' / 'trainer.states').read_bytes())
-    _truncate(checkpoints / 'last.params')
-    _fails(capsys, _args(files, copy, '--resume'),
-           f'{checkpoints}/last.params: damaged or truncated parameter file (MXNet cannot '
-           f'read it)')
-
-
-def test_an_old_layout_checkpoint_still_resumes(files, copy, capsys):
-    checkpoints = copy / 'checkpoints'
-    states = (checkpoints / 'epoch-0002' / 'trainer.states').read_bytes()
-    _legacy(checkpoints, states)
-    with pytest.warns(UserWarning, match='a checkpoint of an older gluonbert'):
-        assert finetune_main(_args(files, copy, '--resume', epochs=3)) == 0
-    assert [line['epoch'] for line in _metrics(copy)] == [0, 1, 2]
-    # the first layout's files are gone once a checkpoint of the new one is current
-    assert sorted(os.listdir(checkpoints)) == ['.lock', 'best.params', 'epoch-0003', 'last']
 
 
 # ------------------------------------------------------------------------ one run per dir

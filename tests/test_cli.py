@@ -480,3 +480,36 @@ def test_console_entry_exits_at_once_after_flushing_and_atexit():
                           timeout=60, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert done.returncode == 3, done.stderr
     assert done.stdout == 'buffered, not flushed; atexit ran\n'
+
+
+@pytest.mark.parametrize('fastest, argv, path', [
+    ('int8', ['--fast'], ('float32', 'int8')),
+    ('float32', ['--fast'], ('float32', None)),
+    (None, ['--quantize', 'int8'], ('float32', 'int8')),
+    (None, [], ('float32', None)),
+])
+def test_predict_flags_resolve_to_a_path_and_leave_args_as_parsed(monkeypatch, capsys, fastest,
+                                                                  argv, path):
+    from gluonbert.cli import predict as module
+    monkeypatch.setattr(module, 'fastest_path', lambda: (fastest, 'stand-in'))
+    args = module.build_predict_parser().parse_args(['--model-dir', 'm', *argv])
+    parsed = dict(vars(args))
+    assert module._validate_fast_flags(args) == module.FastPath(*path)
+    assert vars(args) == parsed
+    assert capsys.readouterr().err == (f'gluonbert-predict: --fast: {fastest} (stand-in)\n'
+                                       if fastest else '')
+
+
+@pytest.mark.parametrize('fastest, argv, dtype', [
+    ('int8', ['--fast'], 'int8'), ('float32', ['--fast'], 'float32'),
+    (None, ['--dtype', 'int8'], 'int8'), (None, [], 'float32'),
+])
+def test_export_flags_resolve_to_a_dtype_and_leave_args_as_parsed(monkeypatch, fastest, argv,
+                                                                   dtype):
+    from gluonbert.cli import export as module
+    monkeypatch.setattr(module, 'fastest_path', lambda: (fastest, 'stand-in'))
+    args = module.build_export_parser().parse_args(['--model-dir', 'm', '--output', 'o',
+                                                    *argv])
+    parsed = dict(vars(args))
+    assert module._validate_export_args(args) == dtype
+    assert vars(args) == parsed

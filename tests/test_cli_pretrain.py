@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import types
@@ -121,6 +122,22 @@ def test_data_with_another_max_len_is_one_line(shards32, tmp_path, capsys):
         f'gluonbert-pretrain: error: {shards32}: the shards were prepared for --max-len 32; '
         f'prepare them again with --max-len 64 (gluonbert-pretrain-data --max-len 64 --output '
         f'ANOTHER_DIR ...), or leave --max-len out')
+
+
+@pytest.mark.parametrize('version', [0, 2, None])
+def test_shards_of_another_format_version_are_one_line(shards32, tmp_path, capsys, version):
+    shards = tmp_path / 'shards'
+    shutil.copytree(shards32, shards)
+    manifest = manifest_of(shards)
+    manifest['version'] = version
+    (shards / 'manifest.json').write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert pretrain_main(['--data', str(shards), '--output-dir', str(tmp_path / 'run'),
+                          *TRAIN]) == 2
+    assert one_error_line(capsys) == (
+        f'gluonbert-pretrain: error: {shards}/manifest.json: written by another gluonbert '
+        f'(shard format version {version!r}; this one reads version 1); prepare the shards '
+        f'again with this version')
 
 
 def test_examples_longer_than_the_position_embeddings_are_one_line(corpus, tmp_path, capsys):

@@ -13,7 +13,7 @@ from gluonbert import (BERTClassifier, BERTConfig, BERTModel, LoRADense, apply_l
                        load_lora, lora_parameter_counts, merge_lora, save_lora)
 from gluonbert.cli import finetune_main, predict_main
 from gluonbert.lora import base_parameters
-from gluonbert.params import named_parameters
+from gluonbert.params import named_parameters, walk_blocks
 from gluonbert.pretrained import PretrainedError
 from gluonbert.tokenizer import BERTTokenizer, Vocab
 from gluonbert.train import make_trainer, train_loop
@@ -34,8 +34,21 @@ def snapshot(params):
     return {name: p.data().asnumpy().copy() for name, p in params.items()}
 
 
+def test_walk_blocks_goes_depth_first_in_registration_order():
+    outer = nn.HybridSequential()
+    inner = nn.HybridSequential()
+    inner.add(nn.Dense(2), nn.Dropout(0.1))
+    outer.add(nn.Dense(3), inner, nn.Dense(4))
+    walked = list(walk_blocks(outer))
+    assert [path for path, _ in walked] == ['', '0', '1', '1.0', '1.1', '2']
+    assert [type(b).__name__ for _, b in walked] == ['HybridSequential', 'Dense',
+                                                    'HybridSequential', 'Dense', 'Dropout',
+                                                    'Dense']
+    assert walked[0][1] is outer and walked[2][1] is inner and walked[4][1] is inner[1]
+
+
 def lora_layers(net):
-    return [block for _, block in gluonbert.lora._walk(net) if isinstance(block, LoRADense)]
+    return [block for _, block in walk_blocks(net) if isinstance(block, LoRADense)]
 
 
 def randomise_lora(net, scale=0.1):
@@ -299,3 +312,97 @@ def test_cli_bad_lora_flags_are_one_line(review_files, tmp_path, flags, message,
     err = capsys.readouterr().err
     assert message in err
     assert len(err.strip().splitlines()) == 1 and 'Traceback' not in err
+
+
+@pytest.fixture(scope='module')
+def adapter_run(tmp_path_factory):
+    """A base model directory and a LoRA adapter on it (``run/base``, ``run/adapter``)."""
+    vocab, tokenizer = tiny_vocab()
+    net = tiny_classifier()
+    run = tmp_path_factory.mktemp('adapter') / 'run'
+    gluonbert.save_pretrained(net.bert, vocab, tokenizer, str(run / 'base'))
+    apply_lora(net, rank=4, alpha=4, targets=('query', 'value'))
+    net.label_names = ['bad', 'good']
+    save_lora(net, str(run / 'adapter'), base_model=str(run / 'base'))
+    return run
+
+
+def _damaged(name, value):
+    def damage(manifest):
+        if value is KeyError:
+            del manifest[name]
+        else:
+            manifest[name] = value
+    return damage
+
+
+_WHAT = dict((key, what) for key, (_, what) in gluonbert.lora._ADAPTER_KEYS.items())
+_MISSING = [(f'no {key}', _damaged(key, KeyError),
+             f'damaged adapter manifest ({key} is missing or not {_WHAT[key]}); save the '
+             f'adapter again') for key in _WHAT]
+_BAD_VALUES = [
+    ('base_model', 3), ('base_model', ''), ('config', []), ('model_class', 'BERTNope'),
+    ('model_class', ['BERTClassifier']), ('rank', 0), ('rank', 'four'), ('rank', True),
+    ('rank', 4.0), ('alpha', 0), ('alpha', -1.0), ('alpha', '4'), ('dropout', 1.0),
+    ('dropout', -0.1), ('dropout', None), ('targets', []), ('targets', 'query'),
+    ('targets', ['query', 'nope']), ('targets', ['query', 'query']), ('targets', [1]),
+    ('num_classes', 1), ('num_classes', '2'), ('label_names', 'bad,good'),
+    ('label_names', [1, 2]), ('classifier', []), ('classifier_dropout', 1.5),
+    ('max_len', 2), ('max_len', 32.5), ('extra', []), ('params_bytes', -1),
+    ('params_bytes', '100'), ('params_sha1', 'xyz'), ('params_sha1', 'A' * 40),
+]
+_MUTATIONS = _MISSING + [
+    (f'{key}={value!r}', _damaged(key, value),
+     f'damaged adapter manifest ({key} is missing or not {_WHAT[key]}); save the adapter '
+     f'again') for key, value in _BAD_VALUES] + [
+    ('version=2', _damaged('version', 2),
+     'written by another gluonbert (adapter format version 2; this one reads version 1); '
+     'save the adapter again with this version'),
+    ('no version', _damaged('version', KeyError),
+     'written by another gluonbert (adapter format version None; this one reads version 1); '
+     'save the adapter again with this version'),
+    ('config field', _damaged('config', {'nope': 1}),
+     'damaged adapter manifest (config: unknown BERTConfig field(s): nope); save the adapter '
+     'again'),
+    ('rank too large', _damaged('rank', TINY_UNITS),
+     f'the adapter does not fit its base (LoRA rank must be an integer in [1, {TINY_UNITS}) '
+     f'for bert.encoder.layers.0.attention.query ({TINY_UNITS} -> {TINY_UNITS}), got '
+     f'{TINY_UNITS})'),
+    ('3 labels for 2 classes', _damaged('classifier', {'label_names': ['a', 'b', 'c']}),
+     'damaged manifest (3 label names for 2 classes)'),
+]
+
+
+@pytest.mark.parametrize('damage, message', [m[1:] for m in _MUTATIONS],
+                         ids=[m[0] for m in _MUTATIONS])
+def test_a_damaged_adapter_manifest_is_one_line_through_predict(adapter_run, tmp_path, capsys,
+                                                                damage, message):
+    run = tmp_path / 'run'
+    shutil.copytree(adapter_run, run)
+    path = run / 'adapter' / 'adapter.json'
+    manifest = json.loads(path.read_text())
+    damage(manifest)
+    path.write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert predict_main(['--model-dir', str(run / 'adapter'), 'a text']) == 2
+    assert capsys.readouterr().err == f'gluonbert-predict: error: {path}: {message}\n'
+
+
+@pytest.mark.parametrize('content, message', [
+    ('{"format": "gluonbert-lora", ', 'damaged adapter manifest (not valid JSON: Expecting '
+                                      'property name enclosed in double quotes: line 1 '
+                                      'column 30 (char 29))'),
+    ('[1, 2]', 'damaged adapter manifest (not a JSON object)'),
+    ('{"format": "other"}', None),
+])
+def test_an_adapter_manifest_that_is_not_one_is_one_line(adapter_run, tmp_path, capsys,
+                                                         content, message):
+    run = tmp_path / 'run'
+    shutil.copytree(adapter_run, run)
+    path = run / 'adapter' / 'adapter.json'
+    path.write_text(content)
+    capsys.readouterr()
+    assert predict_main(['--model-dir', str(run / 'adapter'), 'a text']) == 2
+    expected = f'{path}: {message}' if message else f'{path} is not a gluonbert LoRA adapter ' \
+        f'manifest'
+    assert capsys.readouterr().err == f'gluonbert-predict: error: {expected}\n'

@@ -233,3 +233,45 @@ def test_saved_files_get_normal_permissions(minilm, tmp_path):
     for name in ('model.params', 'vocab.txt', 'gluonbert.json'):
         assert stat.S_IMODE(os.stat(os.path.join(directory, name)).st_mode) == 0o644, name
     assert stat.S_IMODE(os.stat(tmp_path / 'metrics.json').st_mode) == 0o644
+
+
+@pytest.fixture(scope='module')
+def saved_classifier(minilm, tmp_path_factory):
+    bert, vocab, tokenizer = minilm
+    net = gluonbert.BERTClassifier(bert, num_classes=2)
+    net.classifier.initialize()
+    directory = tmp_path_factory.mktemp('classifier') / 'model'
+    save_pretrained(net, vocab, tokenizer, str(directory), label_names=['neg', 'pos'])
+    return directory
+
+
+def _edited_manifest(source, target, edit):
+    shutil.copytree(source, target)
+    manifest = json.loads((target / 'gluonbert.json').read_text())
+    edit(manifest)
+    (target / 'gluonbert.json').write_text(json.dumps(manifest))
+    return target
+
+
+@pytest.mark.parametrize('edit, message', [
+    (lambda m: m.pop('classifier'),
+     'written by an older gluonbert (format version 1 without a classifier record); '
+     'fine-tune it again with this version'),
+    (lambda m: m.update(version=0),
+     'written by another gluonbert (model directory format version 0; this one reads '
+     'version 1); save the model again with this version'),
+    (lambda m: m.pop('version'),
+     'written by another gluonbert (model directory format version None; this one reads '
+     'version 1); save the model again with this version'),
+], ids=['no classifier record', 'older version', 'no version'])
+def test_an_older_model_directory_is_refused_in_one_line(saved_classifier, tmp_path, capsys,
+                                                         edit, message):
+    from gluonbert.cli import predict_main
+    directory = _edited_manifest(saved_classifier, tmp_path / 'old', edit)
+    capsys.readouterr()
+    assert predict_main(['--model-dir', str(directory), 'a text']) == 2
+    assert capsys.readouterr().err == \
+        f'gluonbert-predict: error: {directory}/gluonbert.json: {message}\n'
+    with pytest.raises(PretrainedError) as error:
+        load_pretrained(str(directory))
+    assert str(error.value) == f'{directory}/gluonbert.json: {message}'

@@ -22,7 +22,7 @@ LAYERS = [
               'params']),
     ('native operators', ['ops', 'amp']),
     ('core', ['layers', 'kernel_settings', 'heads', 'model', 'token_classification',
-              'tokenizer', 'convert', 'pretrained', 'lora']),
+              'tokenizer', 'convert', 'pretrained', 'lora', 'model_dir']),
     ('data', ['data']),
     ('inference', ['predict']),
     ('process groups', ['distributed']),
@@ -196,3 +196,17 @@ def test_docs_linked_from_the_readme_exist():
     assert linked, 'README.md links no docs/*.md file'
     missing = sorted(p for p in linked if not os.path.isfile(os.path.join(ROOT, p)))
     assert missing == []
+
+
+def test_one_block_tree_walker():
+    # gluonbert.params.walk_blocks is the walker; kernel_settings still has its own (to go)
+    walkers = sorted(dotted for dotted, path in modules().items()
+                     if '._children' in open(path, encoding='utf-8').read())
+    assert walkers == ['gluonbert.kernel_settings', 'gluonbert.params']
+
+
+def test_predict_reads_model_directories_without_the_exporter():
+    found = modules()
+    imported = imported_modules('gluonbert.cli.predict', found['gluonbert.cli.predict'])
+    assert 'gluonbert.model_dir' in imported and 'gluonbert.export' not in imported
+    assert 'load_classifier' not in open(found['gluonbert.export'], encoding='utf-8').read()

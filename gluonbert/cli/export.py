@@ -4,8 +4,9 @@ import argparse
 import sys
 
 from ..errors import UsageError
-from ..export import check_prefix, export_classifier, load_classifier
+from ..export import check_prefix, export_classifier
 from ..hardware import require_bf16
+from ..model_dir import load_classifier
 from ..sysinfo import fastest_path, int8_caveat
 from .runner import console_entry, run_command
 
@@ -45,20 +46,23 @@ def build_export_parser():
 
 
 def _validate_export_args(args):
-    """Check the flags before the model loads."""
+    """Check the flags before the model loads; returns the dtype to export (--dtype, the
+    one --fast picks, or float32). ``args`` is left as parsed."""
     if args.calib_size < 1:
         raise UsageError(f'--calib-size must be >= 1, got {args.calib_size}')
     if args.max_len is not None and args.max_len < 3:
         raise UsageError(f'--max-len must be at least 3, got {args.max_len}')
     if args.fast and args.dtype:
         raise UsageError(f'--fast picks the dtype itself; drop --dtype {args.dtype} or --fast')
+    dtype = args.dtype
     if args.fast:
-        args.dtype, why = fastest_path()
-        print(f'{PROG_EXPORT}: --fast: {args.dtype} ({why})', file=sys.stderr, flush=True)
-    args.dtype = args.dtype or 'float32'
-    if args.dtype == 'bfloat16':
+        dtype, why = fastest_path()
+        print(f'{PROG_EXPORT}: --fast: {dtype} ({why})', file=sys.stderr, flush=True)
+    dtype = dtype or 'float32'
+    if dtype == 'bfloat16':
         require_bf16('--dtype bfloat16', 'use --dtype float32, or --fast (the fastest dtype '
                      'that keeps the answers here)')
+    return dtype
 
 
 def export_cli(args, stdout=None):
@@ -66,14 +70,14 @@ def export_cli(args, stdout=None):
     ``stdout``; returns the metadata :func:`~gluonbert.export.export_classifier` wrote."""
     from ..fast import calibration_batches
     stdout = stdout or sys.stdout
-    _validate_export_args(args)
+    dtype = _validate_export_args(args)
     check_prefix(args.output)  # before the model loads
     net, vocab, tokenizer = load_classifier(args.model_dir)
     if args.max_len is not None and args.max_len > net.config.max_length:
         raise UsageError(f'--max-len {args.max_len} exceeds the model max_length '
                          f'{net.config.max_length}')
     calib = None
-    if args.dtype == 'int8':
+    if dtype == 'int8':
         calib = calibration_batches(net, vocab, tokenizer, args.calib_file,
                                     limit=args.calib_size, max_len=args.max_len)
         if int8_caveat() and not args.fast:  # --fast never takes int8 with a caveat
@@ -81,14 +85,14 @@ def export_cli(args, stdout=None):
     # the reload check runs on text of the model's own task
     check = calibration_batches(net, vocab, tokenizer, args.calib_file, limit=32,
                                 max_len=args.max_len)[0]
-    meta = export_classifier(net, vocab, tokenizer, args.output, dtype=args.dtype,
+    meta = export_classifier(net, vocab, tokenizer, args.output, dtype=dtype,
                              calib_batches=calib, check_batch=check, max_len=args.max_len)
     check = meta['check']
-    stdout.write(f"exported {args.model_dir} ({args.dtype}) to {meta['paths']['symbol']}, "
+    stdout.write(f"exported {args.model_dir} ({dtype}) to {meta['paths']['symbol']}, "
                  f"{meta['paths']['params']}, {meta['paths']['vocab']}, "
                  f"{meta['paths']['meta']}\n")
     stdout.write(f"reloaded with SymbolBlock.imports: max |logit diff| "
-                 f"{check['max_abs_diff_to_converted']:.3g} to the {args.dtype} model, "
+                 f"{check['max_abs_diff_to_converted']:.3g} to the {dtype} model, "
                  f"{check['max_abs_diff_to_float32']:.3g} to float32; same argmax as float32 "
                  f"on {check['argmax_agreement_with_float32']:.0%} of "
                  f"{check['batch_shape'][0]} texts of its task\n")

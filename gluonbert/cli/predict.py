@@ -5,15 +5,17 @@ lines as they arrive; each chunk is answered before the next is read.
 """
 import argparse
 import codecs
+import dataclasses
 import io
 import itertools
 import json
 import sys
+from typing import Optional
 
 from .. import fast
 from ..errors import UsageError
-from ..export import load_classifier
 from ..hardware import require_bf16
+from ..model_dir import load_classifier
 from ..predict import predict
 from ..sysinfo import fastest_path, int8_caveat
 from .common import parse_contexts
@@ -54,16 +56,24 @@ def build_predict_parser():
     return parser
 
 
+@dataclasses.dataclass(frozen=True)
+class FastPath:
+    """The CPU path that --dtype / --quantize / --fast resolve to."""
+    dtype: str                      # 'float32' or 'bfloat16'
+    quantize: Optional[str] = None  # None or 'int8' (with dtype 'float32')
+
+
 def _validate_fast_flags(args):
-    """--dtype / --quantize / --calib-file make sense together and on this machine."""
+    """--dtype / --quantize / --calib-file make sense together and on this machine;
+    returns the :class:`FastPath` they (or --fast) choose. ``args`` is left as parsed."""
+    dtype, quantize = args.dtype, args.quantize
     if args.fast:
-        if args.quantize or args.dtype != 'float32' or args.gpus:
+        if quantize or dtype != 'float32' or args.gpus:
             raise UsageError('--fast picks the CPU path itself; drop --dtype, --quantize or '
                              '--gpus')
         choice, why = fastest_path()
         print(f'{PROG_PREDICT}: --fast: {choice} ({why})', file=sys.stderr, flush=True)
-        args.dtype, args.quantize = ('float32', 'int8') if choice == 'int8' else (choice, None)
-    dtype, quantize = args.dtype, args.quantize
+        dtype, quantize = ('float32', 'int8') if choice == 'int8' else (choice, None)
     if quantize and dtype != 'float32':
         raise UsageError(f'--quantize {quantize} and --dtype {dtype} do not combine; pick one')
     if args.calib_file and not quantize:
@@ -74,12 +84,13 @@ def _validate_fast_flags(args):
     if dtype == 'bfloat16':
         require_bf16('--dtype bfloat16', 'use --dtype float32, or --fast (the fastest path '
                      'that keeps the answers here)')
+    return FastPath(dtype, quantize)
 
 
-def _fast_model(args, net, vocab, tokenizer, ctx, num_texts=0):
-    """The classifier converted as --dtype / --quantize ask (gluonbert.fast); the flags
-    were checked by :func:`_validate_fast_flags`."""
-    dtype, quantize, calib_file = args.dtype, args.quantize, args.calib_file
+def _fast_model(args, path, net, vocab, tokenizer, ctx, num_texts=0):
+    """The classifier converted to ``path`` (a :class:`FastPath` from
+    :func:`_validate_fast_flags`; gluonbert.fast)."""
+    dtype, quantize, calib_file = path.dtype, path.quantize, args.calib_file
     if not quantize and dtype == 'float32':
         # the folded, oneDNN-fused copy (fast.to_float32 on CPU) takes about 0.2 s to make
         # and then runs about 1.35x faster than the hybridized model: worth it beyond a batch
@@ -181,7 +192,7 @@ def predict_cli(args, stdin=None, stdout=None):
         raise UsageError(f'--batch-size must be >= 1, got {args.batch_size}')
     if args.max_len is not None and args.max_len < 3:
         raise UsageError(f'--max-len must be >= 3, got {args.max_len}')
-    _validate_fast_flags(args)  # before the model loads
+    path = _validate_fast_flags(args)  # before the model loads
     contexts = parse_contexts(args.gpus)
     # a model directory, or a LoRA adapter merged into its base (the plain model's speed)
     net, vocab, tokenizer = load_classifier(args.model_dir, ctx=contexts[0])
@@ -197,7 +208,7 @@ def predict_cli(args, stdin=None, stdout=None):
     # a full first chunk of stdin: more lines are likely to follow
     expected = len(args.texts) if args.texts else len(first) + (len(first) == args.batch_size)
     net.hybridize(static_alloc=True)
-    net = _fast_model(args, net, vocab, tokenizer, contexts[0], num_texts=expected)
+    net = _fast_model(args, path, net, vocab, tokenizer, contexts[0], num_texts=expected)
     write = _json_lines_writer(stdout)
     try:
         for chunk in itertools.chain([first], chunks):

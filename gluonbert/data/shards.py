@@ -171,6 +171,10 @@ def read_manifest(directory):
     manifest = read_json_object(path, 'shard manifest', DataError)
     if manifest.get('format') != FORMAT:
         raise DataError(f'{path}: not a gluonbert shard manifest')
+    if manifest.get('version') != FORMAT_VERSION:
+        raise DataError(f'{path}: written by another gluonbert (shard format version '
+                        f'{manifest.get("version")!r}; this one reads version '
+                        f'{FORMAT_VERSION}); prepare the shards again with this version')
     for key, kind in _MANIFEST_KEYS.items():
         if not isinstance(manifest.get(key), kind):
             raise DataError(f'{path}: {key!r} is missing or not {kind.__name__}')
@@ -180,9 +184,6 @@ def read_manifest(directory):
     if not isinstance(manifest['vocab'].get('size'), int) or \
             not isinstance(manifest['vocab'].get('sha256'), str):
         raise DataError(f'{path}: vocab record is missing its size or sha256')
-    if manifest['version'] > FORMAT_VERSION:
-        raise DataError(f'{path}: format version {manifest["version"]} is newer than this '
-                        f'gluonbert reads ({FORMAT_VERSION}); upgrade gluonbert')
     for split in SPLITS:
         records = manifest['shards'].get(split)
         if not isinstance(records, list) or not all(

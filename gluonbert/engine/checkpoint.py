@@ -31,13 +31,14 @@ from .states import assign_parameters, checked_parameters, trainer_state_arrays
 
 __all__ = ['CHECKPOINT_FORMAT', 'KINDS', 'CheckpointWriter', 'commit_checkpoint',
            'checkpoint_name', 'checkpoint_paths', 'current_checkpoint', 'read_state',
-           'load_best_parameters', 'prune']
+           'load_best_parameters', 'prune', 'refuse_first_layout']
 
 CHECKPOINT_FORMAT = 'gluonbert-checkpoint-2'
 KINDS = ('epoch', 'step')
 POINTER_FILE, BEST_FILE = 'last', 'best.params'
 PARAMS_FILE, STATES_FILE, STATE_FILE = 'model.params', 'trainer.states', 'state.json'
-LEGACY_FILES = ('last.params', 'last.states', 'last.json')  # the first layout
+LEGACY_FILES = ('last.params', 'last.states', 'last.json')  # the first layout (refused)
+FIRST_LAYOUT = 'gluonbert-checkpoint-1'
 # what every checkpoint state holds, and of which JSON type, per kind
 STATE_FIELDS = {'epoch': {'epoch': int, 'step': int, 'history': list,
                           'best_accuracy': (int, float), 'stale_epochs': int},
@@ -92,21 +93,29 @@ def read_json(path, what):
 
 
 def read_state(path, kind='epoch', legacy=False):
-    """A checkpoint's state.json (``legacy``: the first layout's last.json), checked to
-    hold what resuming a checkpoint of ``kind`` reads."""
+    """A checkpoint's state.json, checked to hold what resuming a checkpoint of ``kind``
+    reads. ``legacy`` (the first layout's last.json) is refused: :func:`refuse_first_layout`.
+    """
+    if legacy:
+        refuse_first_layout(os.path.dirname(path))
     state = read_json(path, 'checkpoint state')
-    fields = dict(STATE_FIELDS[kind])
-    if legacy and kind == 'step':  # the first pre-training layout: step and records
-        fields = {'step': int, 'records': list}
-    if not legacy:
-        if state.get('format') != CHECKPOINT_FORMAT:
-            raise CheckpointError(f'{path}: unknown checkpoint format {state.get("format")!r}')
-        fields.update(files=dict, run=dict)
+    if state.get('format') != CHECKPOINT_FORMAT:
+        raise CheckpointError(f'{path}: unknown checkpoint format {state.get("format")!r}')
+    fields = dict(STATE_FIELDS[kind], files=dict, run=dict)
     for key, type_ in fields.items():
         if not isinstance(state.get(key), type_):
             raise CheckpointError(f'{path}: damaged checkpoint state ({key!r} is missing or '
                                   f'not of its type)')
     return state
+
+
+def refuse_first_layout(checkpoint_dir):
+    """Raise the one-line CheckpointError for a checkpoint of the first layout (``last.json``,
+    ``last.params``, ``last.states``), which this gluonbert does not read."""
+    raise CheckpointError(f'{checkpoint_dir}: a checkpoint of an older gluonbert (the first '
+                          f'layout, {FIRST_LAYOUT}: last.json, last.params, last.states); '
+                          f'this version resumes {CHECKPOINT_FORMAT} only: start again '
+                          f'without --resume')
 
 
 def current_checkpoint(checkpoint_dir, kind='epoch'):

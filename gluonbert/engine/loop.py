@@ -84,7 +84,8 @@ class TrainState:
 
     def to_json(self):
         """The state as checkpoints write it (``epoch``: the last epoch done, 0-based;
-        ``best_accuracy``/``stale_epochs``: the names of the first checkpoints)."""
+        ``best_accuracy``/``stale_epochs``: the field names of the checkpoint format,
+        :data:`~gluonbert.engine.checkpoint.CHECKPOINT_FORMAT`)."""
         return {'epoch': self.epoch - 1, 'step': self.step, 'batches': self.batches,
                 'history': list(self.history),
                 'best_accuracy': self.best_score if math.isfinite(self.best_score) else None,

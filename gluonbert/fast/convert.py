@@ -31,7 +31,7 @@ import mxnet as mx
 from mxnet.gluon import SymbolBlock
 
 from .._env import quiet_native_stderr
-from ..amp import FP32_OPS, bf16_fp32_ops, init_amp_bfloat16
+from ..amp import bf16_fp32_ops, init_amp_bfloat16
 from ..hardware import require_bf16
 from .calibrate import example_inputs, record_layer_outputs
 from .passes import inference_graph, partition
@@ -58,13 +58,6 @@ INTERLEAVED_ATTENTION_OPS = ('_contrib_interleaved_matmul_selfatt_qk',
 # tanh) has no int8 kernel (MXNet would exclude it itself, with a warning).
 INT8_EXCLUDED_OPERATORS = ('_sg_mkldnn_selfatt_qk', '_sg_mkldnn_selfatt_valatt', 'Embedding',
                            'elemwise_add', 'Activation')
-
-# ------------------------------------------------------------------------------- AMP
-# AMP's operator lists and bfloat16 training AMP live in gluonbert.amp (shared with the
-# training loops); the names this module had stay importable from here.
-_FP32_OPS = FP32_OPS
-_amp_fp32_ops = bf16_fp32_ops
-
 
 # ------------------------------------------------------------------------- the block
 class InferenceClassifier(SymbolBlock):
@@ -192,7 +185,7 @@ def to_bfloat16(net, *, ctx=None, example=None, static_shape=True, cast_params=T
                  'gluonbert.sysinfo.fastest_path() names')
     example = example or example_inputs(net, ctx=ctx)
     names, sym, arg_params, aux_params = inference_graph(net, example, builtin=portable)
-    with _amp_fp32_ops():
+    with bf16_fp32_ops():
         sym, arg_params, aux_params = amp.convert_model(
             sym, arg_params, aux_params, target_dtype='bfloat16',
             cast_optional_params=cast_params)

@@ -18,11 +18,12 @@ _env.require_mxnet()
 from .config import BERTConfig, PRESETS  # noqa: E402
 from .errors import GluonbertError  # noqa: E402
 from . import ops  # noqa: E402
+from . import kernels  # noqa: E402
 from .layers import (PositionalEncoding, LearnedPositionalEncoding, MultiHeadAttention,  # noqa: E402
                      Dropout, LayerNorm, AddNorm, PositionWiseFFN, EncoderBlock, Activation)
 from .heads import MLMDecoder, NSClassifier  # noqa: E402
 from .model import (BERTEncoder, BERTModel, TaskModel, BERTClassifier,  # noqa: E402
-                    BERTForPretraining, ClassifierInfo)
+                    BERTForPretraining, ClassifierInfo, with_kernels)
 # task models register themselves in gluonbert.model.TASK_MODELS when their module loads
 from .token_classification import BERTForTokenClassification  # noqa: E402
 from .convert import from_gluonnlp  # noqa: E402
@@ -43,7 +44,8 @@ ops.load()
 
 from ._version import __version__  # noqa: E402
 
-__all__ = ['BERTConfig', 'PRESETS', 'ops', 'PositionalEncoding', 'LearnedPositionalEncoding',
+__all__ = ['BERTConfig', 'PRESETS', 'ops', 'kernels', 'with_kernels', 'PositionalEncoding',
+           'LearnedPositionalEncoding',
            'MultiHeadAttention', 'Dropout', 'LayerNorm', 'AddNorm', 'PositionWiseFFN',
            'EncoderBlock', 'Activation', 'MLMDecoder', 'NSClassifier', 'BERTEncoder', 'BERTModel',
            'TaskModel', 'BERTClassifier', 'BERTForPretraining', 'BERTForTokenClassification',

@@ -12,7 +12,8 @@ import json
 
 from ._io import write_text
 
-__all__ = ['BERTConfig', 'PRESETS', 'ACTIVATIONS', 'KERNELS']
+__all__ = ['BERTConfig', 'PRESETS', 'ACTIVATIONS', 'KERNELS', 'ATTENTION_MASKS',
+           'KERNEL_FIELDS']
 
 # Activations the FFN understands. 'gelu' is the exact erf form used by BERT;
 # 'gelu_tanh' is the tanh approximation (Hugging Face's gelu_new / gelu_pytorch_tanh).
@@ -22,6 +23,11 @@ ACTIVATIONS = ('gelu', 'gelu_tanh', 'relu', 'tanh', 'sigmoid', 'softrelu')
 # library is built and loaded. Both compute the same function to float32 rounding, but
 # the dropout masks come from different random streams.
 KERNELS = ('auto', 'fused', 'mxnet')
+# How attention masks padded keys (gluonbert.kernels): the same weights either way.
+ATTENTION_MASKS = ('select', 'additive')
+# The config fields that name implementations (gluonbert.kernels), not the function.
+KERNEL_FIELDS = ('kernels', 'layer_norm_kernels', 'dropout_kernels', 'attention_kernels',
+                 'attention_mask')
 POSITION_EMBEDDINGS = ('learned', 'sinusoidal')
 
 
@@ -58,6 +64,10 @@ class BERTConfig:
     kernels : str
         ``'fused'``, ``'mxnet'`` or ``'auto'`` (see ``KERNELS``); a built model's config
         holds the resolved choice, which saved models record.
+    layer_norm_kernels, dropout_kernels, attention_kernels : str or None
+        The same choice for one operation (:mod:`gluonbert.kernels`); None takes ``kernels``.
+    attention_mask : str
+        How attention masks padded keys: ``'select'`` or ``'additive'`` (``ATTENTION_MASKS``).
     """
     vocab_size: int = 30522
     units: int = 768
@@ -72,6 +82,10 @@ class BERTConfig:
     activation: str = 'gelu'
     position_embedding: str = 'learned'
     kernels: str = 'auto'
+    layer_norm_kernels: str = None
+    dropout_kernels: str = None
+    attention_kernels: str = None
+    attention_mask: str = 'select'
 
     def __post_init__(self):
         for name in ('vocab_size', 'units', 'hidden_size', 'num_heads', 'num_layers',
@@ -97,6 +111,14 @@ class BERTConfig:
         if self.kernels not in KERNELS:
             raise ValueError(f'BERTConfig.kernels must be one of {KERNELS}, '
                              f'got {self.kernels!r}')
+        for name in ('layer_norm_kernels', 'dropout_kernels', 'attention_kernels'):
+            value = getattr(self, name)
+            if value is not None and value not in KERNELS:
+                raise ValueError(f'BERTConfig.{name} must be None or one of {KERNELS}, '
+                                 f'got {value!r}')
+        if self.attention_mask not in ATTENTION_MASKS:
+            raise ValueError(f'BERTConfig.attention_mask must be one of {ATTENTION_MASKS}, '
+                             f'got {self.attention_mask!r}')
 
     # ----------------------------------------------------------------- presets
     @classmethod
@@ -137,10 +159,16 @@ class BERTConfig:
             return cls.from_json(f.read())
 
     def architecture(self):
-        """The config without ``kernels``: what decides the parameters and the function."""
+        """The config without the kernel choices (``KERNEL_FIELDS``): what decides the
+        parameters and the function."""
         values = self.to_dict()
-        del values['kernels']
+        for name in KERNEL_FIELDS:
+            del values[name]
         return values
+
+    def kernel_choices(self):
+        """``{field: value}`` of the kernel choices (``KERNEL_FIELDS``)."""
+        return {name: getattr(self, name) for name in KERNEL_FIELDS}
 
     @property
     def head_units(self):

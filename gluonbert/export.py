@@ -96,7 +96,7 @@ def export_classifier(net, vocab, tokenizer, prefix, *, dtype='float32', calib_b
     """
     from ._version import __version__
     from .fast import DTYPES, prepare
-    from .kernel_settings import kernels_for_tracing
+    from .model import with_kernels
     from .predict import label_names_of, max_len_for
     if dtype not in DTYPES:
         raise ValueError(f'dtype must be one of {", ".join(DTYPES)}, got {dtype!r}')
@@ -111,14 +111,15 @@ def export_classifier(net, vocab, tokenizer, prefix, *, dtype='float32', calib_b
     files = {'symbol': f'{prefix}-symbol.json', 'params': f'{prefix}-0000.params',
              'vocab': f'{prefix}-vocab.txt', 'meta': f'{prefix}-meta.json'}
     # traced with MXNet's own operators only, so that the files load in plain MXNet
-    # (gluonbert's fused CPU operators are an extension library); net is restored after
-    with kernels_for_tracing(net, layer_norm='mxnet', dropout='mxnet', attention='mxnet'):
-        net.hybridize(static_alloc=True)
-        reference = net(*check_batch).asnumpy()  # float32 logits; builds the cached graph
-        model = (prepare(net, dtype, calib_batches=calib_batches, portable=True)
-                 if dtype != 'float32' else net)
-        expected = model(*check_batch).asnumpy()
-        input_names = _write_graph(model, files)
+    # (gluonbert's fused CPU operators are an extension library); net is not changed
+    portable = with_kernels(net, layer_norm_kernels='mxnet', dropout_kernels='mxnet',
+                            attention_kernels='mxnet')
+    portable.hybridize(static_alloc=True)
+    reference = portable(*check_batch).asnumpy()  # float32 logits; builds the cached graph
+    model = (prepare(portable, dtype, calib_batches=calib_batches, portable=True)
+             if dtype != 'float32' else portable)
+    expected = model(*check_batch).asnumpy()
+    input_names = _write_graph(model, files)
     vocab.save(files['vocab'])
 
     # Reload with plain MXNet, as a user of the files would, and compare.

@@ -33,8 +33,6 @@ class MLMDecoder(HybridBlock):
     embedding_weight : mxnet.gluon.Parameter or None
         The ``(V, U)`` word-embedding parameter to tie the output projection to.
         None gives the decoder its own ``output_weight``.
-    kernels : {'auto', 'fused', 'mxnet'}, default 'auto'
-        Operators of the LayerNorm (see :class:`gluonbert.layers.LayerNorm`).
 
     Inputs:
         - **sequence**: ``(B, L, U)`` encoder output.
@@ -46,14 +44,14 @@ class MLMDecoder(HybridBlock):
     """
 
     def __init__(self, *, vocab_size, units, activation='gelu', layer_norm_eps=1e-12,
-                 embedding_weight=None, kernels='auto', prefix=None, params=None):
+                 embedding_weight=None, prefix=None, params=None):
         super().__init__(prefix=prefix, params=params)
         self._vocab_size = vocab_size
         with self.name_scope():
             self.transform = nn.Dense(units, in_units=units, flatten=False,
                                       weight_initializer=WEIGHT_INIT, prefix='transform_')
             self.activation = Activation(activation)
-            self.norm = LayerNorm(units=units, epsilon=layer_norm_eps, kernels=kernels)
+            self.norm = LayerNorm(units=units, epsilon=layer_norm_eps)
             if embedding_weight is None:
                 self.output_weight = self.params.get('output_weight', shape=(vocab_size, units),
                                                      init=WEIGHT_INIT)

@@ -8,24 +8,25 @@ Blocks that see sequences take a ``layout``: ``'NTC'`` means ``(B, L, U)``,
 the friendly default; ``'TNC'`` means ``(L, B, U)``, which the fused attention
 kernels want, so :class:`gluonbert.BERTEncoder` runs its layers in ``'TNC'`` and
 transposes once at each end instead of once per layer.
+
+Where an operation has several implementations (layer norm, dropout, the attention
+products and mask), a block looks its one up in :mod:`gluonbert.kernels` when it is
+built (``kernels.current()``) and calls it in ``hybrid_forward``.
 """
 import math
 
-import mxnet as mx
 import numpy as np
 from mxnet import init, symbol
 from mxnet.gluon import HybridBlock, nn
 
-from .ops import resolve_kernels
+from . import kernels
 
 __all__ = ['PositionalEncoding', 'LearnedPositionalEncoding', 'MultiHeadAttention', 'Dropout',
            'LayerNorm', 'AddNorm', 'PositionWiseFFN', 'EncoderBlock', 'Activation',
            'sinusoidal_table', 'ATTENTION_MASKS', 'parameter_input']
 
 LAYOUTS = ('NTC', 'TNC')
-# How attention masks padded keys; both give exactly the same weights (see
-# MultiHeadAttention): 'select' trains fastest, 'additive' infers fastest.
-ATTENTION_MASKS = ('select', 'additive')
+ATTENTION_MASKS = tuple(kernels.ATTENTION_MASKS)  # how padded keys are masked
 # BERT's initialisation: N(0, 0.02) weights, zero biases.
 WEIGHT_INIT = init.Normal(0.02)
 
@@ -53,13 +54,13 @@ def sinusoidal_table(max_length, units):
 class _PositionBase(HybridBlock):
     """Adds ``table[position]`` to each step of the input, then applies dropout."""
 
-    def __init__(self, *, units, max_length, dropout, layout, kernels, prefix, params):
+    def __init__(self, *, units, max_length, dropout, layout, prefix, params):
         super().__init__(prefix=prefix, params=params)
         self._units = units
         self._max_length = max_length
         self._layout = _check_layout(layout)
         with self.name_scope():
-            self.dropout_layer = Dropout(rate=dropout, kernels=kernels)
+            self.dropout_layer = Dropout(rate=dropout)
 
     def _add_positions(self, F, x, table):
         seq_axis = 1 if self._layout == 'NTC' else 0
@@ -82,8 +83,6 @@ class PositionalEncoding(_PositionBase):
         Longest sequence supported.
     dropout : float, default 0.0
     layout : {'NTC', 'TNC'}, default 'NTC'
-    kernels : {'auto', 'fused', 'mxnet'}, default 'auto'
-        Operators of the dropout (see :class:`Dropout`).
 
     Inputs:
         - **x**: ``(B, L, U)`` for 'NTC', ``(L, B, U)`` for 'TNC'; ``L <= max_length``.
@@ -92,10 +91,10 @@ class PositionalEncoding(_PositionBase):
         - **y**: same shape as ``x``; ``x + P[:L]`` then dropout.
     """
 
-    def __init__(self, *, units, max_length=512, dropout=0.0, layout='NTC', kernels='auto',
-                 prefix=None, params=None):
+    def __init__(self, *, units, max_length=512, dropout=0.0, layout='NTC', prefix=None,
+                 params=None):
         super().__init__(units=units, max_length=max_length, dropout=dropout, layout=layout,
-                         kernels=kernels, prefix=prefix, params=params)
+                         prefix=prefix, params=params)
         with self.name_scope():
             # A constant: saved with the parameters, never trained.
             self.table = self.params.get_constant('table', sinusoidal_table(max_length, units))
@@ -112,9 +111,9 @@ class LearnedPositionalEncoding(_PositionBase):
     """
 
     def __init__(self, *, units, max_length=512, dropout=0.0, layout='NTC',
-                 weight_initializer=WEIGHT_INIT, kernels='auto', prefix=None, params=None):
+                 weight_initializer=WEIGHT_INIT, prefix=None, params=None):
         super().__init__(units=units, max_length=max_length, dropout=dropout, layout=layout,
-                         kernels=kernels, prefix=prefix, params=params)
+                         prefix=prefix, params=params)
         with self.name_scope():
             self.weight = self.params.get('weight', shape=(max_length, units),
                                           init=weight_initializer)
@@ -165,12 +164,9 @@ def parameter_input(F, parameter, like):
 class MultiHeadAttention(HybridBlock):
     """Multi-head scaled dot-product self-attention, masked by valid length.
 
-    All heads run in batched kernels (no Python loop over heads). When the query,
-    key and value projections are plain ``Dense`` layers their weights are
-    interleaved per head into one projection and the fused
-    ``interleaved_matmul_selfatt_*`` kernels compute scores and context; a wrapped
-    projection (e.g. LoRA) falls back to three projections whose outputs are
-    interleaved, with identical results.
+    All heads run in batched kernels (no Python loop over heads). The scores, the mask and
+    the context are the implementations :mod:`gluonbert.kernels` names (chosen when the
+    block is built); they all give the same weights.
 
     Parameters
     ----------
@@ -183,12 +179,6 @@ class MultiHeadAttention(HybridBlock):
     causal : bool, default False
         If True, position i attends only to positions <= i.
     layout : {'NTC', 'TNC'}, default 'NTC'
-    attention_mask : {'select', 'additive'}, default 'select'
-        How keys past ``valid_length`` are masked; the weights are exactly the same, the
-        speed is not (see ``hybrid_forward``).
-    kernels : {'auto', 'fused', 'mxnet'}, default 'auto'
-        Operators of the attention dropout (see :class:`Dropout`) and of the two batched
-        products: gluonbert's (float32 on CPU, about 4x MXNet's speed) or MXNet's.
 
     Inputs:
         - **x**: ``(B, L, U)`` ('NTC') or ``(L, B, U)`` ('TNC').
@@ -201,19 +191,20 @@ class MultiHeadAttention(HybridBlock):
     """
 
     def __init__(self, *, units, num_heads, dropout=0.0, use_bias=True, causal=False,
-                 layout='NTC', attention_mask='select', weight_initializer=WEIGHT_INIT,
-                 kernels='auto', prefix=None, params=None):
+                 layout='NTC', weight_initializer=WEIGHT_INIT, prefix=None, params=None):
         super().__init__(prefix=prefix, params=params)
         if units % num_heads:
             raise ValueError(f'units ({units}) must be divisible by num_heads ({num_heads})')
-        if attention_mask not in ATTENTION_MASKS:
-            raise ValueError(f'attention_mask must be one of {ATTENTION_MASKS}, '
-                             f'got {attention_mask!r}')
         self._units = units
         self._num_heads = num_heads
         self._causal = causal
         self._layout = _check_layout(layout)
-        self.attention_mask = attention_mask
+        choice = kernels.current()
+        self.kernels = choice.attention
+        self.attention_mask = choice.attention_mask
+        self._scores = kernels.ATTENTION_SCORES[choice.attention]
+        self._context = kernels.ATTENTION_CONTEXTS[choice.attention]
+        self._mask = kernels.ATTENTION_MASKS[choice.attention_mask]
         with self.name_scope():
             dense = dict(units=units, in_units=units, flatten=False, use_bias=use_bias,
                          weight_initializer=weight_initializer)
@@ -221,8 +212,7 @@ class MultiHeadAttention(HybridBlock):
             self.key = nn.Dense(prefix='key_', **dense)
             self.value = nn.Dense(prefix='value_', **dense)
             self.out_proj = nn.Dense(prefix='out_proj_', **dense)
-            self.dropout_layer = Dropout(rate=dropout, kernels=kernels)
-        self.kernels = resolve_kernels(kernels)
+            self.dropout_layer = Dropout(rate=dropout)
 
     @property
     def units(self):
@@ -232,16 +222,22 @@ class MultiHeadAttention(HybridBlock):
     def num_heads(self):
         return self._num_heads
 
+    def _a_parameter(self):
+        # tells the kernels dtype and device (a projection may be wrapped, e.g. by LoRA)
+        return next(iter(self.collect_params().values()))
+
     def _fusable(self):
         projections = (self.query, self.key, self.value)
         return (all(type(p) is nn.Dense for p in projections)  # pylint: disable=unidiomatic-typecheck
                 and len({p.bias is None for p in projections}) == 1)
 
     def _interleaved_projection(self, F, x):
-        """Project x (L, B, U) to (L, B, 3U) laid out per head as [q_h, k_h, v_h]."""
+        """x (L, B, U) -> (L, B, 3U), per head [q_h, k_h, v_h]: the layout the batched
+        attention kernels read. Plain Dense projections become one GEMM of their
+        interleaved weights; wrapped ones (e.g. LoRA) are applied and interleaved."""
         heads = self._num_heads
         if self._fusable():
-            # (U, U) weights -> (N, D, U) -> concat per head -> (3U, U): one GEMM.
+            # (U, U) weights -> (N, D, U) -> concat per head -> (3U, U)
             weights = [parameter_input(F, p.weight, x).reshape((heads, -1, self._units))
                        for p in (self.query, self.key, self.value)]
             weight = F.concat(*weights, dim=1).reshape((-1, self._units))
@@ -256,81 +252,48 @@ class MultiHeadAttention(HybridBlock):
         parts = [p(x).reshape((0, 0, heads, 1, -1)) for p in (self.query, self.key, self.value)]
         return F.concat(*parts, dim=3).reshape((0, 0, -1))
 
-    def _products(self, F):
-        """The operators of the two batched products (``qk``, ``valatt``)."""
-        # (a projection may be wrapped, e.g. by LoRA: any of the block's parameters tells)
-        if self.kernels == 'fused' and _float32_on_cpu(
-                next(iter(self.collect_params().values()))):
-            # extension operators overwrite their input gradients (see LayerNorm): each
-            # use of qkv gets its own identity copy, whose gradients MXNet sums
-            return (lambda qkv, **k: F.gluonbert_selfatt_qk(F.identity(qkv), **k),
-                    lambda qkv, w, **k: F.gluonbert_selfatt_valatt(F.identity(qkv), w, **k))
-        return (F.contrib.interleaved_matmul_selfatt_qk,
-                F.contrib.interleaved_matmul_selfatt_valatt)
+    def _causal_mask(self, F, x, scores):
+        steps = F.contrib.arange_like(x, axis=0)                                  # (L,)
+        allowed = F.broadcast_lesser_equal(steps.reshape((1, -1)),
+                                           steps.reshape((-1, 1)))                 # key <= query
+        allowed = F.broadcast_like(allowed.expand_dims(axis=0), scores)
+        return F.where(allowed, scores, F.ones_like(scores) * -1e4)
+
+    def _valid_keys(self, F, scores, valid_length):
+        positions = F.cast(F.contrib.arange_like(scores, axis=-1), 'float32')     # (L,)
+        return F.broadcast_lesser(positions.reshape((1, -1)),
+                                  F.cast(valid_length, 'float32').reshape((-1, 1)))  # (B, L)
 
     def hybrid_forward(self, F, x, valid_length=None):  # pylint: disable=arguments-differ
-        heads = self._num_heads
+        heads, like = self._num_heads, self._a_parameter()
         if self._layout == 'NTC':
-            x = F.transpose(x, axes=(1, 0, 2))                              # (L, B, U)
-        qkv = self._interleaved_projection(F, x)                            # (L, B, 3U)
-        qk, valatt = self._products(F)
-        # scores are already scaled by 1/sqrt(D) inside the kernel
-        scores = qk(qkv, heads=heads)                                       # (B*N, L, L)
+            x = F.transpose(x, axes=(1, 0, 2))                                    # (L, B, U)
+        qkv = self._interleaved_projection(F, x)                                  # (L, B, 3U)
+        scores = self._scores(F, qkv, heads, like)           # QK^T / sqrt(D): (B*N, L, L)
         if self._causal:
-            steps = F.contrib.arange_like(x, axis=0)                         # (L,)
-            allowed = F.broadcast_lesser_equal(steps.reshape((1, -1)),
-                                               steps.reshape((-1, 1)))        # (L, L) key<=query
-            allowed = F.broadcast_like(allowed.expand_dims(axis=0), scores)
-            scores = F.where(allowed, scores, F.ones_like(scores) * -1e4)
-        if valid_length is None:
-            weights = F.softmax(scores, axis=-1)                              # (B*N, L, L)
-        else:
-            # Masked keys get -1e30 and a plain softmax follows: on CPU that softmax runs in
-            # oneDNN, while softmax(length=...) takes a generic kernel about 8x slower (a
-            # fifth of BERT-base's inference time). exp(-1e30 - max) is exactly 0, so keys at
-            # positions >= valid_length still get exactly zero weight.
-            positions = F.cast(F.contrib.arange_like(scores, axis=-1), 'float32')  # (L,)
-            valid = F.broadcast_lesser(positions.reshape((1, -1)),
-                                       F.cast(valid_length, 'float32').reshape((-1, 1)))  # (B, L)
-            scores = scores.reshape((-1, heads, 0, 0), reverse=True)         # (B, N, L, L)
-            # 'select' picks scores with where over a mask broadcast to the scores' shape:
-            # its backward is cheap, so it trains fastest. 'additive' adds a (B, 1, 1, L)
-            # bias of 0 / -1e30: no full-size mask, so inference is faster (BERT-base bf16,
-            # 32x128 on 2 cores: about 15%), but the broadcast's backward is slow.
-            if self.attention_mask == 'additive':
-                # where, not (valid - 1) * 1e30: 0 * inf is NaN should this run in float16
-                bias = F.where(valid, F.zeros_like(valid), F.ones_like(valid) * -1e30)
-                scores = F.broadcast_add(scores, bias.reshape((0, 1, 1, -1)))
-            else:
-                keep = F.broadcast_like(valid.reshape((0, 1, 1, -1)), scores)
-                scores = F.where(keep, scores, F.ones_like(scores) * -1e30)
-            weights = F.softmax(scores, axis=-1).reshape((-3, -2))           # (B*N, L, L)
-        context = valatt(qkv, self.dropout_layer(weights), heads=heads)    # (L, B, U)
-        output = self.out_proj(context)
+            scores = self._causal_mask(F, x, scores)
+        scores = scores.reshape((-1, heads, 0, 0), reverse=True)                 # (B, N, L, L)
+        if valid_length is not None:
+            scores = self._mask(F, scores, self._valid_keys(F, scores, valid_length))
+        weights = F.softmax(scores, axis=-1)                                      # (B, N, L, L)
+        dropped = self.dropout_layer(weights.reshape((-3, -2)))                  # (B*N, L, L)
+        context = self._context(F, qkv, dropped, heads, like)                    # (L, B, U)
+        output = self.out_proj(context)                                           # (L, B, U)
         if self._layout == 'NTC':
-            output = F.transpose(output, axes=(1, 0, 2))
-        return output, F.reshape(weights, shape=(-1, heads, 0, 0), reverse=True)
+            output = F.transpose(output, axes=(1, 0, 2))                          # (B, L, U)
+        return output, weights
 
 
 class Dropout(HybridBlock):
     """Dropout (Srivastava et al. 2014), as ``nn.Dropout``: while training (autograd's train
     mode) each element is zeroed with probability ``rate`` and the others are scaled by
-    ``1 / (1 - rate)``; otherwise the identity.
-
-    With ``kernels='fused'`` it computes on CPU with gluonbert's fused operator
-    (:mod:`gluonbert.ops`; 1.57M elements: 4.2 -> 1.2 ms, and no stored mask: the backward
-    recomputes it from the call's random seed, so ``mx.random.seed`` repeats it). An
-    extension operator is not told whether MXNet runs it for training, so the graph tells
-    it: MXNet's own Dropout of the constant 1 is 1 in inference and 0 or 2 in training.
-    With ``kernels='mxnet'``, and on GPUs, it is MXNet's Dropout. The two draw their masks
-    from different random streams.
+    ``1 / (1 - rate)``; otherwise the identity. The implementation is the one
+    :mod:`gluonbert.kernels` names when the block is built (``kernels.DROPOUTS``).
 
     Parameters
     ----------
     rate : float
         Probability of dropping an element, in [0, 1).
-    kernels : {'auto', 'fused', 'mxnet'}, default 'auto'
-        Resolved when the block is built (:func:`gluonbert.ops.resolve_kernels`).
 
     Inputs:
         - **x**: any shape.
@@ -339,12 +302,13 @@ class Dropout(HybridBlock):
         - **out**: same shape as ``x``.
     """
 
-    def __init__(self, *, rate, kernels='auto', prefix=None, params=None):
+    def __init__(self, *, rate, prefix=None, params=None):
         super().__init__(prefix=prefix, params=params)
         if not 0 <= rate < 1:
             raise ValueError(f'dropout rate must be in [0, 1), got {rate}')
         self._rate = rate
-        self.kernels = resolve_kernels(kernels)
+        self.kernels = kernels.current().dropout
+        self._dropout = kernels.DROPOUTS[self.kernels]
 
     @property
     def rate(self):
@@ -354,15 +318,7 @@ class Dropout(HybridBlock):
     def hybrid_forward(self, F, x):  # pylint: disable=arguments-differ
         if self._rate == 0:
             return F.identity(x)
-        # MXNet makes the input's context current while it runs or traces a block
-        if self.kernels == 'fused' and mx.context.current_context().device_type == 'cpu':
-            # a constant 1 of shape (1,), made from x (AMP cannot wrap F.ones) without a
-            # gradient path back into x
-            one = F.ones_like(F.BlockGrad(F.slice_axis(F.reshape(x, shape=(-1,)), axis=0,
-                                                       begin=0, end=1)))
-            training = F.Dropout(one, p=0.5) != 1                               # (1,)
-            return F.gluonbert_dropout(x, training, p=self._rate)[0]
-        return F.Dropout(x, p=self._rate)
+        return self._dropout(F, x, self._rate)
 
     def __repr__(self):
         return f'{self.__class__.__name__}(rate={self._rate}, kernels={self.kernels!r})'
@@ -372,18 +328,14 @@ class LayerNorm(HybridBlock):
     """Layer normalisation over the last axis: ``gamma * (x - mean) / sqrt(var + eps) + beta``.
 
     The parameters are named like ``nn.LayerNorm``'s (``gamma``, ``beta``), so checkpoints
-    are interchangeable. With ``kernels='fused'`` it computes in float32 on CPU with
-    gluonbert's fused operator (:mod:`gluonbert.ops`; its backward is about 25x faster than
-    MXNet's generic one), and with MXNet's ``LayerNorm`` otherwise (``kernels='mxnet'``,
-    other dtypes, GPUs); the two agree to float32 rounding.
+    are interchangeable. The implementation is the one :mod:`gluonbert.kernels` names when
+    the block is built (``kernels.LAYER_NORMS``); they agree to float32 rounding.
 
     Parameters
     ----------
     units : int
         Width U of the normalised (last) axis.
     epsilon : float, default 1e-12
-    kernels : {'auto', 'fused', 'mxnet'}, default 'auto'
-        Resolved when the block is built (:func:`gluonbert.ops.resolve_kernels`).
 
     Inputs:
         - **x**: ``(..., U)``.
@@ -392,10 +344,11 @@ class LayerNorm(HybridBlock):
         - **out**: same shape as ``x``.
     """
 
-    def __init__(self, *, units, epsilon=1e-12, kernels='auto', prefix=None, params=None):
+    def __init__(self, *, units, epsilon=1e-12, prefix=None, params=None):
         super().__init__(prefix=prefix, params=params)
         self._epsilon = epsilon
-        self.kernels = resolve_kernels(kernels)
+        self.kernels = kernels.current().layer_norm
+        self._layer_norm = kernels.LAYER_NORMS[self.kernels]
         with self.name_scope():
             self.gamma = self.params.get('gamma', shape=(units,), init='ones',
                                          allow_deferred_init=True)
@@ -403,29 +356,11 @@ class LayerNorm(HybridBlock):
                                         allow_deferred_init=True)
 
     def hybrid_forward(self, F, x, gamma, beta):  # pylint: disable=arguments-differ
-        if self.kernels == 'fused' and _float32_on_cpu(self.gamma):
-            # An extension operator's backward always overwrites its input gradients (MXNet
-            # does not pass it the write/add request): behind identity copies MXNet itself
-            # applies grad_req='add' (gradient accumulation) and sums over several uses.
-            x, gamma, beta = F.identity(x), F.identity(gamma), F.identity(beta)
-            return F.gluonbert_layer_norm(x, gamma, beta, eps=self._epsilon)
-        return F.LayerNorm(x, gamma, beta, axis=-1, eps=self._epsilon)
+        return self._layer_norm(F, x, gamma, beta, self._epsilon, self.gamma)
 
     def __repr__(self):
         return (f'{self.__class__.__name__}(units={self.gamma.shape[0]}, eps={self._epsilon}, '
                 f'kernels={self.kernels!r})')
-
-
-def _float32_on_cpu(parameter):
-    """Whether ``parameter`` is float32 and lives on CPU contexts only (where the fused
-    operators exist)."""
-    if np.dtype(parameter.dtype) != np.float32:
-        return False
-    try:
-        contexts = parameter.list_ctx()
-    except RuntimeError:  # not initialized: no context yet
-        return False
-    return bool(contexts) and all(ctx.device_type == 'cpu' for ctx in contexts)
 
 
 class AddNorm(HybridBlock):
@@ -436,8 +371,6 @@ class AddNorm(HybridBlock):
     units : int
     dropout : float, default 0.0
     epsilon : float, default 1e-12
-    kernels : {'auto', 'fused', 'mxnet'}, default 'auto'
-        Operators of the dropout and the LayerNorm.
 
     Inputs:
         - **x**: residual input, ``(..., U)``.
@@ -447,12 +380,11 @@ class AddNorm(HybridBlock):
         - **out**: same shape as ``x``.
     """
 
-    def __init__(self, *, units, dropout=0.0, epsilon=1e-12, kernels='auto', prefix=None,
-                 params=None):
+    def __init__(self, *, units, dropout=0.0, epsilon=1e-12, prefix=None, params=None):
         super().__init__(prefix=prefix, params=params)
         with self.name_scope():
-            self.dropout_layer = Dropout(rate=dropout, kernels=kernels)
-            self.norm = LayerNorm(units=units, epsilon=epsilon, kernels=kernels)
+            self.dropout_layer = Dropout(rate=dropout)
+            self.norm = LayerNorm(units=units, epsilon=epsilon)
 
     def hybrid_forward(self, F, x, y):  # pylint: disable=arguments-differ
         return self.norm(x + self.dropout_layer(y))
@@ -507,8 +439,6 @@ class EncoderBlock(HybridBlock):
     activation : str, default 'gelu'
     causal : bool, default False
     layout : {'NTC', 'TNC'}, default 'NTC'
-    kernels : {'auto', 'fused', 'mxnet'}, default 'auto'
-        Operators of the dropouts and LayerNorms.
 
     Inputs:
         - **x**: ``(B, L, U)`` ('NTC') or ``(L, B, U)`` ('TNC').
@@ -520,21 +450,21 @@ class EncoderBlock(HybridBlock):
 
     def __init__(self, *, units, hidden_size, num_heads, dropout=0.0, attention_dropout=None,
                  layer_norm_eps=1e-12, activation='gelu', causal=False, layout='NTC',
-                 kernels='auto', prefix=None, params=None):
+                 prefix=None, params=None):
         super().__init__(prefix=prefix, params=params)
         if attention_dropout is None:
             attention_dropout = dropout
         with self.name_scope():
             self.attention = MultiHeadAttention(units=units, num_heads=num_heads,
                                                 dropout=attention_dropout, causal=causal,
-                                                layout=layout, kernels=kernels,
+                                                layout=layout,
                                                 prefix='attention_')
             self.attention_norm = AddNorm(units=units, dropout=dropout, epsilon=layer_norm_eps,
-                                          kernels=kernels, prefix='attention_norm_')
+                                          prefix='attention_norm_')
             self.ffn = PositionWiseFFN(units=units, hidden_size=hidden_size,
                                        activation=activation, prefix='ffn_')
             self.ffn_norm = AddNorm(units=units, dropout=dropout, epsilon=layer_norm_eps,
-                                    kernels=kernels, prefix='ffn_norm_')
+                                    prefix='ffn_norm_')
 
     def hybrid_forward(self, F, x, valid_length=None):  # pylint: disable=arguments-differ
         attended, _ = self.attention(x, valid_length)

@@ -12,14 +12,14 @@ import numpy as np
 import mxnet as mx
 from mxnet.gluon import HybridBlock, nn
 
-from .config import BERTConfig
+from .config import KERNEL_FIELDS, BERTConfig
 from .errors import ModelError
-from .ops import resolve_kernels
+from .kernels import KernelChoice, building
 from .heads import MLMDecoder, NSClassifier
 from .layers import (WEIGHT_INIT, Dropout, EncoderBlock, LayerNorm, LearnedPositionalEncoding,
                      PositionalEncoding)
 
-__all__ = ['BERTEncoder', 'BERTModel', 'TaskModel', 'TASK_MODELS', 'BERTClassifier',
+__all__ = ['BERTEncoder', 'BERTModel', 'TaskModel', 'with_kernels', 'TASK_MODELS', 'BERTClassifier',
            'BERTForPretraining', 'ClassifierInfo', 'CheckedInputs', 'TRUNCATIONS',
            'MAX_CALIBRATION_TEXTS']
 
@@ -196,9 +196,9 @@ class BERTEncoder(CheckedInputs, HybridBlock):
     layer_norm_eps : float, default 1e-12
     activation : str, default 'gelu'
     position_embedding : {'learned', 'sinusoidal'}, default 'learned'
-    kernels : {'auto', 'fused', 'mxnet'}, default 'auto'
-        Operators of LayerNorm and dropout, resolved here (``self.config.kernels`` holds
-        the answer; see :func:`gluonbert.ops.resolve_kernels`).
+    kernels, layer_norm_kernels, dropout_kernels, attention_kernels, attention_mask
+        The implementations its blocks use (:mod:`gluonbert.kernels`; the
+        :class:`BERTConfig` fields), 'auto' resolved here: ``self.config`` holds the answer.
 
     Inputs:
         - **words**: ``(B, L)``
@@ -212,18 +212,27 @@ class BERTEncoder(CheckedInputs, HybridBlock):
     def __init__(self, *, vocab_size, units, hidden_size, num_heads, num_layers, dropout,
                  max_length=512, type_vocab_size=2, attention_dropout=None,
                  layer_norm_eps=1e-12, activation='gelu', position_embedding='learned',
-                 kernels='auto', prefix=None, params=None):
+                 kernels='auto', layer_norm_kernels=None, dropout_kernels=None,
+                 attention_kernels=None, attention_mask='select', prefix=None, params=None):
         super().__init__(prefix=prefix, params=params)
+        choice = KernelChoice.from_fields(  # resolves 'auto'
+            kernels=kernels, layer_norm_kernels=layer_norm_kernels,
+            dropout_kernels=dropout_kernels, attention_kernels=attention_kernels,
+            attention_mask=attention_mask)
+        resolved = KernelChoice.from_fields(kernels=kernels)
         # Validates every argument with a clear message.
-        self.config = BERTConfig(kernels=resolve_kernels(kernels),
+        self.config = BERTConfig(
+            kernels=resolved.layer_norm, attention_mask=attention_mask,
+            layer_norm_kernels=None if layer_norm_kernels is None else choice.layer_norm,
+            dropout_kernels=None if dropout_kernels is None else choice.dropout,
+            attention_kernels=None if attention_kernels is None else choice.attention,
             vocab_size=vocab_size, units=units, hidden_size=hidden_size, num_heads=num_heads,
             num_layers=num_layers, max_length=max_length, type_vocab_size=type_vocab_size,
             dropout=dropout, attention_dropout=dropout if attention_dropout is None
             else attention_dropout, layer_norm_eps=layer_norm_eps, activation=activation,
             position_embedding=position_embedding)
         cfg = self.config
-        kernels = cfg.kernels
-        with self.name_scope():
+        with self.name_scope(), building(cfg):
             self.word_embed = nn.Embedding(vocab_size, units, weight_initializer=WEIGHT_INIT,
                                            prefix='word_embed_')
             self.segment_embed = nn.Embedding(type_vocab_size, units,
@@ -233,16 +242,15 @@ class BERTEncoder(CheckedInputs, HybridBlock):
                             else PositionalEncoding)
             # Dropout comes after the LayerNorm (BERT's order), not inside the position block.
             self.position_embed = position_cls(units=units, max_length=max_length, dropout=0.0,
-                                               layout='TNC', kernels=kernels,
-                                               prefix='position_embed_')
-            self.embed_norm = LayerNorm(units=units, epsilon=layer_norm_eps, kernels=kernels)
-            self.embed_dropout = Dropout(rate=dropout, kernels=kernels)
+                                               layout='TNC', prefix='position_embed_')
+            self.embed_norm = LayerNorm(units=units, epsilon=layer_norm_eps)
+            self.embed_dropout = Dropout(rate=dropout)
             self.layers = nn.HybridSequential(prefix='layers_')
             for _ in range(num_layers):
                 self.layers.add(EncoderBlock(
                     units=units, hidden_size=hidden_size, num_heads=num_heads, dropout=dropout,
                     attention_dropout=cfg.attention_dropout, layer_norm_eps=layer_norm_eps,
-                    activation=activation, layout='TNC', kernels=kernels))
+                    activation=activation, layout='TNC'))
 
     def hybrid_forward(self, F, words, segments, valid_length=None):
         # pylint: disable=arguments-differ
@@ -342,10 +350,10 @@ class TaskModel(CheckedInputs, HybridBlock):
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f'num_classes must be an integer >= 2, got {num_classes!r}')
         self.info = info if info is not None else ClassifierInfo.default(num_classes)
-        with self.name_scope():
+        with self.name_scope(), building(bert.config):
             self.classifier = nn.HybridSequential(prefix='classifier_')
             with self.classifier.name_scope():
-                self.classifier.add(Dropout(rate=dropout, kernels=bert.config.kernels))
+                self.classifier.add(Dropout(rate=dropout))
                 self.classifier.add(nn.Dense(num_classes, in_units=bert.config.units,
                                              flatten=not token_level,
                                              weight_initializer=WEIGHT_INIT))
@@ -414,6 +422,14 @@ class TaskModel(CheckedInputs, HybridBlock):
             raise ModelError(f'{len(info.label_names)} label names')
         return cls(bert, num_classes=len(info.label_names), dropout=dropout, info=info)
 
+    def on_bert(self, bert, *, prefix, params):
+        """A new model of this class and task (info, classes, head dropout) on ``bert``,
+        with ``prefix`` and ``params`` (for sharing this one's, see :func:`with_kernels`)."""
+        if self._info is None:
+            return type(self)(bert, prefix=prefix, params=params)
+        return type(self)(bert, num_classes=self.num_classes, dropout=self.head_dropout,
+                          info=self._info, prefix=prefix, params=params)
+
 
 class BERTClassifier(TaskModel):
     """Sentence (pair) classifier: dropout and a Dense layer on BERT's pooled output.
@@ -479,11 +495,10 @@ class BERTForPretraining(TaskModel):
             raise ValueError('config does not match the given bert model')
         super().__init__(bert, prefix=prefix, params=params)
         cfg = self.config
-        with self.name_scope():
+        with self.name_scope(), building(cfg):
             self.mlm_decoder = MLMDecoder(vocab_size=cfg.vocab_size, units=cfg.units,
                                           activation=cfg.activation,
                                           layer_norm_eps=cfg.layer_norm_eps,
-                                          kernels=cfg.kernels,
                                           embedding_weight=bert.encoder.word_embed.weight,
                                           prefix='mlm_decoder_')
             self.ns_classifier = NSClassifier(units=cfg.units, prefix='ns_classifier_')
@@ -491,6 +506,9 @@ class BERTForPretraining(TaskModel):
     @classmethod
     def from_manifest(cls, bert, manifest, info=None, dropout=0.1):
         return cls(bert=bert)
+
+    def on_bert(self, bert, *, prefix, params):
+        return type(self)(bert=bert, prefix=prefix, params=params)
 
     def check_inputs(self, words, segments, valid_length, *rest):
         cfg = self.config
@@ -503,3 +521,33 @@ class BERTForPretraining(TaskModel):
         sequence, pooled = self.bert(words, segments, valid_length)
         return (sequence, pooled, self.mlm_decoder(sequence, masked_positions),
                 self.ns_classifier(pooled))
+
+
+# ------------------------------------------------------------------ switching kernels
+def with_kernels(model, **choices):
+    """A new model of ``model``'s class built with other kernel implementations
+    (``choices``: :data:`~gluonbert.config.KERNEL_FIELDS`, e.g. ``kernels='mxnet'`` or
+    ``attention_mask='additive'``), on the same parameters (shared, not copied): for
+    tracing a graph to convert or export. ``model`` itself is not changed. A task model
+    keeps its info and classes. A model with LoRA adapters is refused: merge them first
+    (:func:`gluonbert.lora.merge_lora`).
+    """
+    unknown = sorted(set(choices) - set(KERNEL_FIELDS))
+    if unknown:
+        raise ValueError(f'unknown kernel choice(s) {", ".join(unknown)}; '
+                         f'known: {", ".join(KERNEL_FIELDS)}')
+    bert = model.bert if isinstance(model, TaskModel) else model
+    if not isinstance(bert, BERTModel):
+        raise TypeError(f'with_kernels takes a BERTModel or a task model, got '
+                        f'{type(model).__name__}')
+    plain = (type(b) is nn.Dense for layer in bert.encoder.layers  # pylint: disable=unidiomatic-typecheck
+             for b in (layer.attention.query, layer.attention.key, layer.attention.value,
+                       layer.attention.out_proj, layer.ffn.ffn_1, layer.ffn.ffn_2))
+    if not all(plain):
+        raise ModelError('with_kernels cannot rebuild a model with LoRA adapters (or other '
+                         'wrapped layers); merge them first (gluonbert.lora.merge_lora)')
+    config = dataclasses.replace(bert.config, **choices)
+    new_bert = BERTModel(config, prefix=bert.prefix, params=bert.collect_params())
+    if model is bert:
+        return new_bert
+    return model.on_bert(new_bert, prefix=model.prefix, params=model.collect_params())

@@ -4,9 +4,8 @@ and the self-attention products, compiled once per machine.
 MXNet 1.9's CPU kernels for these hot spots of fine-tuning are generic code: the LayerNorm
 backward (a chain of broadcast reductions), the AdamW update and ``multi_sum_sq``.
 ``gluonbert/csrc/fused_ops.cc`` does the same arithmetic in one vectorised, OpenMP-parallel
-pass each (measured on 2 cores: LayerNorm forward+backward at 8x128x768 9.8 ms -> 0.36 ms;
-AdamW over MiniLM's 22.5M parameters 45 ms -> 12 ms, all arrays in one call; their sum of
-squares 9.6 -> 3.5 ms). It is an MXNet extension library (``lib_api.h``,
+pass each (the AdamW update over all arrays in one call; figures in
+docs/fused-operators.md). It is an MXNet extension library (``lib_api.h``,
 shipped in the mxnet wheel), built with the system C++ compiler into
 ``~/.cache/gluonbert/ops`` (``GLUONBERT_CACHE_DIR`` overrides) by ``scripts/bootstrap.sh``
 or ``gluonbert-ops build`` (about 10 s), never at import or during a forward pass. When
@@ -14,13 +13,12 @@ gluonbert is imported it loads the library if it is built and intact: the cache 
 library's SHA-256 beside it, and a library that does not match (truncated, damaged), or a
 cache that belongs to another user or is writable by everyone, is not loaded.
 
-Which blocks use it is decided when they are built, never while a graph is traced:
-:class:`gluonbert.layers.LayerNorm` and :class:`gluonbert.layers.Dropout` take
-``kernels='fused'|'mxnet'|'auto'`` (a model takes ``BERTConfig.kernels``;
-:func:`resolve_kernels` turns 'auto' into one of the others) and compute with it in float32
-on CPU; the ``adamw`` optimizer and gradient clipping take the same choice. Graphs for
-export are traced with ``kernels='mxnet'`` (:func:`gluonbert.kernel_settings.kernels_for_tracing`),
-so exported models load with plain MXNet.
+Which blocks use it is decided when they are built, never while a graph is traced: the
+'fused' implementations of :mod:`gluonbert.kernels` call it (a model's
+``BERTConfig.kernels`` names them; :func:`resolve_kernels` turns 'auto' into 'fused' or
+'mxnet') and compute with it in float32 on CPU; the ``adamw`` optimizer and gradient
+clipping take the same choice. Graphs for export are traced with ``kernels='mxnet'``
+(:func:`gluonbert.model.with_kernels`), so exported models load with plain MXNet.
 
 ``GLUONBERT_FUSED_OPS=0`` turns the library off. When it is not built, gluonbert uses
 MXNet's operators (:func:`status` says so); when it is damaged or fails to load, gluonbert
@@ -52,8 +50,8 @@ __all__ = ['OPS', 'MARCH_ENV', 'load', 'status', 'build', 'library_path', 'march
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc', 'fused_ops.cc')
 OPS = ('gluonbert_layer_norm', 'gluonbert_multi_adamw_update', 'gluonbert_multi_sum_sq',
        'gluonbert_dropout', 'gluonbert_selfatt_qk', 'gluonbert_selfatt_valatt')
-# -fno-math-errno: sqrt vectorises (the same IEEE results; AdamW 21 -> 10 ms for 22.5M
-# parameters, now bound by memory). -Wl,-Bsymbolic: the library's own copy of lib_api.cc
+# -fno-math-errno: sqrt vectorises (the same IEEE results; AdamW becomes bound by
+# memory). -Wl,-Bsymbolic: the library's own copy of lib_api.cc
 # must not bind to libmxnet's, which Horovod exposes by loading libmxnet RTLD_GLOBAL
 # (otherwise: "free(): invalid pointer").
 CXXFLAGS = ('-O3', '-fno-math-errno', '-fopenmp', '-shared', '-fPIC', '-Wl,-Bsymbolic',

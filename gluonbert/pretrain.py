@@ -230,8 +230,6 @@ def pretrain_loop(model, data, *, config=None, ctx=None, eval_data=None, **setti
     divisor = max(1, group.gradient_divisor)  # summed over the workers: their mean
     with session as state:
         window = _Window(state.extra.get('window') if root else None)
-        # the data position (the first checkpoint layout recorded the step only)
-        state.batches = state.batches or state.step * accumulate
         bar = tqdm(total=steps, initial=state.step, desc='pre-training', unit='step',
                    disable=not (cfg.progress and root), dynamic_ncols=True)
         while state.step < steps and not state.stop:

@@ -11,7 +11,7 @@ import mxnet as mx
 from mxnet import autograd
 
 from gluonbert import ops
-from gluonbert.kernel_settings import kernels_for_tracing, set_kernels
+from gluonbert import kernels as kernel_registry
 from gluonbert.layers import MultiHeadAttention
 
 pytestmark = pytest.mark.skipif(os.environ.get('GLUONBERT_FUSED_OPS') == '0',
@@ -68,8 +68,8 @@ def test_shapes_that_do_not_fit_are_refused():
 
 def attention_block(kernels):
     mx.random.seed(3)
-    block = MultiHeadAttention(units=32, num_heads=4, layout='TNC', kernels=kernels,
-                               prefix='attention_')
+    with kernel_registry.building(attention_kernels=kernels):
+        block = MultiHeadAttention(units=32, num_heads=4, layout='TNC', prefix='attention_')
     block.initialize(mx.init.Normal(0.2))
     return block
 
@@ -126,14 +126,20 @@ def test_graphs_use_the_chosen_products_and_export_traces_mxnet_s():
     used = graph_ops(block, x, valid_length)
     assert {'gluonbert_selfatt_qk', 'gluonbert_selfatt_valatt'} <= used
     assert '_contrib_interleaved_matmul_selfatt_qk' not in used
-    with kernels_for_tracing(block, attention='mxnet'):
-        symbol = block(mx.sym.var('x'), mx.sym.var('valid_length'))[0]
+    block = attention_block('mxnet')
+    symbol = block(mx.sym.var('x'), mx.sym.var('valid_length'))[0]
     traced = {node['op'] for node in json.loads(symbol.tojson())['nodes']}
     assert '_contrib_interleaved_matmul_selfatt_valatt' in traced
     assert not any(op.startswith('gluonbert_selfatt') for op in traced)
-    assert block.kernels == 'fused'  # restored
-    set_kernels(block, attention='mxnet')
     assert '_contrib_interleaved_matmul_selfatt_qk' in graph_ops(block, x, valid_length)
+    # export's way: a model rebuilt on the same parameters with MXNet's products
+    import gluonbert
+    model = gluonbert.BERTModel(gluonbert.BERTConfig.from_preset('tiny', kernels='fused'))
+    model.initialize()
+    portable = gluonbert.with_kernels(model, attention_kernels='mxnet')
+    words, segments = mx.nd.ones((2, 5)), mx.nd.zeros((2, 5))
+    assert '_contrib_interleaved_matmul_selfatt_qk' in graph_ops(portable, words, segments)
+    assert 'gluonbert_selfatt_qk' in graph_ops(model, words, segments)  # itself unchanged
 
 
 def test_wrapped_projections_keep_the_fused_products():
@@ -142,16 +148,15 @@ def test_wrapped_projections_keep_the_fused_products():
     import gluonbert
     from gluonbert.lora import apply_lora
     assert ops.load(), ops.status()
-    mx.random.seed(0)
-    model = gluonbert.BERTModel(gluonbert.BERTConfig.from_preset('tiny', dropout=0.0,
-                                                                 attention_dropout=0.0))
-    model.initialize(mx.init.Normal(0.2))
-    apply_lora(model, rank=2, targets=('query', 'key', 'value', 'out_proj'))
     words = mx.nd.array(np.random.RandomState(1).randint(5, 99, (2, 9)))
     segments, valid_length = mx.nd.zeros((2, 9)), mx.nd.array([9, 5])
     outputs = {}
     for kernels in ('fused', 'mxnet'):
-        set_kernels(model, attention=kernels)
+        mx.random.seed(0)
+        model = gluonbert.BERTModel(gluonbert.BERTConfig.from_preset(
+            'tiny', dropout=0.0, attention_dropout=0.0, attention_kernels=kernels))
+        model.initialize(mx.init.Normal(0.2))
+        apply_lora(model, rank=2, targets=('query', 'key', 'value', 'out_proj'))
         model.hybridize()
         outputs[kernels] = model(words, segments, valid_length)[0].asnumpy()
         used = {node['op'] for node in json.loads(

@@ -133,9 +133,10 @@ def _d2l_block_and_output():
         return weights, x.as_nd_ndarray(), valid_lens.as_nd_ndarray(), out.as_nd_ndarray()
 
 
-def _gluonbert_block(weights, **settings):
-    block = gluonbert.EncoderBlock(units=UNITS, hidden_size=FFN, num_heads=HEADS, dropout=DROPOUT,
-                                   **settings)
+def _gluonbert_block(weights, kernels='auto', **settings):
+    with gluonbert.kernels.building(kernels=kernels):
+        block = gluonbert.EncoderBlock(units=UNITS, hidden_size=FFN, num_heads=HEADS,
+                                       dropout=DROPOUT, **settings)
     block.initialize()
     params = named_parameters(block)
     assert sorted(params) == sorted(weights)

@@ -22,7 +22,6 @@ import pytest
 import gluonbert
 from gluonbert import fast, sysinfo
 from gluonbert.fast import passes
-from gluonbert.kernel_settings import kernels_for_tracing
 from gluonbert.model import ClassifierInfo
 from gluonbert.export import export_classifier
 from gluonbert.cli import export_main, predict_main
@@ -255,9 +254,9 @@ def test_export_reloads_without_gluonbert(trained, tmp_path):
     fused = net(*inputs).asnumpy()
     # the float32 file is identical to the model computed with MXNet's own operators, and
     # within float32 rounding of the model's own graph (gluonbert's fused operators)
-    with kernels_for_tracing(net, layer_norm='mxnet', dropout='mxnet', attention='mxnet'):
-        net.hybridize(static_alloc=True)  # traced afresh inside the block
-        reference = net(*inputs).asnumpy()
+    portable = gluonbert.with_kernels(net, kernels='mxnet')  # the same parameters
+    portable.hybridize(static_alloc=True)
+    reference = portable(*inputs).asnumpy()
     assert np.array_equal(net(*inputs).asnumpy(), fused)  # its own kernels again
     np.testing.assert_allclose(fused, reference, rtol=1e-5, atol=1e-6)
     expected = {}

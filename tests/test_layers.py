@@ -116,31 +116,30 @@ def test_fused_and_unfused_attention_agree():
 
 @pytest.mark.parametrize('hybridize', [False, True])
 def test_additive_and_select_length_masks_agree_exactly(hybridize):
-    from gluonbert.kernel_settings import kernels_for_tracing
+    from gluonbert import kernels
     block = _attention()
+    with kernels.building(attention_mask='additive'):  # on the same parameters
+        additive = gluonbert.MultiHeadAttention(units=16, num_heads=4, prefix=block.prefix,
+                                                params=block.collect_params())
     if hybridize:
         block.hybridize(static_alloc=True)
+        additive.hybridize(static_alloc=True)
     x = mx.nd.random.normal(shape=(3, 6, 16))
     valid_length = mx.nd.array([6, 4, 1])
     selected, selected_w = block(x, valid_length)
-    with kernels_for_tracing(block, attention_mask='additive'):
-        assert block.attention_mask == 'additive'
-        added, added_w = block(x, valid_length)
+    assert additive.attention_mask == 'additive'
+    added, added_w = additive(x, valid_length)
     assert np.array_equal(added_w.asnumpy(), selected_w.asnumpy())
     assert np.array_equal(added.asnumpy(), selected.asnumpy())
     assert (added_w.asnumpy()[2, :, :, 1:] == 0).all()
-    # the setting decides the traced graph; leaving the block restores it
-    with kernels_for_tracing(block, attention_mask='additive'):
-        additive_graph = block(mx.sym.var('x'), mx.sym.var('valid_length'))[0].tojson()
-    assert block.attention_mask == 'select'
+    # the choice made at build time decides the traced graph
+    additive_graph = additive(mx.sym.var('x'), mx.sym.var('valid_length'))[0].tojson()
     default_graph = block(mx.sym.var('x'), mx.sym.var('valid_length'))[0].tojson()
     assert '"broadcast_add"' in additive_graph and '"where"' in default_graph
     assert '"broadcast_add"' not in default_graph
-    built_additive = gluonbert.MultiHeadAttention(units=16, num_heads=4,
-                                                  attention_mask='additive')
-    assert '"broadcast_add"' in built_additive(mx.sym.var('x'), mx.sym.var('v'))[0].tojson()
     with pytest.raises(ValueError, match="attention_mask must be one of"):
-        gluonbert.MultiHeadAttention(units=16, num_heads=4, attention_mask='bias')
+        with kernels.building(attention_mask='bias'):
+            gluonbert.MultiHeadAttention(units=16, num_heads=4)
 
 
 def test_causal_attention_masks_future():

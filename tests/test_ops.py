@@ -14,7 +14,7 @@ import mxnet as mx
 from mxnet import autograd, gluon
 
 from gluonbert import ops
-from gluonbert.kernel_settings import kernels_for_tracing
+from gluonbert import kernels as kernel_registry
 from gluonbert.train import AdamW
 from stand_ins import needs_native_bf16
 
@@ -65,13 +65,12 @@ def test_layer_norm_block_uses_the_fused_operator_unless_told_not_to():
     norm.initialize()
     x = mx.sym.var('x')
     assert 'gluonbert_layer_norm' in norm(x).tojson()
-    with kernels_for_tracing(norm, layer_norm='mxnet'):
-        graph = norm(x).tojson()
-    assert 'gluonbert_layer_norm' not in graph and '"LayerNorm"' in graph
-    assert norm.kernels == 'fused'  # restored
-    built_mxnet = gluonbert.LayerNorm(units=8, kernels='mxnet')
+    with kernel_registry.building(layer_norm_kernels='mxnet'):
+        built_mxnet = gluonbert.LayerNorm(units=8)
     built_mxnet.initialize()
-    assert 'gluonbert_layer_norm' not in built_mxnet(x).tojson()
+    graph = built_mxnet(x).tojson()
+    assert 'gluonbert_layer_norm' not in graph and '"LayerNorm"' in graph
+    assert gluonbert.LayerNorm(units=8).kernels == 'fused'  # the choice ends with the block
     # float16 parameters (GPU models) use MXNet's operator
     norm.cast('float16')
     assert 'gluonbert_layer_norm' not in norm(x).tojson()
@@ -85,7 +84,8 @@ def test_layer_norm_block_accumulates_gradients(hybridize):
     grads = {}
     for fused in (True, False):
         mx.random.seed(0)
-        norm = gluonbert.LayerNorm(units=8, epsilon=1e-5, kernels='fused' if fused else 'mxnet')
+        with kernel_registry.building(layer_norm_kernels='fused' if fused else 'mxnet'):
+            norm = gluonbert.LayerNorm(units=8, epsilon=1e-5)
         norm.initialize(mx.init.Uniform(1.0))
         norm.collect_params().setattr('grad_req', 'add')
         if hybridize:
@@ -415,9 +415,10 @@ def test_dropout_kernels_are_chosen_when_built():
     x = mx.sym.var('x')
     block = gluonbert.Dropout(rate=0.1)
     assert block.kernels == 'fused' and 'gluonbert_dropout' in block(x).tojson()
-    assert 'gluonbert_dropout' not in gluonbert.Dropout(rate=0.1, kernels='mxnet')(x).tojson()
-    with kernels_for_tracing(block, dropout='mxnet'):
-        assert 'gluonbert_dropout' not in block(x).tojson()
+    with kernel_registry.building(kernels='mxnet'):
+        assert 'gluonbert_dropout' not in gluonbert.Dropout(rate=0.1)(x).tojson()
+    with kernel_registry.building(kernels='mxnet', dropout_kernels='fused'):  # per operation
+        assert 'gluonbert_dropout' in gluonbert.Dropout(rate=0.1)(x).tojson()
     assert 'gluonbert_dropout' in block(x).tojson()
     assert gluonbert.Dropout(rate=0.0)(x).tojson().count('"op": "_copy"') == 1
     with pytest.raises(ValueError, match='rate'):

@@ -21,7 +21,7 @@ LAYERS = [
     ('base', ['errors', '_env', '_io', '_net', '_version', 'config', 'hardware', 'timing',
               'params']),
     ('native operators', ['ops', 'amp']),
-    ('core', ['layers', 'kernel_settings', 'heads', 'model', 'token_classification',
+    ('core', ['kernels', 'layers', 'heads', 'model', 'token_classification',
               'tokenizer', 'convert', 'pretrained', 'lora', 'model_dir']),
     ('data', ['data']),
     ('inference', ['predict']),
@@ -199,10 +199,10 @@ def test_docs_linked_from_the_readme_exist():
 
 
 def test_one_block_tree_walker():
-    # gluonbert.params.walk_blocks is the walker; kernel_settings still has its own (to go)
+    # gluonbert.params.walk_blocks is the one walker of block trees
     walkers = sorted(dotted for dotted, path in modules().items()
                      if '._children' in open(path, encoding='utf-8').read())
-    assert walkers == ['gluonbert.kernel_settings', 'gluonbert.params']
+    assert walkers == ['gluonbert.params']
 
 
 def test_predict_reads_model_directories_without_the_exporter():
@@ -210,3 +210,38 @@ def test_predict_reads_model_directories_without_the_exporter():
     imported = imported_modules('gluonbert.cli.predict', found['gluonbert.cli.predict'])
     assert 'gluonbert.model_dir' in imported and 'gluonbert.export' not in imported
     assert 'load_classifier' not in open(found['gluonbert.export'], encoding='utf-8').read()
+
+
+def _teaching_blocks():
+    """(module, class name, constructor parameter names) of every class in layers.py,
+    heads.py and the task models (model.py's TaskModel family, token_classification.py)."""
+    found = []
+    for module in ('layers', 'heads', 'model', 'token_classification'):
+        with open(os.path.join(PACKAGE, module + '.py'), encoding='utf-8') as f:
+            tree = ast.parse(f.read())
+        classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+        for name, node in classes.items():
+            bases = {getattr(b, 'id', getattr(b, 'attr', None)) for b in node.bases}
+            if module in ('model', 'token_classification') and not (
+                    name == 'TaskModel' or 'TaskModel' in bases):
+                continue
+            init = next((item for item in node.body if isinstance(item, ast.FunctionDef)
+                         and item.name == '__init__'), None)
+            args = [] if init is None else [
+                a.arg for a in init.args.args + init.args.kwonlyargs]
+            found.append((module, name, args))
+    return found
+
+
+def test_teaching_blocks_take_no_kernel_choice():
+    """The blocks say what they compute; the implementations come from gluonbert.kernels
+    when they are built (a model's config names them), never from a constructor argument."""
+    blocks = _teaching_blocks()
+    names = {name for _, name, _ in blocks}
+    assert {'MultiHeadAttention', 'Dropout', 'LayerNorm', 'EncoderBlock', 'MLMDecoder',
+            'TaskModel', 'BERTClassifier', 'BERTForPretraining',
+            'BERTForTokenClassification'} <= names
+    offending = [f'{module}.{name}({arg}=...)' for module, name, args in blocks
+                 for arg in args if arg in ('kernels', 'attention_mask') or
+                 arg.endswith('_kernels')]
+    assert not offending, offending

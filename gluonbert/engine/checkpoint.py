@@ -92,12 +92,9 @@ def read_json(path, what):
     return read_json_object(path, what, CheckpointError)
 
 
-def read_state(path, kind='epoch', legacy=False):
+def read_state(path, kind='epoch'):
     """A checkpoint's state.json, checked to hold what resuming a checkpoint of ``kind``
-    reads. ``legacy`` (the first layout's last.json) is refused: :func:`refuse_first_layout`.
-    """
-    if legacy:
-        refuse_first_layout(os.path.dirname(path))
+    reads."""
     state = read_json(path, 'checkpoint state')
     if state.get('format') != CHECKPOINT_FORMAT:
         raise CheckpointError(f'{path}: unknown checkpoint format {state.get("format")!r}')

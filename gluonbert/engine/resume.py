@@ -10,7 +10,6 @@
 import hashlib
 import json
 import os
-import warnings
 
 import numpy as np
 import mxnet as mx
@@ -18,7 +17,8 @@ import mxnet as mx
 from .._io import boundary, write_text
 from ..errors import CheckpointError
 from .checkpoint import (BEST_FILE, PARAMS_FILE, STATES_FILE, checkpoint_paths,
-                         current_checkpoint, is_record, link_or_copy, prune, read_state, sha256,
+                         current_checkpoint, is_record, link_or_copy, prune, read_state,
+                         refuse_first_layout, sha256,
                          verify_file)
 from .states import assign_parameters, checked_parameters, load_trainer_states
 
@@ -139,8 +139,7 @@ def load_checkpoint(checkpoint_dir, net, trainer, contexts, run=None, states=Tru
     name = current_checkpoint(checkpoint_dir, kind)
     if name is None:
         if os.path.exists(os.path.join(checkpoint_dir, 'last.json')):
-            return _load_legacy_checkpoint(checkpoint_dir, net, trainer, contexts, states,
-                                           kind)
+            refuse_first_layout(checkpoint_dir)
         return None
     paths = checkpoint_paths(checkpoint_dir, name)
     state = read_state(paths['state'], kind)
@@ -166,28 +165,6 @@ def load_checkpoint(checkpoint_dir, net, trainer, contexts, run=None, states=Tru
     if run is not None:  # the writing worker: finish what a crash interrupted
         _repair_best(checkpoint_dir, paths, state, kind)
         prune(checkpoint_dir, keep=name, kind=kind)
-    return state
-
-
-def _load_legacy_checkpoint(checkpoint_dir, net, trainer, contexts, states, kind):
-    """A checkpoint of gluonbert's first layout (``last.json``, ``last.params``,
-    ``last.states``): the same safety (nothing unpickled, damaged files refused), but it
-    records nothing to check this run against."""
-    path = os.path.join(checkpoint_dir, 'last.json')
-    state = read_state(path, kind, legacy=True)
-    arrays = checked_parameters(net, os.path.join(checkpoint_dir, 'last.params'))
-    states_path = os.path.join(checkpoint_dir, 'last.states')
-    if states and os.path.exists(states_path):
-        load_trainer_states(trainer, states_path)
-    elif states:
-        warnings.warn(f'{states_path} is missing: the optimizer restarts from scratch',
-                      stacklevel=4)
-    assign_parameters(net, arrays, contexts)
-    warnings.warn(f'{checkpoint_dir}: a checkpoint of an older gluonbert, which did not '
-                  f'record its settings and data: they are not checked against this run',
-                  stacklevel=4)
-    if 'records' in state:  # the first pre-training layout
-        state = {'step': state['step'], 'history': state['records']}
     return state
 
 

@@ -20,13 +20,13 @@ INPUT_NAMES = ('data0', 'data1', 'data2')  # words, segments, valid_length (Gluo
 def trace(net, inputs, *, builtin=True):
     """(input names, output symbol) of ``net``'s inference graph.
 
-    The graph is built afresh (:func:`gluonbert.kernel_settings.kernels_for_tracing`) with the
-    additive attention mask, the faster one for inference, MXNet's dropout (an identity in
-    inference, with no mask to make) and, with ``builtin``, MXNet's LayerNorm too, so that
-    AMP, the quantizer and plain MXNet know every operator. ``net``'s settings are
-    restored afterwards, and its own cached graph is not touched (a symbolic call).
+    The graph is traced from a copy of ``net`` on the same parameters
+    (:func:`gluonbert.model.with_kernels`) with the additive attention mask, the faster
+    one for inference, MXNet's dropout (an identity in inference, with no mask to make)
+    and attention products and, with ``builtin``, MXNet's LayerNorm too, so that AMP, the
+    quantizer and plain MXNet know every operator. ``net`` itself is not touched.
     """
-    from ..kernel_settings import kernels_for_tracing
+    from ..model import with_kernels
     if isinstance(net, SymbolBlock):
         data, sym = net._cached_graph  # noqa: SLF001  a SymbolBlock's graph: no public getter
         return [d.name for d in data], sym
@@ -34,9 +34,10 @@ def trace(net, inputs, *, builtin=True):
     if any(p._deferred_init for p in net.collect_params().values()):  # noqa: SLF001
         net(*inputs)  # one forward gives the deferred parameters their shapes
         mx.nd.waitall()
-    with kernels_for_tracing(net, attention_mask='additive', dropout='mxnet', attention='mxnet',
-                             layer_norm='mxnet' if builtin else None):
-        sym = net(*[mx.sym.var(name) for name in INPUT_NAMES])
+    choices = dict(attention_mask='additive', dropout_kernels='mxnet', attention_kernels='mxnet')
+    if builtin:
+        choices['layer_norm_kernels'] = 'mxnet'
+    sym = with_kernels(net, **choices)(*[mx.sym.var(name) for name in INPUT_NAMES])
     return list(INPUT_NAMES), sym
 
 

@@ -242,7 +242,7 @@ def test_a_crash_at_any_write_boundary_resumes_bit_for_bit(tmp_path, monkeypatch
         assert (checkpoints / 'step-0006' / 'model.params').read_bytes() == final
 
 
-def test_resume_checks_the_run_and_reads_the_first_layout(tmp_path):
+def test_resume_checks_the_run_and_refuses_the_first_layout(tmp_path):
     docs, vocab = structured_corpus()
     data = PretrainingData(docs[:20], whitespace_tokenizer, vocab, max_len=16,
                            max_predictions=3)
@@ -269,10 +269,11 @@ def test_resume_checks_the_run_and_reads_the_first_layout(tmp_path):
         shutil.copyfile(tmp_path / 'step-0003' / name, tmp_path / legacy)
     (tmp_path / 'last').unlink()
     shutil.rmtree(tmp_path / 'step-0003')
-    with pytest.warns(UserWarning, match='a checkpoint of an older gluonbert'):
-        records = pretrain_loop(model, data, **dict(options, steps=4, resume=True))
-    assert [r['step'] for r in records] == [1, 2, 3, 4]
-    assert sorted(os.listdir(tmp_path)) == ['.lock', 'last', 'step-0004']
+    # is refused in one line naming the layout, and left as it was
+    with pytest.raises(CheckpointError, match='a checkpoint of an older gluonbert .the first '
+                                              'layout, gluonbert-checkpoint-1'):
+        pretrain_loop(model, data, **dict(options, steps=4, resume=True))
+    assert sorted(os.listdir(tmp_path)) == ['.lock', 'last.json', 'last.params', 'last.states']
     with pytest.raises(TypeError, match='PretrainConfig has no setting checkpoint_interval'):
         pretrain_loop(model, data, **dict(options, checkpoint_interval=5))
     with pytest.raises(UsageError, match='checkpoint_every must be an integer >= 1'):

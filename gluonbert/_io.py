@@ -16,8 +16,9 @@ import tempfile
 
 from .errors import UsageError
 
-__all__ = ['DirectoryLock', 'atomic_write', 'boundary', 'file_digest', 'file_sha1',
-           'fsync_directory', 'fsync_file', 'make_public', 'read_json_object', 'write_text']
+__all__ = ['DirectoryLock', 'atomic_write', 'boundary', 'check_format_version', 'file_digest',
+           'file_sha1', 'fsync_directory', 'fsync_file', 'make_public', 'read_json_object',
+           'write_text']
 
 # Tests set this to a callable ``hook(name, path)``; :func:`boundary` calls it between two
 # writes of a transaction (see gluonbert.train's checkpoints). None in normal runs.
@@ -179,6 +180,16 @@ def file_digest(path, algorithm='sha256', chunk=1 << 20):
 def file_sha1(path):
     """The hex sha1 digest of a file (the GluonNLP model zoo's and gluonbert's manifests)."""
     return file_digest(path, 'sha1')
+
+
+def check_format_version(manifest, path, version, what, redo, error):
+    """Raise ``error`` (one line) unless ``manifest['version']`` is ``version``: the file was
+    written by another gluonbert, and ``redo`` says how to make it again (e.g. 'save the
+    model again')."""
+    if manifest.get('version') != version:
+        raise error(f'{path}: written by another gluonbert ({what} format version '
+                    f'{manifest.get("version")!r}; this one reads version {version}); '
+                    f'{redo} with this version')
 
 
 def read_json_object(path, what, error):

@@ -523,7 +523,7 @@ _ADAPTER_KEYS = {
 def _read_adapter_manifest(directory):
     """The manifest of an adapter directory with every key checked (type and range); a
     one-line PretrainedError naming the file and the key otherwise."""
-    from ._io import read_json_object
+    from ._io import check_format_version, read_json_object
     from .pretrained import PretrainedError
     path = os.path.join(directory, ADAPTER_MANIFEST)
     if not os.path.exists(path):
@@ -532,10 +532,8 @@ def _read_adapter_manifest(directory):
     manifest = read_json_object(path, 'adapter manifest', PretrainedError)
     if manifest.get('format') != ADAPTER_FORMAT:
         raise PretrainedError(f'{path} is not a gluonbert LoRA adapter manifest')
-    if manifest.get('version') != ADAPTER_VERSION:
-        raise PretrainedError(f'{path}: written by another gluonbert (adapter format version '
-                              f'{manifest.get("version")!r}; this one reads version '
-                              f'{ADAPTER_VERSION}); save the adapter again with this version')
+    check_format_version(manifest, path, ADAPTER_VERSION, 'adapter', 'save the adapter again',
+                         PretrainedError)
     for key, (check, what) in _ADAPTER_KEYS.items():
         if not check(manifest.get(key)):
             raise PretrainedError(f'{path}: damaged adapter manifest ({key} is missing or not '

@@ -13,7 +13,8 @@ import tempfile
 import numpy as np
 import mxnet as mx
 
-from ._io import file_sha1, read_json_object, fsync_directory, fsync_file, make_public
+from ._io import (check_format_version, file_sha1, fsync_directory, fsync_file, make_public,
+                  read_json_object)
 from ._net import reachable_url
 from .errors import ModelError
 from .config import BERTConfig
@@ -405,11 +406,8 @@ def _saved_manifest(directory):
     manifest = _read_json(manifest_path, 'manifest')
     if manifest.get('format') != 'gluonbert':
         raise PretrainedError(f'{directory} is not a gluonbert model directory')
-    if manifest.get('version') != FORMAT_VERSION:
-        raise PretrainedError(f'{manifest_path}: written by another gluonbert (model directory '
-                              f'format version {manifest.get("version")!r}; this one reads '
-                              f'version {FORMAT_VERSION}); save the model again with this '
-                              f'version')
+    check_format_version(manifest, manifest_path, FORMAT_VERSION, 'model directory',
+                         'save the model again', PretrainedError)
 
     def field(key, kind, parent=manifest, label=None):
         value = parent.get(key)

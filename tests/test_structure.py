@@ -19,7 +19,7 @@ MAX_README_LINES = 300
 # is this table in words). Inside a layer, imports must not form a cycle.
 LAYERS = [
     ('base', ['errors', '_env', '_io', '_net', '_version', 'config', 'hardware', 'timing',
-              'params']),
+              'params', 'schema']),
     ('native operators', ['ops', 'amp']),
     ('core', ['kernels', 'layers', 'heads', 'model', 'token_classification',
               'tokenizer', 'convert', 'pretrained', 'lora', 'model_dir']),

@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-from .._io import atomic_write, read_json_object
+from .._io import atomic_write, check_format_version, read_json_object
 from ..errors import DataError
 
 __all__ = ['FORMAT', 'FORMAT_VERSION', 'MANIFEST', 'SPLITS', 'shard_name', 'shard_paths',
@@ -171,10 +171,8 @@ def read_manifest(directory):
     manifest = read_json_object(path, 'shard manifest', DataError)
     if manifest.get('format') != FORMAT:
         raise DataError(f'{path}: not a gluonbert shard manifest')
-    if manifest.get('version') != FORMAT_VERSION:
-        raise DataError(f'{path}: written by another gluonbert (shard format version '
-                        f'{manifest.get("version")!r}; this one reads version '
-                        f'{FORMAT_VERSION}); prepare the shards again with this version')
+    check_format_version(manifest, path, FORMAT_VERSION, 'shard', 'prepare the shards again',
+                         DataError)
     for key, kind in _MANIFEST_KEYS.items():
         if not isinstance(manifest.get(key), kind):
             raise DataError(f'{path}: {key!r} is missing or not {kind.__name__}')

@@ -58,7 +58,7 @@ def parse_json(text, where, what, error, *, max_depth=MAX_JSON_DEPTH):
     in the one-line ``error``."""
     depth = _nesting_depth(text)
     if depth > max_depth:
-        raise error(f'{where}: not a {what} (JSON nested {depth} levels deep; at most '
+        raise error(f'{where}: damaged {what} (JSON nested {depth} levels deep; at most '
                     f'{max_depth} are read)')
     try:
         return json.loads(text, object_pairs_hook=_refuse_duplicates,
@@ -77,8 +77,8 @@ def load_json(path, what, error, *, kind=dict, max_bytes=MAX_JSON_BYTES):
     try:
         size = os.path.getsize(path)
         if size > max_bytes:
-            raise error(f'{path}: not a {what} ({size:,} bytes; at most {max_bytes:,} are '
-                        f'read)')
+            raise error(f'{path}: too large for a {what} ({size:,} bytes; at most '
+                        f'{max_bytes:,} are read)')
         with open(path, 'rb') as f:
             raw = f.read()
     except FileNotFoundError:
@@ -138,7 +138,7 @@ class Fields:
         """Raise the one-line error for field ``key``."""
         got = f', got {_short(value)}' if shown else ''
         hint = f'; {self.hint}' if self.hint else ''
-        raise self.error(f'{self.path}: damaged {self.what} ({self.prefix}{key} must be '
+        raise self.error(f'{self.path}: damaged {self.what} ({_name(self.prefix + key)} must be '
                          f'{expected}{got}){hint}')
 
     def has(self, key):
@@ -191,8 +191,15 @@ class Fields:
         if extra:
             hint = f'; {self.hint}' if self.hint else ''
             raise self.error(f'{self.path}: damaged {self.what} (unknown field '
-                             f'{self.prefix}{extra[0]}; known: {", ".join(sorted(known))})'
+                             f'{_name(self.prefix + extra[0])}; known: '
+                             f'{", ".join(sorted(known))})'
                              f'{hint}')
+
+
+def _name(key):
+    """A field name as a message shows it: quoted (JSON escapes) if it holds anything but
+    printable characters, so that a hostile key cannot break the one-line message."""
+    return key if key.isprintable() and len(key) <= 80 else _short(key, 80)
 
 
 def _short(value, limit=60):

@@ -140,3 +140,14 @@ def test_safetensors_header_of_the_embedded_model():
     tensors = load_file(path)
     header = safetensors_header(path, ModelError)
     assert header == {name: (str(np.asarray(t).dtype), t.shape) for name, t in tensors.items()}
+
+
+def test_hostile_field_names_keep_the_message_on_one_line():
+    fields = Fields({'a\nb': 1, 'x' * 500: 2}, 'p', 'w', ModelError)
+    for call in (lambda: fields.only(['c']), lambda: fields.get('a\nb', str),
+                 lambda: fields.object('a\nb').get('z', int)):
+        with pytest.raises(ModelError) as info:
+            call()
+        assert '\n' not in str(info.value) and len(str(info.value)) < 300
+    with pytest.raises(ModelError, match=r'"a\\nb" must be a string'):
+        fields.get('a\nb', str)

@@ -491,7 +491,7 @@ def load_lora(path, ctx=None):
     params_path = os.path.join(directory, ADAPTER_PARAMS)
     verify_files(directory, manifest['files'], ADAPTER_REDO)
     check_float_header(ndarray_file_header(params_path, PretrainedError), params_path)
-    info = task_info(manifest, manifest_path, config)
+    info = task_info(manifest, manifest_path)
     base = manifest['base_model']
     if base not in (MINILM_NAME,) + ZOO_MODELS:
         base = os.path.normpath(os.path.join(directory, base))

@@ -294,7 +294,7 @@ def _load_saved(directory, ctx):
                                  {f: f'config.{f}' for f in BERT_SIZE_FIELDS})
     vocab, tokenizer = _saved_vocabulary(directory, saved)
     cls = TASK_MODELS.get(saved.kind)
-    info = task_info(saved.manifest, saved.path, saved.config) if cls else None
+    info = task_info(saved.manifest, saved.path) if cls else None
     bert = BERTModel(saved.config)
     model = bert if cls is None else task_model_from_manifest(
         cls, bert, saved.manifest, saved.path, info=info)
@@ -307,11 +307,10 @@ def _load_saved(directory, ctx):
     return model, vocab, tokenizer
 
 
-def task_info(manifest, manifest_path, config):
+def task_info(manifest, manifest_path):
     """The checked :class:`~gluonbert.model.ClassifierInfo` of a labelled task's model or
-    adapter manifest (None for a task without labels): its class count, label names and
-    max_len (at most ``config.max_length``) agree. A PretrainedError naming
-    ``manifest_path`` otherwise."""
+    adapter manifest (None for a task without labels): its class count and label names
+    agree. A PretrainedError naming ``manifest_path`` otherwise."""
     if 'num_classes' not in manifest and 'classifier' not in manifest:
         return None
     fields = Fields(manifest, manifest_path, 'manifest', PretrainedError)
@@ -322,18 +321,14 @@ def task_info(manifest, manifest_path, config):
                               f'label names for {num_classes!r} classes)')
     if fields.get('label_names', list, default=info.label_names) != info.label_names:
         fields.fail('label_names', 'classifier.label_names', manifest['label_names'])
-    if info.max_len > config.max_length:
-        fields.fail('classifier.max_len', f'at most config.max_length ({config.max_length})',
-                    info.max_len)
     return info
 
 
 def task_model_from_manifest(cls, bert, manifest, manifest_path, dropout=0.1, info=...):
     """A :class:`~gluonbert.model.TaskModel` of class ``cls`` on ``bert`` as a model or
-    adapter manifest describes it, with ``info`` (default: :func:`task_info`, checked
-    against ``bert``'s config)."""
+    adapter manifest describes it, with ``info`` (default: :func:`task_info`)."""
     if info is ...:
-        info = task_info(manifest, manifest_path, bert.config)
+        info = task_info(manifest, manifest_path)
     try:
         return cls.from_manifest(bert, manifest, info=info, dropout=dropout)
     except (ModelError, ValueError, TypeError) as err:

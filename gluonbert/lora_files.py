@@ -96,7 +96,8 @@ def read_adapter_manifest(directory):
                               f'{ADAPTER_MANIFEST})')
     manifest = load_json(path, 'adapter manifest', PretrainedError)
     if manifest.get('format') != ADAPTER_FORMAT:
-        raise PretrainedError(f'{path} is not a gluonbert LoRA adapter manifest')
+        raise PretrainedError(f'{path} is not a gluonbert LoRA adapter manifest (format '
+                              f'{manifest.get("format")!r}, expected {ADAPTER_FORMAT!r})')
     check_format_version(manifest, path, ADAPTER_VERSION, 'adapter', ADAPTER_REDO,
                          PretrainedError)
     fields = Fields(manifest, path, 'adapter manifest', PretrainedError, ADAPTER_REDO)
@@ -122,8 +123,9 @@ def read_adapter_manifest(directory):
     classifier = fields.object('classifier')
     _fraction(fields, 'classifier_dropout')
     max_len = fields.get('max_len', int, low=3)
-    if max_len != classifier.obj.get('max_len', max_len):
-        fields.fail('max_len', f'classifier.max_len ({classifier.obj["max_len"]!r})', max_len)
+    recorded = classifier.obj.get('max_len', max_len)  # checked with the info (task_info)
+    if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded != max_len:
+        fields.fail('max_len', f'classifier.max_len ({recorded})', max_len)
     fields.get('extra', dict)
     read_files_record(fields, (ADAPTER_PARAMS,))
     return manifest, config

@@ -6,6 +6,7 @@ Shared by :mod:`gluonbert.pretrained` (model directories), :mod:`gluonbert.hf_ch
 (Hugging Face directories) and :mod:`gluonbert.lora_files` (adapters). Nothing here
 imports MXNet: the checks read headers and small JSON records only.
 """
+import json
 import os
 import re
 
@@ -31,7 +32,7 @@ def read_files_record(fields, required):
     files = fields.object('files')
     for name in files.obj:
         if not name or name in ('.', '..') or '/' in name or '\\' in name:
-            files.fail(name, 'a plain file name of the directory', shown=False)
+            files.fail(json.dumps(name), 'a plain file name of the directory', shown=False)
         entry = files.object(name)
         entry.only(('bytes', 'sha1'))
         entry.get('bytes', int, low=0)

@@ -232,7 +232,8 @@ def _saved_manifest(directory):
     path = os.path.join(directory, MANIFEST)
     manifest = load_json(path, 'manifest', PretrainedError)
     if manifest.get('format') != 'gluonbert':
-        raise PretrainedError(f'{directory} is not a gluonbert model directory')
+        raise PretrainedError(f'{path} is not a gluonbert model manifest (format '
+                              f'{manifest.get("format")!r}, expected \'gluonbert\')')
     check_format_version(manifest, path, FORMAT_VERSION, 'model directory', REDO,
                          PretrainedError)
     fields = Fields(manifest, path, 'manifest', PretrainedError, REDO)
@@ -317,8 +318,9 @@ def task_info(manifest, manifest_path):
     info = classifier_info(manifest, manifest_path)
     num_classes = fields.get('num_classes', int, low=2)
     if num_classes != len(info.label_names):
-        raise PretrainedError(f'{manifest_path}: damaged manifest ({len(info.label_names)} '
-                              f'label names for {num_classes!r} classes)')
+        raise PretrainedError(f'{manifest_path}: damaged manifest (num_classes is '
+                              f'{num_classes} but classifier.label_names has '
+                              f'{len(info.label_names)} names)')
     if fields.get('label_names', list, default=info.label_names) != info.label_names:
         fields.fail('label_names', 'classifier.label_names', manifest['label_names'])
     return info

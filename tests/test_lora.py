@@ -403,7 +403,7 @@ _MUTATIONS = _MISSING + [
      f'for bert.encoder.layers.0.attention.query ({TINY_UNITS} -> {TINY_UNITS}), got '
      f'{TINY_UNITS})'),
     ('3 labels for 2 classes', _damaged('classifier', {'label_names': ['a', 'b', 'c']}),
-     'damaged manifest (3 label names for 2 classes)'),
+     'damaged manifest (num_classes is 2 but classifier.label_names has 3 names)'),
 ]
 
 
@@ -438,5 +438,5 @@ def test_an_adapter_manifest_that_is_not_one_is_one_line(adapter_run, tmp_path, 
     capsys.readouterr()
     assert predict_main(['--model-dir', str(run / 'adapter'), 'a text']) == 2
     expected = f'{path}: {message}' if message else f'{path} is not a gluonbert LoRA adapter ' \
-        f'manifest'
+        f"manifest (format 'other', expected 'gluonbert-lora')"
     assert capsys.readouterr().err == f'gluonbert-predict: error: {expected}\n'

@@ -185,7 +185,7 @@ def _read_hf_tensors(path):
             for name, t in tensors.items()}
 
 
-def _mapped_names(names, directory, with_heads):
+def _mapped_names(names, tensors_path, with_heads):
     """``{normalised HF name: gluonbert name or None (dropped)}`` of ``names``; unknown
     names are a one-line error."""
     mapping, unknown = {}, []
@@ -201,22 +201,24 @@ def _mapped_names(names, directory, with_heads):
         else:
             mapping[normalised] = ('bert.' if with_heads else '') + target
     if unknown:
-        raise PretrainedError(f'unexpected tensors in {directory}: {", ".join(unknown)}')
+        raise PretrainedError(f'{tensors_path}: unexpected tensors (no BERT parameter has '
+                              f'their names): {", ".join(unknown)}')
     return mapping
 
 
-def _buffers_checked(tensors):
+def _buffers_checked(tensors, tensors_path):
     """Check and drop the tensors that carry no parameters (position ids, the tied MLM
     decoder weight); the decoder bias becomes the MLM output bias if that is missing."""
     position_ids = tensors.pop('embeddings.position_ids', None)
     if position_ids is not None and not np.array_equal(
             position_ids.reshape(-1), np.arange(position_ids.size)):
-        raise PretrainedError('embeddings.position_ids is not 0..n-1; unsupported checkpoint')
+        raise PretrainedError(f'{tensors_path}: embeddings.position_ids is not 0..n-1; '
+                              f'unsupported checkpoint')
     decoder_weight = tensors.pop('cls.predictions.decoder.weight', None)
     if decoder_weight is not None and not np.array_equal(
             decoder_weight, tensors.get('embeddings.word_embeddings.weight'), equal_nan=True):
-        raise PretrainedError('the MLM decoder weight is not tied to the word embedding; '
-                              'untied decoders are not supported')
+        raise PretrainedError(f'{tensors_path}: the MLM decoder weight is not tied to the '
+                              f'word embedding; untied decoders are not supported')
     decoder_bias = tensors.pop('cls.predictions.decoder.bias', None)
     if decoder_bias is not None and 'cls.predictions.bias' not in tensors:
         tensors['cls.predictions.bias'] = decoder_bias
@@ -236,15 +238,16 @@ def load_hf_checkpoint(directory, *, ctx=None, with_heads=False):
     config = read_hf_config(config_path)
     tensors_path, shapes = _tensor_header(directory)
     if shapes is not None:
-        mapping = _mapped_names(shapes, directory, with_heads=False)
+        mapping = _mapped_names(shapes, tensors_path, with_heads=False)
         targets = {n: mapping.get(_normalise_hf_name(n)) for n in shapes}
         check_config_against_tensors(
             config, {t: shapes[n] for n, t in targets.items() if t}, config_path,
             tensors_path, HF_FIELDS, {t: n for n, t in targets.items() if t})
     vocab, tokenizer = read_hf_vocabulary(directory, config)
     tensors = _buffers_checked({_normalise_hf_name(k): v
-                                for k, v in _read_hf_tensors(tensors_path).items()})
-    mapping = _mapped_names(tensors, directory, with_heads)
+                                for k, v in _read_hf_tensors(tensors_path).items()},
+                               tensors_path)
+    mapping = _mapped_names(tensors, tensors_path, with_heads)
     mapped = {mapping[name]: value for name, value in tensors.items() if mapping[name]}
     hf_names = {target: name for name, target in mapping.items() if target}
     if shapes is None:  # a PyTorch pickle: the same checks, now that its shapes are known

@@ -9,11 +9,12 @@ Shape legend used throughout gluonbert::
 """
 import dataclasses
 import json
+import math
 
 from ._io import write_text
 
 __all__ = ['BERTConfig', 'PRESETS', 'ACTIVATIONS', 'KERNELS', 'ATTENTION_MASKS',
-           'KERNEL_FIELDS']
+           'KERNEL_FIELDS', 'LIMITS']
 
 # Activations the FFN understands. 'gelu' is the exact erf form used by BERT;
 # 'gelu_tanh' is the tanh approximation (Hugging Face's gelu_new / gelu_pytorch_tanh).
@@ -29,6 +30,10 @@ ATTENTION_MASKS = ('select', 'additive')
 KERNEL_FIELDS = ('kernels', 'layer_norm_kernels', 'dropout_kernels', 'attention_kernels',
                  'attention_mask')
 POSITION_EMBEDDINGS = ('learned', 'sinusoidal')
+# The largest value of each size a config may hold: far above any published BERT, low
+# enough that a damaged file (num_layers 30000) is refused before it is built.
+LIMITS = {'vocab_size': 10_000_000, 'units': 65536, 'hidden_size': 262144, 'num_heads': 1024,
+          'num_layers': 256, 'max_length': 1_000_000, 'type_vocab_size': 1024}
 
 
 @dataclasses.dataclass
@@ -93,15 +98,27 @@ class BERTConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f'BERTConfig.{name} must be a positive integer, got {value!r}')
+            if value > LIMITS[name]:
+                raise ValueError(f'BERTConfig.{name} must be at most {LIMITS[name]:,}, '
+                                 f'got {value!r}')
         if self.units % self.num_heads:
             raise ValueError(f'BERTConfig.units ({self.units}) must be divisible by '
                              f'num_heads ({self.num_heads})')
+        for name in ('dropout', 'attention_dropout', 'layer_norm_eps'):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f'BERTConfig.{name} must be a number, got {value!r}')
         for name in ('dropout', 'attention_dropout'):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f'BERTConfig.{name} must be in [0, 1), got {value!r}')
-        if not self.layer_norm_eps > 0:
-            raise ValueError(f'BERTConfig.layer_norm_eps must be > 0, got {self.layer_norm_eps!r}')
+        if not (self.layer_norm_eps > 0 and math.isfinite(self.layer_norm_eps)):
+            raise ValueError(f'BERTConfig.layer_norm_eps must be a finite number > 0, '
+                             f'got {self.layer_norm_eps!r}')
+        for name in ('activation', 'position_embedding', 'kernels', 'attention_mask'):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f'BERTConfig.{name} must be a string, '
+                                 f'got {getattr(self, name)!r}')
         if self.activation not in ACTIVATIONS:
             raise ValueError(f'BERTConfig.activation must be one of {ACTIVATIONS}, '
                              f'got {self.activation!r}')
@@ -136,6 +153,8 @@ class BERTConfig:
     @classmethod
     def from_dict(cls, values):
         """Build from a dict; unknown keys are an error, missing keys take defaults."""
+        if not isinstance(values, dict):
+            raise ValueError(f'a BERTConfig must be an object, got {values!r}')
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -1,11 +1,14 @@
 """Weight interchange with GluonNLP 0.x BERT models."""
 import re
 
+import numpy as np
 import mxnet as mx
 
 from .config import BERTConfig
+from .errors import ModelError
 from .model import BERTForPretraining, BERTModel
 from .params import named_parameters
+from .schema import FLOAT_DTYPES
 
 __all__ = ['from_gluonnlp', 'gluonnlp_model', 'assign_parameters']
 
@@ -41,15 +44,41 @@ def _map_name(name):
     return None
 
 
-def assign_parameters(target, arrays, *, source='checkpoint', allow_missing=(), ctx=None):
+def _dtype_name(value):
+    """The dtype of a numpy array or NDArray as numpy names it ('bfloat16' for MXNet's)."""
+    dtype = np.dtype(value.dtype)
+    return 'bfloat16' if dtype.names == ('bfloat16',) else dtype.name
+
+
+def _first_unusable(arrays):
+    """``(name, why)`` of the first array (in name order) that is not floating point or
+    holds NaN or an infinity; None when every one is usable."""
+    for name in sorted(arrays):
+        value = arrays[name]
+        dtype = _dtype_name(value)
+        if dtype not in FLOAT_DTYPES:
+            return name, f'is {dtype}, not floating point'
+        host = value.astype('float32').asnumpy() if dtype == 'bfloat16' else \
+            value.asnumpy() if isinstance(value, mx.nd.NDArray) else value
+        if not np.isfinite(host).all():
+            return name, 'holds NaN or infinite values'
+    return None
+
+
+def assign_parameters(target, arrays, *, source='checkpoint', allow_missing=(), ctx=None,
+                      source_names=None):
     """Copy ``{structural_name: array}`` into ``target``'s parameters, checking every key.
 
     Every target parameter must be given (unless listed in ``allow_missing``), every given
-    array must be used, and every shape must match; otherwise a ValueError lists the
-    offending names. Without ``ctx`` the target's parameters must already be initialized.
-    With ``ctx``, uninitialized ones take their arrays on ``ctx`` directly, and those not
-    given are initialized as their blocks ask: no random initialization of weights that
-    are overwritten at once (MiniLM's 22.7M weights: 0.43 s).
+    array must be used, every shape must match, and every array must be floating point
+    and finite (the one place every loader passes: Hugging Face and GluonNLP weights,
+    model directories, adapters); otherwise a one-line ModelError (a ValueError) names
+    ``source`` and the offending tensors. Without ``ctx`` the target's parameters must
+    already be initialized. With ``ctx``, uninitialized ones take their arrays on ``ctx``
+    directly, and those not given are initialized as their blocks ask: no random
+    initialization of weights that are overwritten at once (MiniLM's 22.7M weights: 0.43 s).
+    ``source_names`` (``{structural name: name in the source}``) names a refused tensor as
+    its file does.
     """
     params = named_parameters(target)
     missing = [n for n in params if n not in arrays and n not in allow_missing]
@@ -64,7 +93,12 @@ def assign_parameters(target, arrays, *, source='checkpoint', allow_missing=(), 
     if mismatched:
         problems.append(f'shape mismatch ({source} vs model): {"; ".join(mismatched)}')
     if problems:
-        raise ValueError('cannot load weights: ' + ' | '.join(problems))
+        raise ModelError('cannot load weights: ' + ' | '.join(problems))
+    unusable = _first_unusable(arrays)
+    if unusable:
+        name = (source_names or {}).get(unusable[0], unusable[0])
+        raise ModelError(f'{source}: tensor {name} {unusable[1]}; the weights are '
+                         f'damaged (or not a model\'s), load them from a good copy')
     for name, value in arrays.items():
         param = params[name]
         if not isinstance(value, mx.nd.NDArray):

@@ -26,6 +26,9 @@ from mxnet import init
 from mxnet.gluon import HybridBlock, nn
 
 from .layers import MultiHeadAttention, PositionWiseFFN, parameter_input
+from .lora_files import (ADAPTER_FORMAT, ADAPTER_MANIFEST, ADAPTER_PARAMS, ADAPTER_REDO,
+                         ADAPTER_VERSION, TARGETS, base_fingerprint, base_reference,
+                         check_base_fingerprint, read_adapter_manifest)
 from .model import TASK_MODELS, TaskModel
 from .params import count_parameters, named_parameters, walk_blocks
 
@@ -33,17 +36,12 @@ __all__ = ['LoRADense', 'LoRACounts', 'apply_lora', 'merge_lora', 'lora_paramete
            'lora_settings', 'normalise_targets', 'base_parameters', 'save_lora',
            'save_lora_base', 'load_lora', 'TARGETS', 'ADAPTER_MANIFEST']
 
-# Projections LoRA can adapt, and the block type that owns each of them.
-TARGETS = ('query', 'key', 'value', 'out_proj', 'ffn_1', 'ffn_2')
+# The block type that owns each projection LoRA can adapt (TARGETS).
 _OWNERS = {'query': MultiHeadAttention, 'key': MultiHeadAttention,
            'value': MultiHeadAttention, 'out_proj': MultiHeadAttention,
            'ffn_1': PositionWiseFFN, 'ffn_2': PositionWiseFFN}
 _ALIASES = {'output': 'out_proj'}
 
-ADAPTER_MANIFEST = 'adapter.json'
-ADAPTER_PARAMS = 'adapter.params'
-ADAPTER_FORMAT = 'gluonbert-lora'
-ADAPTER_VERSION = 1
 
 
 class LoRADense(HybridBlock):
@@ -378,33 +376,13 @@ def lora_settings(model):
 
 
 # -------------------------------------------------------------------- adapters on disk
-def _base_reference(base_model, directory):
-    """How the manifest names the base: a known name, or a path relative to the adapter."""
-    from .config import PRESETS
-    from .pretrained import MINILM_NAME, ZOO_MODELS
-    if not isinstance(base_model, (str, os.PathLike)):
-        raise TypeError(f'base_model must be a model name or directory, got '
-                        f'{type(base_model).__name__}')
-    base_model = os.fspath(base_model)
-    if base_model in (MINILM_NAME,) + ZOO_MODELS:
-        return base_model
-    if os.path.isdir(base_model):
-        # relative, so an output directory holding both can be moved as a whole
-        return os.path.relpath(os.path.abspath(base_model), directory)
-    if base_model in PRESETS:
-        raise ValueError(f'base_model {base_model!r} is a preset with random weights that '
-                         f'load_lora cannot rebuild; save the base with save_pretrained and '
-                         f'pass its directory')
-    raise ValueError(f'base_model must be {MINILM_NAME!r}, one of {", ".join(ZOO_MODELS)}, '
-                     f'or a model directory; got {base_model!r}')
-
-
 def save_lora(model, path, *, base_model='minilm', label_names=None, max_len=None,
               extra=None):
     """Write an adapter directory: only the LoRA matrices and the classifier head.
 
-    Contents: ``adapter.json`` (base model, its config, rank, alpha, dropout, targets,
-    classes, label names, max_len, checksum) and ``adapter.params``. The directory is
+    Contents: ``adapter.json`` (base model, the fingerprint of its weights, its config,
+    rank, alpha, dropout, targets, classes, label names, max_len, the size and sha1 of
+    ``adapter.params``) and ``adapter.params``. The directory is
     assembled next to ``path`` and renamed into place, so a crash leaves any previous
     adapter intact.
 
@@ -439,7 +417,8 @@ def save_lora(model, path, *, base_model='minilm', label_names=None, max_len=Non
     info = model.info_with(label_names=label_names, max_len=max_len)
     manifest = {
         'format': ADAPTER_FORMAT, 'version': ADAPTER_VERSION,
-        'base_model': _base_reference(base_model, directory),
+        'base_model': base_reference(base_model, directory),
+        'base_fingerprint': base_fingerprint(base_parameters(model.bert)),
         'config': model.config.to_dict(),
         'rank': rank, 'alpha': alpha, 'dropout': dropout, 'targets': targets,
         **model.manifest_fields(info.label_names),  # model_class, num_classes, labels
@@ -485,68 +464,13 @@ def save_lora_base(model, vocab, tokenizer, directory, *, extra=None):
     return save_pretrained(base, vocab, tokenizer, directory, extra=extra)
 
 
-def _is_number(value, low, high=None):
-    """A JSON number (not a bool) ``> low`` (``>= low`` with ``high``: in [low, high))."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and (
-        low <= value < high if high is not None else value > low)
-
-
-def _is_count(value, least):
-    return isinstance(value, int) and not isinstance(value, bool) and value >= least
-
-
-# every key save_lora writes besides format and version: (check, what it must be)
-_ADAPTER_KEYS = {
-    'base_model': (lambda v: isinstance(v, str) and v != '', 'a model name or directory'),
-    'config': (lambda v: isinstance(v, dict), 'an object'),
-    'model_class': (lambda v: isinstance(v, str) and v in TASK_MODELS,
-                    'a task model class (' + ', '.join(sorted(TASK_MODELS)) + ')'),
-    'rank': (lambda v: _is_count(v, 1), 'an integer >= 1'),
-    'alpha': (lambda v: _is_number(v, 0), 'a number > 0'),
-    'dropout': (lambda v: _is_number(v, 0, 1), 'a number in [0, 1)'),
-    'targets': (lambda v: isinstance(v, list) and v != [] and len(set(map(str, v))) == len(v)
-                and all(isinstance(t, str) and t in TARGETS for t in v),
-                'a list of distinct names from ' + ', '.join(TARGETS)),
-    'num_classes': (lambda v: _is_count(v, 2), 'an integer >= 2'),
-    'label_names': (lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
-                    'a list of names'),
-    'classifier': (lambda v: isinstance(v, dict), 'an object'),
-    'classifier_dropout': (lambda v: _is_number(v, 0, 1), 'a number in [0, 1)'),
-    'max_len': (lambda v: _is_count(v, 3), 'an integer >= 3'),
-    'extra': (lambda v: isinstance(v, dict), 'an object'),
-    'params_bytes': (lambda v: _is_count(v, 0), 'an integer >= 0'),
-    'params_sha1': (lambda v: isinstance(v, str) and len(v) == 40 and
-                    all(c in '0123456789abcdef' for c in v), 'a sha1 (40 hex digits)'),
-}
-
-
-def _read_adapter_manifest(directory):
-    """The manifest of an adapter directory with every key checked (type and range); a
-    one-line PretrainedError naming the file and the key otherwise."""
-    from ._io import check_format_version, read_json_object
-    from .pretrained import PretrainedError
-    path = os.path.join(directory, ADAPTER_MANIFEST)
-    if not os.path.exists(path):
-        raise PretrainedError(f'{directory} is not a LoRA adapter directory (no '
-                              f'{ADAPTER_MANIFEST})')
-    manifest = read_json_object(path, 'adapter manifest', PretrainedError)
-    if manifest.get('format') != ADAPTER_FORMAT:
-        raise PretrainedError(f'{path} is not a gluonbert LoRA adapter manifest')
-    check_format_version(manifest, path, ADAPTER_VERSION, 'adapter', 'save the adapter again',
-                         PretrainedError)
-    for key, (check, what) in _ADAPTER_KEYS.items():
-        if not check(manifest.get(key)):
-            raise PretrainedError(f'{path}: damaged adapter manifest ({key} is missing or not '
-                                  f'{what}); save the adapter again')
-    return manifest
-
-
 def load_lora(path, ctx=None):
     """Rebuild a classifier from its base model and an adapter written by :func:`save_lora`.
 
-    Loads the base with ``load_pretrained``, adds a classifier head, applies LoRA with the
-    recorded settings and loads the adapter; every adapter tensor must match a LoRA or
-    head parameter by name and shape.
+    Checks the manifest and the adapter's files, loads the base with ``load_pretrained``
+    and refuses it unless its weights' fingerprint is the one recorded, adds a classifier
+    head, applies LoRA with the recorded settings and loads the adapter; every adapter
+    tensor must match a LoRA or head parameter by name and shape.
 
     Returns
     -------
@@ -556,19 +480,18 @@ def load_lora(path, ctx=None):
         :class:`~gluonbert.model.ClassifierInfo`.
     """
     from .convert import assign_parameters
-    from .config import BERTConfig
+    from .errors import ModelError
+    from .model_files import check_float_header, verify_files
     from .pretrained import (MINILM_NAME, ZOO_MODELS, PretrainedError, load_pretrained,
-                             task_model_from_manifest, verify_params_file)
+                             task_info, task_model_from_manifest)
+    from .schema import ndarray_file_header
     directory = os.path.abspath(os.fspath(path))
-    manifest = _read_adapter_manifest(directory)
+    manifest, config = read_adapter_manifest(directory)
     manifest_path = os.path.join(directory, ADAPTER_MANIFEST)
     params_path = os.path.join(directory, ADAPTER_PARAMS)
-    verify_params_file(params_path, manifest['params_bytes'], manifest['params_sha1'])
-    try:
-        config = BERTConfig.from_dict(manifest['config'])
-    except (TypeError, ValueError) as err:
-        raise PretrainedError(f'{manifest_path}: damaged adapter manifest (config: {err}); '
-                              f'save the adapter again') from err
+    verify_files(directory, manifest['files'], ADAPTER_REDO)
+    check_float_header(ndarray_file_header(params_path, PretrainedError), params_path)
+    info = task_info(manifest, manifest_path)
     base = manifest['base_model']
     if base not in (MINILM_NAME,) + ZOO_MODELS:
         base = os.path.normpath(os.path.join(directory, base))
@@ -577,8 +500,10 @@ def load_lora(path, ctx=None):
     if bert.config.architecture() != config.architecture():
         raise PretrainedError(f'the adapter in {directory} was trained on a model with a '
                               f'different config than {base}')
+    check_base_fingerprint(manifest, base_fingerprint(named_parameters(bert)), directory)
     net = task_model_from_manifest(TASK_MODELS[manifest['model_class']], bert, manifest,
-                                   manifest_path, dropout=manifest['classifier_dropout'])
+                                   manifest_path, dropout=manifest['classifier_dropout'],
+                                   info=info)
     net.classifier.initialize(ctx=mx.cpu() if ctx is None else ctx)
     try:  # a rank too large for the base's layers, tensors that do not fit
         apply_lora(net, rank=manifest['rank'], alpha=manifest['alpha'],
@@ -586,6 +511,8 @@ def load_lora(path, ctx=None):
         adapter = _adapter_parameters(net)
         assign_parameters(net, mx.nd.load(params_path), source=params_path,
                           allow_missing=[n for n in named_parameters(net) if n not in adapter])
+    except ModelError:
+        raise  # names the file and the tensors itself
     except ValueError as err:
         raise PretrainedError(f'{manifest_path}: the adapter does not fit its base ({err})') \
             from err

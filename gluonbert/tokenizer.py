@@ -9,6 +9,8 @@ import numbers
 import re
 import unicodedata
 
+from .errors import ModelError
+
 __all__ = ['Vocab', 'BERTTokenizer']
 
 SPECIAL_TOKENS = dict(unknown_token='[UNK]', padding_token='[PAD]', cls_token='[CLS]',
@@ -49,11 +51,50 @@ class Vocab:
 
     @classmethod
     def from_file(cls, path, **special_tokens):
-        """Read ``vocab.txt``: one token per line, id = line number (0-based)."""
-        with open(path, encoding='utf-8') as f:
-            tokens = [line.rstrip('\n').rstrip('\r') for line in f]
-        if tokens and tokens[-1] == '':
-            tokens.pop()  # a trailing newline at the end of the file
+        """Read ``vocab.txt``: one token per line, id = line number (0-based).
+
+        The file must be UTF-8; a leading byte order mark (an encoding artefact some
+        editors write) is dropped, so token 0 is what follows it. A final newline ends the
+        last line. Lines end at ``\\n`` only (a ``\\r`` before it is dropped), so a token may
+        hold any other character.
+
+        Raises
+        ------
+        ModelError
+            One line naming the file: missing, empty, not UTF-8 (the line and byte), an
+            empty line, a token on two lines (both line numbers), a special token missing.
+        """
+        try:
+            with open(path, 'rb') as f:
+                raw = f.read()
+        except FileNotFoundError:
+            raise ModelError(f'{path} is missing') from None
+        if raw.startswith(b'\xef\xbb\xbf'):
+            raw = raw[3:]
+        try:
+            text = raw.decode('utf-8')
+        except UnicodeDecodeError as err:
+            line = raw.count(b'\n', 0, err.start) + 1
+            raise ModelError(f'{path}: damaged vocabulary (not UTF-8 text: line {line}, byte '
+                             f'{err.start})') from None
+        if not text:
+            raise ModelError(f'{path}: damaged vocabulary (the file is empty)')
+        tokens = [line[:-1] if line.endswith('\r') else line for line in text.split('\n')]
+        if tokens[-1] == '':
+            tokens.pop()  # the newline that ends the last line
+        first_line = {}
+        for number, token in enumerate(tokens, 1):
+            if token == '':
+                raise ModelError(f'{path}: damaged vocabulary (line {number} is empty)')
+            if token in first_line:
+                raise ModelError(f'{path}: damaged vocabulary (the token {token!r} is on '
+                                 f'lines {first_line[token]} and {number})')
+            first_line[token] = number
+        names = {**SPECIAL_TOKENS, **special_tokens}
+        missing = [t for t in names.values() if t not in first_line]
+        if missing:
+            raise ModelError(f'{path}: damaged vocabulary (no line holds the special '
+                             f'token(s) {", ".join(missing)})')
         return cls(tokens, **special_tokens)
 
     @classmethod

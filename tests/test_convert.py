@@ -98,6 +98,32 @@ def test_assign_parameters_reports_every_problem():
     assert 'pooler.bias: (3,) vs (32,)' in message
 
 
+@pytest.mark.parametrize('value, why', [
+    (np.full((32,), np.nan, dtype=np.float32), 'holds NaN or infinite values'),
+    (mx.nd.array(np.r_[np.zeros(31), np.inf]), 'holds NaN or infinite values'),
+    (np.zeros(32, dtype=np.int64), 'is int64, not floating point'),
+    (mx.nd.zeros(32, dtype='int32'), 'is int32, not floating point'),
+], ids=['nan numpy', 'inf NDArray', 'int64 numpy', 'int32 NDArray'])
+def test_assign_parameters_refuses_unusable_tensors_and_sets_nothing(value, why):
+    from gluonbert.convert import assign_parameters
+    from gluonbert.errors import ModelError
+    from gluonbert.params import named_parameters
+    model = gluonbert.BERTModel(gluonbert.BERTConfig.from_preset('tiny'))
+    model.initialize()
+    arrays = {n: p.data().copy() for n, p in named_parameters(model).items()}
+    before = arrays['encoder.word_embed.weight'].asnumpy()
+    arrays['encoder.word_embed.weight'] = mx.nd.ones_like(arrays['encoder.word_embed.weight'])
+    arrays['pooler.bias'] = value
+    with pytest.raises(ModelError) as error:
+        assign_parameters(model, arrays, source='weights.bin',
+                          source_names={'pooler.bias': 'pooler.dense.bias'})
+    assert str(error.value) == (f"weights.bin: tensor pooler.dense.bias {why}; the weights are "
+                                f"damaged (or not a model's), load them from a good copy")
+    # refused before any parameter was set
+    np.testing.assert_array_equal(
+        named_parameters(model)['encoder.word_embed.weight'].data().asnumpy(), before)
+
+
 def test_assign_parameters_initializes_on_a_context():
     """With ctx: given arrays become the parameters (no random init first); allowed-missing
     ones are initialized as their blocks ask."""

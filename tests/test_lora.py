@@ -336,31 +336,65 @@ def _damaged(name, value):
     return damage
 
 
-_WHAT = dict((key, what) for key, (_, what) in gluonbert.lora._ADAPTER_KEYS.items())
+_KINDS = {'base_model': 'a string', 'base_fingerprint': 'a string', 'config': 'an object',
+          'model_class': 'a string', 'rank': 'an integer', 'alpha': 'a number',
+          'dropout': 'a number', 'targets': 'a list', 'num_classes': 'an integer',
+          'label_names': 'a list', 'classifier': 'an object', 'classifier_dropout': 'a number',
+          'max_len': 'an integer', 'extra': 'an object', 'files': 'an object'}
 _MISSING = [(f'no {key}', _damaged(key, KeyError),
-             f'damaged adapter manifest ({key} is missing or not {_WHAT[key]}); save the '
-             f'adapter again') for key in _WHAT]
+             f'damaged adapter manifest ({key} must be present ({kind})); save the adapter '
+             f'again') for key, kind in _KINDS.items()]
+_TARGET_NAMES = 'query, key, value, out_proj, ffn_1, ffn_2'
+_CLASSES = "'BERTClassifier', 'BERTForPretraining', 'BERTForTokenClassification'"
 _BAD_VALUES = [
-    ('base_model', 3), ('base_model', ''), ('config', []), ('model_class', 'BERTNope'),
-    ('model_class', ['BERTClassifier']), ('rank', 0), ('rank', 'four'), ('rank', True),
-    ('rank', 4.0), ('alpha', 0), ('alpha', -1.0), ('alpha', '4'), ('dropout', 1.0),
-    ('dropout', -0.1), ('dropout', None), ('targets', []), ('targets', 'query'),
-    ('targets', ['query', 'nope']), ('targets', ['query', 'query']), ('targets', [1]),
-    ('num_classes', 1), ('num_classes', '2'), ('label_names', 'bad,good'),
-    ('label_names', [1, 2]), ('classifier', []), ('classifier_dropout', 1.5),
-    ('max_len', 2), ('max_len', 32.5), ('extra', []), ('params_bytes', -1),
-    ('params_bytes', '100'), ('params_sha1', 'xyz'), ('params_sha1', 'A' * 40),
+    ('base_model', 3, 'a string, got 3'), ('base_model', '', 'at least 1 long, got ""'),
+    ('base_fingerprint', 'xyz', 'a sha256 (64 lower-case hex digits), got "xyz"'),
+    ('config', [], 'an object, got []'),
+    ('model_class', 'BERTNope', f'one of {_CLASSES}, got "BERTNope"'),
+    ('model_class', ['BERTClassifier'], 'a string, got ["BERTClassifier"]'),
+    ('rank', 0, 'between 1 and 65536, got 0'), ('rank', 'four', 'an integer, got "four"'),
+    ('rank', True, 'an integer, got true'), ('rank', 4.0, 'an integer, got 4.0'),
+    ('alpha', 0, 'a number > 0, got 0'), ('alpha', -1.0, 'a number > 0, got -1.0'),
+    ('alpha', '4', 'a number, got "4"'), ('dropout', 1.0, 'in [0, 1), got 1.0'),
+    ('dropout', -0.1, 'between 0.0 and 1.0, got -0.1'), ('dropout', None, 'a number, got null'),
+    ('targets', [], 'at least 1 long, got []'), ('targets', 'query', 'a list, got "query"'),
+    ('targets', ['query', 'nope'], f'a list of distinct names from {_TARGET_NAMES}, got '
+                                   f'["query", "nope"]'),
+    ('targets', ['query', 'query'], f'a list of distinct names from {_TARGET_NAMES}, got '
+                                    f'["query", "query"]'),
+    ('targets', [1], f'a list of distinct names from {_TARGET_NAMES}, got [1]'),
+    ('num_classes', 1, 'at least 2, got 1'), ('num_classes', '2', 'an integer, got "2"'),
+    ('label_names', 'bad,good', 'a list, got "bad,good"'),
+    ('label_names', [1, 2], 'a list of names, got [1, 2]'),
+    ('classifier', [], 'an object, got []'),
+    ('classifier_dropout', 1.5, 'between 0.0 and 1.0, got 1.5'),
+    ('max_len', 2, 'at least 3, got 2'), ('max_len', 32.5, 'an integer, got 32.5'),
+    ('extra', [], 'an object, got []'), ('files', [], 'an object, got []'),
 ]
 _MUTATIONS = _MISSING + [
     (f'{key}={value!r}', _damaged(key, value),
-     f'damaged adapter manifest ({key} is missing or not {_WHAT[key]}); save the adapter '
-     f'again') for key, value in _BAD_VALUES] + [
-    ('version=2', _damaged('version', 2),
-     'written by another gluonbert (adapter format version 2; this one reads version 1); '
+     f'damaged adapter manifest ({key} must be {expected}); save the adapter again')
+    for key, value, expected in _BAD_VALUES] + [
+    ('version=1', _damaged('version', 1),
+     'written by another gluonbert (adapter format version 1; this one reads version 2); '
      'save the adapter again with this version'),
     ('no version', _damaged('version', KeyError),
-     'written by another gluonbert (adapter format version None; this one reads version 1); '
+     'written by another gluonbert (adapter format version None; this one reads version 2); '
      'save the adapter again with this version'),
+    ('version 1 field', _damaged('params_sha1', '0' * 40),
+     'damaged adapter manifest (unknown field params_sha1; known: alpha, base_fingerprint, '
+     'base_model, classifier, classifier_dropout, config, dropout, extra, files, format, '
+     'label_names, max_len, model_class, num_classes, rank, targets, version); save the '
+     'adapter again'),
+    ('no params record', _damaged('files', {}),
+     'damaged adapter manifest (files.adapter.params must be present (the model needs that '
+     'file)); save the adapter again'),
+    ('negative bytes', _damaged('files', {'adapter.params': {'bytes': -1, 'sha1': '0' * 40}}),
+     'damaged adapter manifest (files.adapter.params.bytes must be at least 0, got -1); save '
+     'the adapter again'),
+    ('upper-case sha1', _damaged('files', {'adapter.params': {'bytes': 1, 'sha1': 'A' * 40}}),
+     f'damaged adapter manifest (files.adapter.params.sha1 must be a sha1 (40 lower-case hex '
+     f'digits), got "{"A" * 40}"); save the adapter again'),
     ('config field', _damaged('config', {'nope': 1}),
      'damaged adapter manifest (config: unknown BERTConfig field(s): nope); save the adapter '
      'again'),
@@ -369,7 +403,7 @@ _MUTATIONS = _MISSING + [
      f'for bert.encoder.layers.0.attention.query ({TINY_UNITS} -> {TINY_UNITS}), got '
      f'{TINY_UNITS})'),
     ('3 labels for 2 classes', _damaged('classifier', {'label_names': ['a', 'b', 'c']}),
-     'damaged manifest (3 label names for 2 classes)'),
+     'damaged manifest (num_classes is 2 but classifier.label_names has 3 names)'),
 ]
 
 
@@ -392,7 +426,7 @@ def test_a_damaged_adapter_manifest_is_one_line_through_predict(adapter_run, tmp
     ('{"format": "gluonbert-lora", ', 'damaged adapter manifest (not valid JSON: Expecting '
                                       'property name enclosed in double quotes: line 1 '
                                       'column 30 (char 29))'),
-    ('[1, 2]', 'damaged adapter manifest (not a JSON object)'),
+    ('[1, 2]', 'damaged adapter manifest (the file holds a list, not an object)'),
     ('{"format": "other"}', None),
 ])
 def test_an_adapter_manifest_that_is_not_one_is_one_line(adapter_run, tmp_path, capsys,
@@ -404,5 +438,5 @@ def test_an_adapter_manifest_that_is_not_one_is_one_line(adapter_run, tmp_path, 
     capsys.readouterr()
     assert predict_main(['--model-dir', str(run / 'adapter'), 'a text']) == 2
     expected = f'{path}: {message}' if message else f'{path} is not a gluonbert LoRA adapter ' \
-        f'manifest'
+        f"manifest (format 'other', expected 'gluonbert-lora')"
     assert capsys.readouterr().err == f'gluonbert-predict: error: {expected}\n'

@@ -149,8 +149,13 @@ def test_hf_directory_options_and_rejections(tmp_path):
                                     position_embedding_type='relative_key')))
     with pytest.raises(PretrainedError, match="model_type 'roberta' is not supported"):
         load_pretrained(str(_hf_dir(tmp_path / 'c', source, model_type='roberta')))
-    with pytest.raises(ValueError, match='shape mismatch'):
+    with pytest.raises(PretrainedError) as error:  # before the model is built
         load_pretrained(str(_hf_dir(tmp_path / 'd', source, intermediate_size=1000)))
+    hf = tmp_path / 'd' / 'hf'
+    assert str(error.value) == (
+        f'{hf}/config.json: intermediate_size is 1000 but the tensors in '
+        f'{hf}/model.safetensors have 1536 (encoder.layer.0.intermediate.dense.weight is '
+        f'1536x384); the config does not describe these weights')
 
 
 def test_hf_prefixed_and_old_names(tmp_path):
@@ -171,8 +176,10 @@ def test_hf_prefixed_and_old_names(tmp_path):
                                   reference(words, segments)[1].asnumpy())
     renamed['bert.extra.weight'] = np.zeros(3, dtype=np.float32)
     save_file(renamed, str(directory / 'model.safetensors'))
-    with pytest.raises(PretrainedError, match='unexpected tensors .*extra.weight'):
+    with pytest.raises(PretrainedError) as error:
         load_pretrained(str(directory))
+    assert str(error.value) == (f'{directory}/model.safetensors: unexpected tensors (no BERT '
+                                f'parameter has their names): bert.extra.weight')
 
 
 def test_save_load_round_trip_and_corruption(minilm, tmp_path):
@@ -255,15 +262,19 @@ def _edited_manifest(source, target, edit):
 
 @pytest.mark.parametrize('edit, message', [
     (lambda m: m.pop('classifier'),
-     'written by an older gluonbert (format version 1 without a classifier record); '
-     'fine-tune it again with this version'),
-    (lambda m: m.update(version=0),
-     'written by another gluonbert (model directory format version 0; this one reads '
-     'version 1); save the model again with this version'),
+     'damaged manifest (classifier must be present (an object) for a model with '
+     'num_classes)'),
+    (lambda m: m.update(version=1),
+     'written by another gluonbert (model directory format version 1; this one reads '
+     'version 2); save the model again with this version'),
     (lambda m: m.pop('version'),
      'written by another gluonbert (model directory format version None; this one reads '
-     'version 1); save the model again with this version'),
-], ids=['no classifier record', 'older version', 'no version'])
+     'version 2); save the model again with this version'),
+    (lambda m: m.update(params_sha1='0' * 40, params_bytes=1),
+     'damaged manifest (unknown field params_bytes; known: classifier, config, extra, '
+     'files, format, label_names, model_class, num_classes, tokenizer, version); save the '
+     'model again'),
+], ids=['no classifier record', 'older version', 'no version', 'version 1 fields'])
 def test_an_older_model_directory_is_refused_in_one_line(saved_classifier, tmp_path, capsys,
                                                          edit, message):
     from gluonbert.cli import predict_main

@@ -49,6 +49,36 @@ def test_vocab_round_trip_and_errors(vocab, tmp_path):
         Vocab(['[PAD]', '[UNK]', '[CLS]', '[SEP]'])
 
 
+SPECIAL_LINES = b'[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n'
+
+
+@pytest.mark.parametrize('content, problem', [
+    (b'', 'the file is empty'),
+    (SPECIAL_LINES + b'a\nb\na\n', "the token 'a' is on lines 6 and 8"),
+    (SPECIAL_LINES + b'a\n\nb\n', 'line 7 is empty'),
+    (SPECIAL_LINES + b'a\nb\xe9\n', 'not UTF-8 text: line 7, byte 34'),
+    (SPECIAL_LINES.replace(b'[CLS]\n', b'') + b'a\n', 'no line holds the special token(s) '
+                                                   '[CLS]'),
+], ids=['empty', 'duplicate', 'empty line', 'latin-1', 'no [CLS]'])
+def test_a_damaged_vocab_file_is_one_line_naming_it(tmp_path, content, problem):
+    from gluonbert.errors import ModelError
+    path = tmp_path / 'vocab.txt'
+    path.write_bytes(content)
+    with pytest.raises(ModelError) as error:
+        Vocab.from_file(str(path))
+    assert str(error.value) == f'{path}: damaged vocabulary ({problem})'
+    with pytest.raises(ModelError) as error:
+        Vocab.from_file(str(tmp_path / 'absent.txt'))
+    assert str(error.value) == f'{tmp_path / "absent.txt"} is missing'
+
+
+def test_a_vocab_file_with_a_byte_order_mark_and_crlf_lines_reads_as_its_tokens(tmp_path):
+    path = tmp_path / 'vocab.txt'
+    path.write_bytes(b'\xef\xbb\xbf' + SPECIAL_LINES.replace(b'\n', b'\r\n') + b'caf\xc3\xa9')
+    vocab = Vocab.from_file(str(path))
+    assert vocab.idx_to_token == ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', 'caf\u00e9']
+
+
 def test_from_gluonnlp_keeps_order_where_bertvocab_reorders():
     import gluonnlp as nlp
     tokens = ['[PAD]', 'the', 'movie', '[UNK]', '[CLS]', '[SEP]', '[MASK]', 'good']

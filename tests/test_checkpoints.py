@@ -480,18 +480,21 @@ def test_damaged_model_directories_are_one_line_errors(files, tmp_path, capsys):
             load_pretrained(str(directory))
         assert str(error.value) == message
 
-    def manifest_without(key):
+    def manifest_without(*keys):
         def damage(directory):
             manifest = json.loads((directory / 'gluonbert.json').read_text())
-            del manifest[key]
+            parent = manifest
+            for key in keys[:-1]:
+                parent = parent[key]
+            del parent[keys[-1]]
             (directory / 'gluonbert.json').write_text(json.dumps(manifest))
         return damage
-    directory = damaged('no_bytes', manifest_without('params_bytes'))
-    refused(directory, f'{directory}/gluonbert.json: damaged manifest (params_bytes is missing '
-                       f'or not an integer); save the model again')
+    directory = damaged('no_bytes', manifest_without('files', 'model.params', 'bytes'))
+    refused(directory, f'{directory}/gluonbert.json: damaged manifest (files.model.params.bytes '
+                       f'must be present (an integer)); save the model again')
     directory = damaged('no_config', manifest_without('config'))
-    refused(directory, f'{directory}/gluonbert.json: damaged manifest (config is missing or '
-                       f'not an object); save the model again')
+    refused(directory, f'{directory}/gluonbert.json: damaged manifest (config must be present '
+                       f'(an object)); save the model again')
     directory = damaged('bad_json', lambda d: _truncate(d / 'gluonbert.json', 10))
     refused(directory, f'{directory}/gluonbert.json: damaged manifest (not valid JSON: '
                        f'Unterminated string starting at: line 2 column 3 (char 4))')
@@ -517,5 +520,5 @@ def test_damaged_model_directories_are_one_line_errors(files, tmp_path, capsys):
     # through the command line: exit 2, one line
     directory = tmp_path / 'no_bytes'
     _fails(capsys, _args({**files, 'model': str(directory)}, tmp_path / 'out'),
-           f'{directory}/gluonbert.json: damaged manifest (params_bytes is missing or not an '
-           f'integer); save the model again')
+           f'{directory}/gluonbert.json: damaged manifest (files.model.params.bytes must be '
+           f'present (an integer)); save the model again')

@@ -24,7 +24,7 @@ LAYERS = [
     ('core', ['kernels', 'layers', 'heads', 'model', 'token_classification',
               'tokenizer', 'convert', 'pretrained', 'lora', 'model_dir']),
     ('data', ['data']),
-    ('inference', ['predict']),
+    ('inference', ['predict', 'evaluation']),
     ('process groups', ['distributed']),
     ('training engine', ['engine', 'train', 'pretrain']),
     ('fast paths and export', ['fast', 'export', 'sysinfo']),

@@ -225,10 +225,11 @@ def tiny_vocab():
     return Vocab(['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', ',', '.'] + words)
 
 
-def tiny_classifier(vocab, label_names, seed=0):
+def tiny_classifier(vocab, label_names, seed=0, text_pair=False):
     mx.random.seed(seed)
     config = gluonbert.BERTConfig.from_preset('tiny', vocab_size=len(vocab), max_length=64)
-    info = ClassifierInfo(list(label_names), max_len=32, calibration_texts=POSITIVE + NEGATIVE)
+    info = ClassifierInfo(list(label_names), max_len=32, text_pair=text_pair,
+                          calibration_texts=[] if text_pair else POSITIVE + NEGATIVE)
     net = gluonbert.BERTClassifier(gluonbert.BERTModel(config), num_classes=len(label_names),
                                    info=info)
     net.initialize(mx.init.Normal(0.5))
@@ -255,6 +256,9 @@ def models(tmp_path_factory):
     dense.bias.set_data(bias[::-1])
     three = tiny_classifier(vocab, ['bad', 'meh', 'good'], seed=1)
     found['three'] = save_pretrained(three, vocab, tokenizer, str(root / 'three'))
+    found['pairs_net'] = tiny_classifier(vocab, ['negative', 'positive'], seed=2,
+                                         text_pair=True)
+    found['pairs'] = save_pretrained(found['pairs_net'], vocab, tokenizer, str(root / 'pairs'))
     return found
 
 
@@ -401,6 +405,36 @@ def test_a_model_of_other_labels_reads_its_own_names(models, tmp_path, capsys):
     code, out, err = run_evaluate(['--model-dir', models['three'], '--test', test], capsys)
     assert code == 0, err
     assert '         bad' in out and '         meh' in out and '        good' in out
+
+
+def test_sentence_pairs_are_encoded_as_the_model_was_trained(models, tmp_path, capsys):
+    from gluonbert.data import BERTTransform
+    from gluonbert.evaluation import ClassifierScorer
+    pairs = list(zip(POSITIVE, NEGATIVE))
+    test = str(tmp_path / 'pairs.csv')
+    with open(test, 'w', encoding='utf-8') as f:
+        f.write('text,text_b,label\n' + ''.join(f'"{a}","{b}",{i % 2}\n'
+                                                for i, (a, b) in enumerate(pairs)))
+    dataset = read_labelled(test, ['negative', 'positive'], text_pair_column='text_b')
+    net, vocab = models['pairs_net'], models['vocab']
+    got = ClassifierScorer(net, vocab, models['tokenizer']).probabilities(dataset,
+                                                                          batch_size=4)
+    transform = BERTTransform(models['tokenizer'], vocab, max_len=32, pair=True)
+    for row, pair in zip(got, pairs):  # one at a time, no padding: segments 0 then 1
+        ids, length, segments = transform(pair)
+        assert segments.max() == 1
+        logits = net(mx.nd.array([ids]), mx.nd.array([segments]), mx.nd.array([length]))
+        np.testing.assert_allclose(row, mx.nd.softmax(logits).asnumpy()[0], atol=1e-5)
+    code, out, err = run_evaluate(['--model-dir', models['pairs'], '--test', test,
+                                   '--text-pair-column', 'text_b'], capsys)
+    assert code == 0, err
+    assert '6 examples (negative, positive)' in out
+    code, out, err = run_evaluate(['--model-dir', models['pairs'], '--test', test], capsys)
+    assert code == 2 and 'was trained on sentence pairs; name the second text column with ' \
+        '--text-pair-column' in err
+    code, out, err = run_evaluate(['--model-dir', models['model'], '--test', test,
+                                   '--text-pair-column', 'text_b'], capsys)
+    assert code == 2 and 'classifies single texts; drop --text-pair-column' in err
 
 
 # ------------------------------------------------------------------ ONNX

@@ -13,16 +13,13 @@ __all__ = ['REPORT_FILES', 'format_report', 'format_comparison', 'report_json', 
 REPORT_FILES = ('report.json', 'confusion.png', 'reliability.png')
 
 
-def _table(rows, header=None, first_width=None):
-    """Right-aligned columns; the first column as wide as its longest entry."""
-    width = first_width or max(len(str(r[0])) for r in rows + ([header] if header else []))
-    cells = [max(10, *(len(str(c)) for c in column)) for column in
-             zip(*[r[1:] for r in rows + ([header] if header else [])])]
-    lines = []
-    for row in ([header] if header else []) + rows:
-        lines.append(str(row[0]).rjust(width) + ''.join(
-            f'{str(c):>{w}}' for c, w in zip(row[1:], cells)).rstrip())
-    return lines
+_COLUMNS = ('precision', 'recall', 'f1-score', 'support')
+_CELL = 10  # characters per number column, as scikit-learn's classification_report
+
+
+def _row(name, cells, width):
+    """``name`` right-aligned in ``width``, then each cell right-aligned in its column."""
+    return (str(name).rjust(width) + ''.join(f'{c:>{_CELL}}' for c in cells)).rstrip()
 
 
 def format_report(report, digits=4):
@@ -30,26 +27,21 @@ def format_report(report, digits=4):
     (precision, recall, f1-score, support per class, then accuracy and the macro and
     weighted averages), the confusion matrix with label names, the calibration error and
     the notes."""
-    f = f'{{:.{digits}f}}'
+    def number(value):
+        return f'{value:.{digits}f}'
+
     names = report['label_names']
-    averages = ['macro avg', 'weighted avg']
-    width = max(len(n) for n in names + averages)
-    rows = [[name, f.format(c['precision']), f.format(c['recall']), f.format(c['f1']),
-             c['support']] for name, c in report['per_class'].items()]
-    header = ['', 'precision', 'recall', 'f1-score', 'support']
-    lines = _table(rows, header, width)
-    lines.insert(1, '')
-    lines.append('')
-    total = report['num_examples']
-    summary = [['accuracy', '', '', f.format(report['accuracy']), total]]
-    for label, key in zip(averages, ('macro_avg', 'weighted_avg')):
+    width = max(len(n) for n in names + ['weighted avg'])
+    lines = [_row('', _COLUMNS, width), '']
+    for name, c in report['per_class'].items():
+        lines.append(_row(name, [number(c['precision']), number(c['recall']),
+                                 number(c['f1']), c['support']], width))
+    lines += ['', _row('accuracy', ['', '', number(report['accuracy']),
+                                    report['num_examples']], width)]
+    for label, key in (('macro avg', 'macro_avg'), ('weighted avg', 'weighted_avg')):
         a = report[key]
-        summary.append([label, f.format(a['precision']), f.format(a['recall']),
-                        f.format(a['f1']), a['support']])
-    cells = [max(10, len(h)) for h in header[1:]]
-    for row in summary:
-        lines.append(row[0].rjust(width) + ''.join(f'{str(c):>{w}}' for c, w in
-                                                   zip(row[1:], cells)).rstrip())
+        lines.append(_row(label, [number(a['precision']), number(a['recall']),
+                                  number(a['f1']), a['support']], width))
     lines += ['', 'confusion matrix (rows: true label, columns: predicted label)']
     matrix = report['confusion_matrix']['matrix']
     column = max(8, max(len(n) for n in names) + 2,
@@ -58,9 +50,9 @@ def format_report(report, digits=4):
     for name, row in zip(names, matrix):
         lines.append(name.rjust(width) + ''.join(str(v).rjust(column) for v in row))
     cal = report['calibration']
-    lines += ['', f'expected calibration error {f.format(cal["ece"])} ({cal["num_bins"]} '
+    lines += ['', f'expected calibration error {number(cal["ece"])} ({cal["num_bins"]} '
                   f'equal-width confidence bins; mean confidence '
-                  f'{f.format(cal["mean_confidence"])})']
+                  f'{number(cal["mean_confidence"])})']
     lines += [f'note: {note}' for note in report['notes']]
     return lines
 

@@ -28,16 +28,22 @@ def _items(dataset):
     return list(zip(dataset.texts, dataset.text_pairs))
 
 
-def _encode(dataset, tokenizer, vocab, max_len, truncate):
-    """``(ids, segments)`` int arrays per example."""
-    transform = BERTTransform(tokenizer, vocab, max_len=max_len, truncate=truncate,
-                              pair=dataset.text_pairs is not None)
-    return [(ids, segments) for ids, _, segments in map(transform, _items(dataset))]
-
-
 def _progress(total, progress, desc):
     from tqdm.auto import tqdm
     return tqdm(total=total, desc=desc, unit='text', disable=not progress, leave=False)
+
+
+def _encode(dataset, tokenizer, vocab, max_len, truncate, progress=False):
+    """``(ids, segments)`` int arrays per example."""
+    transform = BERTTransform(tokenizer, vocab, max_len=max_len, truncate=truncate,
+                              pair=dataset.text_pairs is not None)
+    encoded = []
+    with _progress(len(dataset), progress, 'tokenizing') as bar:
+        for item in _items(dataset):
+            ids, _, segments = transform(item)
+            encoded.append((ids, segments))
+            bar.update(1)
+    return encoded
 
 
 class _Scorer:
@@ -60,7 +66,8 @@ class _Scorer:
         """``(len(dataset), K)`` float64 probabilities, in the dataset's order."""
         if batch_size < 1:
             raise ValueError(f'batch_size must be >= 1, got {batch_size}')
-        encoded = _encode(dataset, self.tokenizer, self.vocab, self.max_len, self.truncate)
+        encoded = _encode(dataset, self.tokenizer, self.vocab, self.max_len, self.truncate,
+                          progress)
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
         result = np.zeros((len(encoded), len(self.label_names)), dtype=np.float64)
         with _progress(len(encoded), progress, f'evaluating {os.path.basename(self.name)}') \
@@ -120,9 +127,11 @@ def _onnx_label_names(path, config):
         by_id = {int(key): str(name) for key, name in id2label.items()}
     except ValueError:
         fields.fail('id2label', 'an object with class ids as keys', id2label)
-    if sorted(by_id) != list(range(len(by_id))) or len(by_id) < 2:
-        fields.fail('id2label', 'class ids 0, 1, ... (at least 2)', id2label)
-    return [by_id[i] for i in range(len(by_id))]
+    names = [by_id.get(i, '').strip() for i in range(len(by_id))]
+    if len(names) < 2 or '' in names or len(set(names)) != len(names):
+        fields.fail('id2label', 'distinct non-empty names of class ids 0, 1, ... (at least 2)',
+                    id2label)
+    return names
 
 
 class OnnxScorer(_Scorer):
@@ -240,8 +249,10 @@ def read_labelled(path, label_names, *, text_column='text', label_column='label'
         where = message.split('; ', 1)[0]
         raise DataError(f"{where}: not one of the model's labels "
                         f"({', '.join(label_names)})") from err
-    if list(dataset.label_names) != list(label_names):  # the reader's contract, checked
-        raise RuntimeError(f'labels read as {dataset.label_names}, not {label_names}')
+    if list(dataset.label_names) != list(label_names):
+        raise ModelError(f"the model's label names ({', '.join(label_names)}) cannot be "
+                         f"matched in a data file (they read as "
+                         f"{', '.join(dataset.label_names)})")
     return dataset
 
 

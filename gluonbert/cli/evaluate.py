@@ -11,11 +11,11 @@ import sys
 
 from .. import fast
 from ..errors import UsageError
-from ..evaluation import (classification_metrics, compare_probabilities, format_comparison,
-                          format_report, load_scorer, read_labelled, write_report_files)
-from ..evaluation.scoring import ClassifierScorer
-from ..hardware import require_bf16
 from ..data import check_data_file
+from ..evaluation import (ClassifierScorer, classification_metrics, compare_probabilities,
+                          format_comparison, format_report, load_scorer, read_labelled,
+                          write_report_files)
+from ..hardware import require_bf16
 from .common import check_at_least, parse_contexts
 from .runner import console_entry, run_command
 

@@ -155,7 +155,7 @@ def plot_reliability(report, path):
     top.plot([b['confidence'] for _, b in full], [b['accuracy'] for _, b in full], 'o',
              color='tab:red', label='accuracy at mean confidence')
     top.set_xlim(0, 1)
-    top.set_ylim(0, 1)
+    top.set_ylim(0, 1.05)
     top.set_ylabel('accuracy')
     top.set_title(f'reliability: ECE {cal["ece"]:.4f} ({cal["num_bins"]} bins)')
     top.legend(loc='upper left', fontsize='small')

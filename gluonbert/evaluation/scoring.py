@@ -70,8 +70,8 @@ class _Scorer:
                           progress)
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
         result = np.zeros((len(encoded), len(self.label_names)), dtype=np.float64)
-        with _progress(len(encoded), progress, f'evaluating {os.path.basename(self.name)}') \
-                as bar:
+        desc = f'evaluating {os.path.basename(os.path.normpath(self.name))}'
+        with _progress(len(encoded), progress, desc) as bar:
             for start in range(0, len(order), batch_size):
                 chunk = order[start:start + batch_size]
                 ids, valid_length = pad_ids([encoded[i][0] for i in chunk], self.vocab.pad_id,

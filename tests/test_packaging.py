@@ -72,7 +72,8 @@ def test_user_thread_setting_wins():
 
 
 CONSOLE_SCRIPTS = ('gluonbert-finetune', 'gluonbert-predict', 'gluonbert-pretrain',
-                   'gluonbert-pretrain-data', 'gluonbert-export', 'gluonbert-launch',
+                   'gluonbert-pretrain-data', 'gluonbert-export', 'gluonbert-evaluate',
+                   'gluonbert-launch',
                    'gluonbert-ops', 'gluonbert-info')
 
 

@@ -25,7 +25,7 @@ LAYERS = [
               'tokenizer', 'convert', 'model_files', 'hf_checkpoint', 'pretrained',
               'lora_files', 'lora', 'model_dir']),
     ('data', ['data']),
-    ('inference', ['predict']),
+    ('inference', ['predict', 'evaluation']),
     ('process groups', ['distributed']),
     ('training engine', ['engine', 'train', 'pretrain']),
     ('fast paths and export', ['fast', 'export', 'sysinfo']),

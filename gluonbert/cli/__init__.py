@@ -1,6 +1,7 @@
 """The command-line tools, one module per command:
 
 - ``gluonbert-finetune`` (:mod:`.finetune`), ``gluonbert-predict`` (:mod:`.predict`),
+  ``gluonbert-evaluate`` (:mod:`.evaluate`),
   ``gluonbert-pretrain-data`` (:mod:`.pretrain_data`), ``gluonbert-pretrain``
   (:mod:`.pretrain`), ``gluonbert-export`` (:mod:`.export`),
   ``gluonbert-ops`` (:mod:`.ops`) and ``gluonbert-launch`` (:mod:`.launch`);
@@ -12,6 +13,7 @@
 The library never imports this package.
 """
 from .common import default_lr
+from .evaluate import build_evaluate_parser, evaluate_cli, evaluate_entry, evaluate_main
 from .export import build_export_parser, export_cli, export_entry, export_main
 from .finetune import build_finetune_parser, finetune_entry, finetune_main
 from .predict import build_predict_parser, predict_cli, predict_entry, predict_main
@@ -27,4 +29,5 @@ __all__ = ['finetune_main', 'predict_main', 'pretrain_main', 'pretrain_data_main
            'build_pretrain_parser', 'build_pretrain_data_parser', 'build_export_parser',
            'predict_cli', 'export_cli', 'run_command', 'exit_now', 'console_entry',
            'finetune_entry', 'predict_entry', 'pretrain_entry', 'pretrain_data_entry',
-           'export_entry', 'default_lr']
+           'export_entry', 'default_lr', 'evaluate_main', 'evaluate_cli',
+           'build_evaluate_parser', 'evaluate_entry']

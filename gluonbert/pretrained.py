@@ -15,6 +15,7 @@ import mxnet as mx
 
 from ._io import (check_format_version, file_sha1, fsync_directory, fsync_file, make_public,
                   read_json_object)
+from ._io import save_ndarrays
 from ._net import reachable_url
 from .errors import ModelError
 from .config import BERTConfig
@@ -343,7 +344,7 @@ def write_model_directory(directory, manifest, params_files, manifest_name, writ
     try:
         for file_name, arrays in params_files.items():
             params_path = os.path.join(staging, file_name)
-            mx.nd.save(params_path, arrays)
+            save_ndarrays(params_path, arrays, name=os.path.join(directory, file_name))
             manifest['params_sha1'] = file_sha1(params_path)
             manifest['params_bytes'] = os.path.getsize(params_path)
         if write_extra:

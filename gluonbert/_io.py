@@ -301,16 +301,15 @@ def check_space(path, needed, *, largest=None):
         ``PATH: no space on the device for it (X free, Y needed); nothing was written: ...``
         (``written`` is False).
     """
-    limit = file_size_limit()
-    if limit is not None and (needed if largest is None else largest) > limit:
-        code, free = errno.EFBIG, None
-    else:
-        free = free_bytes(path)
-        if free is None or free >= needed + SPACE_MARGIN_BYTES + needed * SPACE_MARGIN_SHARE:
-            return
-        code = errno.ENOSPC
-    raise StorageError(_message(path, code, needed, free, refused=True), path=path,
-                       code=code, needed=needed, free=free, written=False)
+    limit, largest = file_size_limit(), needed if largest is None else largest
+    if limit is not None and largest > limit:
+        raise StorageError(_message(path, errno.EFBIG, largest, None, refused=True),
+                           path=path, code=errno.EFBIG, needed=largest, written=False)
+    free = free_bytes(path)
+    if free is None or free >= needed + SPACE_MARGIN_BYTES + needed * SPACE_MARGIN_SHARE:
+        return
+    raise StorageError(_message(path, errno.ENOSPC, needed, free, refused=True), path=path,
+                       code=errno.ENOSPC, needed=needed, free=free, written=False)
 
 
 def _array_bytes(array):

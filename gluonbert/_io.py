@@ -229,35 +229,43 @@ def _message(path, code, needed, free, *, at_least=False, refused=False):
     return f'{path}: no space {where} ({room}{size} needed); {nothing}{_NEXT_STEP}'
 
 
-def storage_error(err, path, needed=None, *, at_least=False):
+def storage_error(err, path, needed=None, *, total=None, at_least=False):
     """The :class:`~gluonbert.errors.StorageError` for ``err`` if it is a write that ran out
     of room (see :data:`SHORT_WRITE_ERRNOS` and MXNet's ``Write incomplete``), naming
-    ``path``, the free space now and ``needed`` bytes (``at_least``: a lower bound); None
-    for any other error. A StorageError from a nested write is named anew (``path``)."""
+    ``path`` and the free space now; None for any other error.
+
+    ``needed``: the file's bytes (``at_least``: a lower bound), what a file size limit is
+    compared with; ``total``: the bytes of the whole transaction the file is part of (e.g. a
+    checkpoint), what a full disk must make room for (default ``needed``). A StorageError
+    from a nested write is named anew (``path``, the free space now).
+    """
     if isinstance(err, StorageError):
         if not err.written:  # refused before writing: its message holds
             return err
         if needed is None:
-            needed, at_least = err.needed, False
+            needed, at_least = err.file_bytes, False
         path = path or err.path
     code = _short_write_code(err, needed)
     if code is None:
         return None
     free = free_bytes(path)
-    return StorageError(_message(path, code, needed, free, at_least=at_least), path=path,
-                        code=code, needed=needed, free=free)
+    shown = needed if code == errno.EFBIG or total is None else total
+    error = StorageError(_message(path, code, shown, free, at_least=at_least),
+                         path=path, code=code, needed=shown, free=free)
+    error.file_bytes = needed
+    return error
 
 
 class _Target:
-    """What :func:`writing` is writing now: ``path`` (as the user knows it) and its
-    ``needed`` bytes."""
+    """What :func:`writing` is writing now: ``path`` (as the user knows it), its ``needed``
+    bytes and the ``total`` of the transaction it is part of."""
 
-    def __init__(self, path, needed):
-        self.expect(path, needed)
+    def __init__(self, path, needed, total):
+        self.expect(path, needed, total)
 
-    def expect(self, path, needed=None):
+    def expect(self, path, needed=None, total=None):
         """The file written from here on (a transaction writes several)."""
-        self.path, self.needed, self.at_least = path, needed, False
+        self.path, self.needed, self.total, self.at_least = path, needed, total, False
 
     def partial(self, written):
         """Before the partial file ``written`` is removed: its size, a lower bound on what
@@ -270,30 +278,33 @@ class _Target:
 
 
 @contextlib.contextmanager
-def writing(path, needed=None):
-    """Run a write of the file ``path`` (``needed`` bytes, if known); a write that runs out
-    of room raises one :class:`~gluonbert.errors.StorageError` line naming ``path``.
+def writing(path, needed=None, total=None):
+    """Run a write of the file ``path`` (``needed`` bytes, if known; ``total``: those of the
+    transaction it is part of); a write that runs out of room raises one
+    :class:`~gluonbert.errors.StorageError` line naming ``path``.
 
     Put it around the write *and* its clean-up (removing a temporary file or a staging
     directory): the free space in the message is then what the user has. It yields a
-    target whose ``expect(path, needed)`` names the next file of a transaction that writes
-    several, and whose ``partial(tmp)`` takes a partial file's size as a lower bound on
-    what is needed. Other errors pass unchanged.
+    target whose ``expect(path, needed, total)`` names the next file of a transaction that
+    writes several, and whose ``partial(tmp)`` takes a partial file's size as a lower bound
+    on what is needed. Other errors pass unchanged.
     """
-    target = _Target(path, needed)
+    target = _Target(path, needed, total)
     try:
         yield target
     except Exception as err:
-        problem = storage_error(err, target.path, target.needed, at_least=target.at_least)
+        problem = storage_error(err, target.path, target.needed, total=target.total,
+                                at_least=target.at_least)
         if problem is None or problem is err:
             raise
         raise problem from err
 
 
-def check_space(path, needed, *, largest=None):
+def check_space(path, needed, *, largest=None, largest_path=None):
     """Refuse, before anything is written, a write of ``needed`` bytes to ``path`` (a file or
-    a directory of files, ``largest`` bytes the biggest) that cannot fit: fewer bytes free
-    on its filesystem than ``needed`` and a small margin, or a file over the size limit.
+    a directory of files, ``largest`` bytes the biggest, ``largest_path``) that cannot fit:
+    fewer bytes free on its filesystem than ``needed`` and a small margin, or a file over
+    the size limit (the message then names ``largest_path``).
 
     Raises
     ------
@@ -303,8 +314,9 @@ def check_space(path, needed, *, largest=None):
     """
     limit, largest = file_size_limit(), needed if largest is None else largest
     if limit is not None and largest > limit:
-        raise StorageError(_message(path, errno.EFBIG, largest, None, refused=True),
-                           path=path, code=errno.EFBIG, needed=largest, written=False)
+        biggest = largest_path or path
+        raise StorageError(_message(biggest, errno.EFBIG, largest, None, refused=True),
+                           path=biggest, code=errno.EFBIG, needed=largest, written=False)
     free = free_bytes(path)
     if free is None or free >= needed + SPACE_MARGIN_BYTES + needed * SPACE_MARGIN_SHARE:
         return

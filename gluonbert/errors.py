@@ -47,15 +47,17 @@ class StorageError(GluonbertError, OSError):
     """The disk is full or a write was refused (no space, a disk quota, a file size limit).
 
     The message is one line naming the file and the space it needs; ``path``, ``needed``
-    (bytes, None if unknown) and ``free`` (bytes, None if unknown) say the same for a
-    program. ``errno`` is ``ENOSPC``, ``EDQUOT`` or ``EFBIG`` (what the write met), and
-    ``written`` is False when the write was refused before anything was written.
+    (bytes, None if unknown: what the message says is needed), ``file_bytes`` (the file's
+    own) and ``free`` (bytes, None if unknown) say the same for a program. ``errno`` is
+    ``ENOSPC``, ``EDQUOT`` or ``EFBIG`` (what the write met), and ``written`` is False when
+    the write was refused before anything was written.
     """
 
     def __init__(self, message, *, path=None, code=None, needed=None, free=None,
                  written=True):
         super().__init__(message)
         self.path, self.needed, self.free, self.written = path, needed, free, written
+        self.file_bytes = needed
         self.errno = code
 
     def __str__(self):

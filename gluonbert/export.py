@@ -51,21 +51,24 @@ def _vocab_bytes(vocab):
     return sum(len(token.encode('utf-8')) + 1 for token in vocab.idx_to_token)
 
 
-def _write_graph(model, staging, target, files):
+def _write_graph(model, staging, target, files, others):
     """Write ``model``'s cached graph and parameters into ``staging`` (as
     ``model-symbol.json`` and ``model-0000.params``); returns the graph's input names.
-    ``target`` (of :func:`gluonbert._io.writing`) is told which of ``files`` is written."""
+    ``target`` (of :func:`gluonbert._io.writing`) is told which of ``files`` is written and
+    the bytes of the export (``others``: those of the files written after these two)."""
     from .fast import INPUT_NAMES
     staged = os.path.join(staging, 'model')
-    target.expect(files['symbol'])
+    params_bytes = _graph_bytes(model)
+    target.expect(files['symbol'], total=params_bytes + others)  # and the graph: more
     try:
         # keep AMP's casts in the file: without them a bfloat16 graph would not run
         model.export(staged, epoch=0, remove_amp_cast=False)
     except BaseException:
         if os.path.exists(f'{staged}-0000.params'):  # the graph was written, its parameters not
-            target.expect(files['params'], _graph_bytes(model))
-        target.partial(f'{staged}-symbol.json' if target.path == files['symbol'] else
-                       f'{staged}-0000.params')
+            target.expect(files['params'], params_bytes, total=os.path.getsize(
+                f'{staged}-symbol.json') + params_bytes + others)
+        else:
+            target.partial(f'{staged}-symbol.json')
         raise
     # SLF001, why: gluon has no public way to read a traced graph's input variables
     input_names = [s.name for s in model._cached_graph[0]]  # noqa: SLF001  (see above)
@@ -147,20 +150,23 @@ def export_classifier(net, vocab, tokenizer, prefix, *, dtype='float32', calib_b
     # every file is written to a staging directory next to the destination, checked, then
     # renamed into place: a failure (a full disk) leaves a previous export as it was
     parent = os.path.dirname(os.path.abspath(files['params']))
-    check_space(files['params'], _graph_bytes(model) + _vocab_bytes(vocab))
+    vocab_bytes = _vocab_bytes(vocab)
+    check_space(files['params'], _graph_bytes(model) + vocab_bytes)
     with writing(files['symbol']) as target:
         staging = tempfile.mkdtemp(dir=parent, prefix='.export-')
         try:
             boundary('export.staging', staging)
             staged = _staged_paths(staging)
-            input_names = _write_graph(model, staging, target, files)
-            target.expect(files['vocab'])
+            input_names = _write_graph(model, staging, target, files, vocab_bytes)
+            written = os.path.getsize(staged['symbol']) + os.path.getsize(staged['params'])
+            target.expect(files['vocab'], vocab_bytes, total=written + vocab_bytes)
             vocab.save(staged['vocab'])
             check = _reload_check(staged, input_names, check_batch, reference, expected)
             meta = _metadata(net, vocab, tokenizer, dtype, files, input_names, limit,
                              calib_batches, check)
-            target.expect(files['meta'])
-            write_text(staged['meta'], json.dumps(meta, indent=2) + '\n')
+            text = json.dumps(meta, indent=2) + '\n'
+            target.expect(files['meta'], len(text), total=written + vocab_bytes + len(text))
+            write_text(staged['meta'], text)
             for key in ('symbol', 'params', 'vocab', 'meta'):
                 os.replace(staged[key], files[key])
             fsync_directory(parent)

@@ -158,6 +158,15 @@ def check_message(message, disk, path, needed, *, refused=False, free_now=True):
         assert 'the file size limit is' in message and '(ulimit -f)' in message, message
 
 
+def needed(disk, file_bytes, total):
+    """What a line says is needed: on a full disk, the room for the whole transaction
+    (e.g. a checkpoint's files); over the size limit, the file's own bytes."""
+    return total if disk.mechanism == 'tmpfs' else file_bytes
+
+
+PARAMS, STATES = 3991728, 7982089  # a tiny classifier's model.params and trainer.states
+
+
 def leftovers(directory):
     """Temporary files and staging directories under ``directory`` (the lock files and the
     filler are not)."""
@@ -271,7 +280,8 @@ def first_checkpoint(disk, files):
     status, err = quiet(finetune_main, finetune_args(files, out, 1))
     assert status == 2
     params = os.path.join(out, 'checkpoints', 'epoch-0001', 'model.params')
-    check_message(one_line(err, 'gluonbert-finetune'), disk, params, 3991728)
+    check_message(one_line(err, 'gluonbert-finetune'), disk, params,
+                  needed(disk, PARAMS, PARAMS + STATES))
     assert sorted(os.listdir(os.path.join(out, 'checkpoints'))) == ['.lock']
     assert not os.path.exists(os.path.join(out, 'model')) and leftovers(out) == []
 
@@ -284,7 +294,8 @@ def later_checkpoint(disk, files):
     status, err = quiet(finetune_main, finetune_args(files, out, 2))
     assert status == 2
     check_message(one_line(err, 'gluonbert-finetune'), disk,
-                  os.path.join(checkpoints, 'epoch-0002', 'model.params'), 3991728)
+                  os.path.join(checkpoints, 'epoch-0002', 'model.params'),
+                  needed(disk, PARAMS, PARAMS + STATES))
     assert sorted(os.listdir(checkpoints)) == ['.lock', 'best.params', 'epoch-0001', 'last']
     assert open(os.path.join(checkpoints, 'last'), encoding='utf-8').read() == 'epoch-0001\n'
     assert leftovers(out) == []
@@ -307,7 +318,7 @@ def model_directory_at_the_end(disk, files):
     status, err = quiet(finetune_main, finetune_args(files, out, 1))
     assert status == 2
     check_message(one_line(err, 'gluonbert-finetune'), disk,
-                  os.path.join(out, 'model', 'model.params'), 3991728, refused=True)
+                  os.path.join(out, 'model', 'model.params'), PARAMS, refused=True)
     assert not os.path.exists(os.path.join(out, 'model')) and leftovers(out) == []
     assert open(os.path.join(out, 'checkpoints', 'last'), encoding='utf-8').read() == \
         'epoch-0001\n'
@@ -322,7 +333,7 @@ def model_directory_kept(disk, model_dir):
     disk.fill(1 << 20)
     with pytest.raises(StorageError) as caught:
         gluonbert.save_pretrained(net, vocab, tokenizer, target)
-    check_message(str(caught.value), disk, os.path.join(target, 'model.params'), 3991728,
+    check_message(str(caught.value), disk, os.path.join(target, 'model.params'), PARAMS,
                   refused=True)
     assert digests(before) == before and leftovers(disk.root) == []
     gluonbert.load_pretrained(target)
@@ -340,11 +351,23 @@ def export_onto_a_full_disk(disk, model_dir):
     status, err = quiet(export_main, flags)
     assert status == 2
     message = one_line(err, 'gluonbert-export')
+    sizes = [os.path.getsize(path) for path in before]  # symbol, params, vocab, meta
     check_message(message, disk, f'{prefix}-0000.params',
-                  gio.ndarray_file_bytes(mx.nd.load(f'{prefix}-0000.params')))
+                  needed(disk, sizes[1], sum(sizes[:3])))
     assert digests(before) == before
     assert sorted(os.listdir(disk.path('exported'))) == sorted(os.path.basename(p)
                                                                for p in before)
+    if disk.mechanism == 'rlimit':
+        return  # the vocabulary is smaller than the parameters: no limit fails it alone
+    # room for the graph and its parameters, not for the vocabulary written after them
+    disk.unfill()
+    pages = sum(-(-size // PAGE) * PAGE for size in sizes[:2])
+    hook_at('export.staging', '.export-', lambda: disk.fill(pages + (64 << 10)))
+    status, err = quiet(export_main, flags)
+    assert status == 2
+    check_message(one_line(err, 'gluonbert-export'), disk, f'{prefix}-vocab.txt',
+                  sum(sizes[:3]))
+    assert digests(before) == before and leftovers(disk.root) == []
 
 
 def shards_onto_a_full_disk(disk, corpus):
@@ -371,8 +394,10 @@ def checkpoint_refused_before_writing(disk, files):
     assert status == 2
     message = one_line(err, 'gluonbert-finetune')
     # the whole checkpoint's bytes; under the limit, its largest file's
-    check_message(message, disk, os.path.join(out, 'checkpoints', 'epoch-0001'),
-                  3991728 + 7982089 if disk.mechanism == 'tmpfs' else 7982089, refused=True,
+    checkpoint = os.path.join(out, 'checkpoints', 'epoch-0001')
+    check_message(message, disk, checkpoint if disk.mechanism == 'tmpfs' else
+                  os.path.join(checkpoint, 'trainer.states'),  # over the limit: the file
+                  needed(disk, STATES, PARAMS + STATES), refused=True,
                   free_now=False)  # the plot was written after the refusal
     assert created == [] and sorted(os.listdir(os.path.join(out, 'checkpoints'))) == ['.lock']
     assert leftovers(out) == []

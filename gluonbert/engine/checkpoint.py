@@ -190,7 +190,9 @@ def _write_state(path, data):
 def _check_room(paths, sizes):
     """Refuse a checkpoint that cannot fit, before anything of it is written."""
     if sizes:
-        check_space(paths['dir'], sum(sizes.values()), largest=max(sizes.values()))
+        biggest = max(sizes, key=sizes.get)
+        check_space(paths['dir'], sum(sizes.values()), largest=sizes[biggest],
+                    largest_path=os.path.join(paths['dir'], biggest))
 
 
 def commit_checkpoint(checkpoint_dir, name, params, optimizer_states, state, is_best, best,
@@ -227,7 +229,7 @@ def commit_checkpoint(checkpoint_dir, name, params, optimizer_states, state, is_
             for file_name, arrays in contents:
                 path = os.path.join(staging, file_name)
                 shown = os.path.join(paths['dir'], file_name)
-                target.expect(shown, sizes[file_name])
+                target.expect(shown, sizes[file_name], total=sum(sizes.values()))
                 save_ndarrays(path, arrays, name=shown, check=False)  # flushed to disk
                 files[file_name] = _file_record(path)
                 boundary(f'checkpoint.{file_name}', path)
@@ -235,7 +237,8 @@ def commit_checkpoint(checkpoint_dir, name, params, optimizer_states, state, is_
                 best = {kind: state[kind], **files[PARAMS_FILE]}
             data = json.dumps(dict(state, format=CHECKPOINT_FORMAT, files=files, best=best),
                               indent=1) + '\n'
-            target.expect(paths['state'], len(data))  # ASCII: json escapes the rest
+            target.expect(paths['state'], len(data),  # ASCII: json escapes the rest
+                          total=sum(sizes.values()) + len(data))
             _write_state(os.path.join(staging, STATE_FILE), data.encode('ascii'))
             make_public(staging)  # mkdtemp's directory is private (0700)
             fsync_directory(staging)

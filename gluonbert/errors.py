@@ -58,7 +58,7 @@ class StorageError(GluonbertError, OSError):
         super().__init__(message)
         self.path, self.needed, self.free, self.written = path, needed, free, written
         self.file_bytes = needed
-        self.errno = code
+        self.errno, self.filename = code, path  # as an OSError of the file would say
 
     def __str__(self):
         return self.args[0]

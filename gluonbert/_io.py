@@ -211,22 +211,26 @@ def _short_write_code(err, needed):
 
 
 def _message(path, code, needed, free, *, at_least=False, refused=False):
-    size = 'unknown' if needed is None else \
-        ('more than ' if at_least else '') + format_bytes(needed)
+    if needed is not None and at_least and needed == 0:
+        needed = None  # an empty partial file says nothing of the size
+    size = None if needed is None else ('more than ' if at_least else '') + format_bytes(needed)
     nothing = 'nothing was written: ' if refused else ''
     if code == errno.EFBIG:
         limit = file_size_limit()
+        of = f'a file of {size}' if size else 'the file'
         if limit is not None:
-            return (f'{path}: no space for a file of {size}: the file size limit is '
-                    f'{format_bytes(limit)} (ulimit -f); {nothing}raise it or choose '
-                    f'another directory')
-        return (f'{path}: no space for a file of {size}: larger than this filesystem '
-                f'allows; {nothing}choose another directory')
+            return (f'{path}: no space for {of}: the file size limit is {format_bytes(limit)} '
+                    f'(ulimit -f); {nothing}raise it or choose another directory')
+        return (f'{path}: no space for {of}: larger than this filesystem allows; '
+                f'{nothing}choose another directory')
     if code == errno.EDQUOT:
-        return f'{path}: no space left in the disk quota ({size} needed); {nothing}{_NEXT_STEP}'
-    room = f'{format_bytes(free)} free, ' if free is not None else ''
+        numbers = f' ({size} needed)' if size else ''
+        return f'{path}: no space left in the disk quota{numbers}; {nothing}{_NEXT_STEP}'
+    numbers = ', '.join(([f'{format_bytes(free)} free'] if free is not None else []) +
+                        ([f'{size} needed'] if size else []))
     where = 'on the device for it' if refused else 'left on the device'
-    return f'{path}: no space {where} ({room}{size} needed); {nothing}{_NEXT_STEP}'
+    return (f'{path}: no space {where}{f" ({numbers})" if numbers else ""}; '
+            f'{nothing}{_NEXT_STEP}')
 
 
 def storage_error(err, path, needed=None, *, total=None, at_least=False):

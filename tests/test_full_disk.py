@@ -204,6 +204,15 @@ def fill_once_plotted(disk, leave, out):
         time.sleep(0.05)
 
 
+def fill_once_plotted_first(disk, leave, out):
+    """Wait for the run's plot, then fill the disk (for a fill that leaves the plot no room
+    either)."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(os.path.join(out, 'history.png')) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    disk.fill(leave)
+
+
 def quiet(function, *args):
     """``function(*args)`` with stdout swallowed and stderr captured: ``(result, stderr)``."""
     err = io.StringIO()
@@ -307,6 +316,23 @@ def later_checkpoint(disk, files):
     history = json.load(open(os.path.join(out, 'metrics.json'), encoding='utf-8'))['history']
     assert len(history) == 2 and history[0] == first  # epoch 1 was resumed, not redone
     assert sorted(os.listdir(checkpoints)) == ['.lock', 'best.params', 'epoch-0002', 'last']
+    assert leftovers(out) == []
+
+
+def pointer_of_a_later_checkpoint(disk, files):
+    """Epoch 2's checkpoint is written whole but its pointer cannot be: epoch 2's directory
+    is removed again and epoch 1 stays current."""
+    out = disk.path('run')
+    checkpoints = os.path.join(out, 'checkpoints')
+    hook_at('checkpoint.renamed', 'epoch-0002',
+            lambda: fill_once_plotted_first(disk, 0, out))
+    status, err = quiet(finetune_main, finetune_args(files, out, 2))
+    assert status == 2
+    state = os.path.getsize(os.path.join(checkpoints, 'epoch-0001', 'state.json'))
+    check_message(one_line(err, 'gluonbert-finetune'), disk, os.path.join(checkpoints, 'last'),
+                  needed(disk, 11, PARAMS + STATES + state + 11))
+    assert sorted(os.listdir(checkpoints)) == ['.lock', 'best.params', 'epoch-0001', 'last']
+    assert open(os.path.join(checkpoints, 'last'), encoding='utf-8').read() == 'epoch-0001\n'
     assert leftovers(out) == []
 
 
@@ -436,6 +462,10 @@ def test_the_first_checkpoint_on_a_full_disk(disk, files):
 
 def test_a_later_checkpoint_keeps_the_previous_one_resumable(disk, files):
     run(later_checkpoint, disk, files)
+
+
+def test_a_later_checkpoint_whose_pointer_cannot_be_written(disk, files):
+    run(pointer_of_a_later_checkpoint, disk, files)
 
 
 def test_a_checkpoint_that_cannot_fit_is_refused_before_writing(disk, files):

@@ -237,8 +237,9 @@ def commit_checkpoint(checkpoint_dir, name, params, optimizer_states, state, is_
                 best = {kind: state[kind], **files[PARAMS_FILE]}
             data = json.dumps(dict(state, format=CHECKPOINT_FORMAT, files=files, best=best),
                               indent=1) + '\n'
-            target.expect(paths['state'], len(data),  # ASCII: json escapes the rest
-                          total=sum(sizes.values()) + len(data))
+            total = sum(sizes.values()) + len(data)
+            target.expect(paths['state'], len(data), total=total)  # ASCII: json escapes
+
             _write_state(os.path.join(staging, STATE_FILE), data.encode('ascii'))
             make_public(staging)  # mkdtemp's directory is private (0700)
             fsync_directory(staging)
@@ -254,7 +255,7 @@ def commit_checkpoint(checkpoint_dir, name, params, optimizer_states, state, is_
         fsync_directory(checkpoint_dir)
         boundary('checkpoint.renamed', paths['dir'])
         pointer = os.path.join(checkpoint_dir, POINTER_FILE)
-        target.expect(pointer)
+        target.expect(pointer, len(name) + 1, total=total + len(name) + 1)
         try:
             write_text(pointer, name + '\n')
         except BaseException:

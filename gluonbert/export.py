@@ -26,7 +26,7 @@ import warnings
 import numpy as np
 import mxnet as mx
 
-from ._io import write_text
+from ._io import boundary, check_space, fsync_directory, ndarray_file_bytes, write_text, writing
 from .errors import UsageError
 
 __all__ = ['export_classifier']
@@ -35,25 +35,54 @@ EXPORT_FORMAT = 'gluonbert-export'
 EXPORT_VERSION = 1
 
 
-def _write_graph(model, files):
-    """Write ``model``'s cached graph and parameters to ``files['symbol']`` and
-    ``files['params']``; returns the graph's input names."""
+def _graph_bytes(model):
+    """About the size of the parameter file ``model.export`` writes (its arrays' bytes)."""
+    arrays = {}
+    for name, param in model.collect_params().items():
+        try:
+            arrays[f'arg:{name}'] = param.data()
+        except (RuntimeError, ValueError):  # not initialised: not written either
+            continue
+    return ndarray_file_bytes(arrays)
+
+
+def _vocab_bytes(vocab):
+    """The size of ``vocab.save``'s file: one token a line."""
+    return sum(len(token.encode('utf-8')) + 1 for token in vocab.idx_to_token)
+
+
+def _write_graph(model, staging, target, files, others):
+    """Write ``model``'s cached graph and parameters into ``staging`` (as
+    ``model-symbol.json`` and ``model-0000.params``); returns the graph's input names.
+    ``target`` (of :func:`gluonbert._io.writing`) is told which of ``files`` is written and
+    the bytes of the export (``others``: those of the files written after these two)."""
     from .fast import INPUT_NAMES
-    # written next to the destination, then renamed into place: a crash leaves no torn file
-    staging = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(files['symbol'])),
-                               prefix='.export-')
+    staged = os.path.join(staging, 'model')
+    params_bytes = _graph_bytes(model)
+    target.expect(files['symbol'], total=params_bytes + others)  # and the graph: more
     try:
         # keep AMP's casts in the file: without them a bfloat16 graph would not run
-        model.export(os.path.join(staging, 'model'), epoch=0, remove_amp_cast=False)
-        os.replace(os.path.join(staging, 'model-symbol.json'), files['symbol'])
-        os.replace(os.path.join(staging, 'model-0000.params'), files['params'])
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        model.export(staged, epoch=0, remove_amp_cast=False)
+    except BaseException:
+        if os.path.exists(f'{staged}-0000.params'):  # the graph was written, its parameters not
+            target.expect(files['params'], params_bytes, total=os.path.getsize(
+                f'{staged}-symbol.json') + params_bytes + others)
+        else:
+            target.partial(f'{staged}-symbol.json')
+        raise
     # SLF001, why: gluon has no public way to read a traced graph's input variables
     input_names = [s.name for s in model._cached_graph[0]]  # noqa: SLF001  (see above)
     if input_names != list(INPUT_NAMES):
         raise RuntimeError(f'unexpected input names {input_names}, expected {INPUT_NAMES}')
     return input_names
+
+
+def _staged_paths(staging):
+    """Where the four files are written before they are renamed into place."""
+    return {'symbol': os.path.join(staging, 'model-symbol.json'),
+            'params': os.path.join(staging, 'model-0000.params'),
+            'vocab': os.path.join(staging, 'vocab.txt'),
+            'meta': os.path.join(staging, 'meta.json')}
 
 
 def check_prefix(prefix):
@@ -94,10 +123,9 @@ def export_classifier(net, vocab, tokenizer, prefix, *, dtype='float32', calib_b
         reload check (``check``: largest |logit difference| to the in-memory model in the
         same dtype and to the float32 model).
     """
-    from ._version import __version__
     from .fast import DTYPES, prepare
     from .model import with_kernels
-    from .predict import label_names_of, max_len_for
+    from .predict import max_len_for
     if dtype not in DTYPES:
         raise ValueError(f'dtype must be one of {", ".join(DTYPES)}, got {dtype!r}')
     prefix = check_prefix(os.fspath(prefix))
@@ -119,19 +147,54 @@ def export_classifier(net, vocab, tokenizer, prefix, *, dtype='float32', calib_b
     model = (prepare(portable, dtype, calib_batches=calib_batches, portable=True)
              if dtype != 'float32' else portable)
     expected = model(*check_batch).asnumpy()
-    input_names = _write_graph(model, files)
-    vocab.save(files['vocab'])
+    # every file is written to a staging directory next to the destination, checked, then
+    # renamed into place: a failure (a full disk) leaves a previous export as it was
+    parent = os.path.dirname(os.path.abspath(files['params']))
+    vocab_bytes = _vocab_bytes(vocab)
+    check_space(files['params'], _graph_bytes(model) + vocab_bytes)
+    with writing(files['symbol']) as target:
+        staging = tempfile.mkdtemp(dir=parent, prefix='.export-')
+        try:
+            boundary('export.staging', staging)
+            staged = _staged_paths(staging)
+            input_names = _write_graph(model, staging, target, files, vocab_bytes)
+            written = os.path.getsize(staged['symbol']) + os.path.getsize(staged['params'])
+            target.expect(files['vocab'], vocab_bytes, total=written + vocab_bytes)
+            vocab.save(staged['vocab'])
+            check = _reload_check(staged, input_names, check_batch, reference, expected)
+            meta = _metadata(net, vocab, tokenizer, dtype, files, input_names, limit,
+                             calib_batches, check)
+            text = json.dumps(meta, indent=2) + '\n'
+            target.expect(files['meta'], len(text), total=written + vocab_bytes + len(text))
+            write_text(staged['meta'], text)
+            for key in ('symbol', 'params', 'vocab', 'meta'):
+                os.replace(staged[key], files[key])
+            fsync_directory(parent)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    meta['paths'] = files
+    return meta
 
-    # Reload with plain MXNet, as a user of the files would, and compare.
+
+def _reload_check(staged, input_names, check_batch, reference, expected):
+    """Reload the staged files with plain MXNet, as a user of the files would, and compare
+    with the in-memory models: ``meta['check']``."""
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # MXNet: "Cannot decide type for ... data0"
-        reloaded = mx.gluon.SymbolBlock.imports(files['symbol'], input_names, files['params'])
+        reloaded = mx.gluon.SymbolBlock.imports(staged['symbol'], input_names,
+                                                staged['params'])
     got = reloaded(*check_batch).astype('float32').asnumpy()
-    check = {'batch_shape': list(check_batch[0].shape),
-             'max_abs_diff_to_converted': float(np.abs(got - expected).max()),
-             'max_abs_diff_to_float32': float(np.abs(got - reference).max()),
-             'argmax_agreement_with_float32': float((got.argmax(1) == reference.argmax(1))
-                                                    .mean())}
+    return {'batch_shape': list(check_batch[0].shape),
+            'max_abs_diff_to_converted': float(np.abs(got - expected).max()),
+            'max_abs_diff_to_float32': float(np.abs(got - reference).max()),
+            'argmax_agreement_with_float32': float((got.argmax(1) == reference.argmax(1))
+                                                   .mean())}
+
+
+def _metadata(net, vocab, tokenizer, dtype, files, input_names, limit, calib_batches, check):
+    """What ``PREFIX-meta.json`` holds."""
+    from ._version import __version__
+    from .predict import label_names_of
     names = label_names_of(net)
     config = net.config
     meta = {
@@ -164,6 +227,4 @@ def export_classifier(net, vocab, tokenizer, prefix, *, dtype='float32', calib_b
     if dtype == 'int8':
         meta['calibration'] = {'mode': 'naive', 'batches': len(calib_batches),
                                'examples': int(sum(b[0].shape[0] for b in calib_batches))}
-    write_text(files['meta'], json.dumps(meta, indent=2) + '\n')
-    meta['paths'] = files
     return meta

@@ -12,7 +12,8 @@ import tempfile
 
 import mxnet as mx
 
-from ._io import check_format_version, file_sha1, fsync_directory, fsync_file, make_public
+from ._io import (check_format_version, file_sha1, fsync_directory, fsync_file, make_public,
+                  save_ndarrays, writing)
 from ._net import reachable_url
 from .errors import ModelError
 from .config import BERTConfig
@@ -178,16 +179,19 @@ def write_model_directory(directory, manifest, params_files, manifest_name, writ
     try:
         for file_name, arrays in params_files.items():
             params_path = os.path.join(staging, file_name)
-            mx.nd.save(params_path, arrays)
-        if write_extra:
-            write_extra(staging)
-        manifest['files'] = {
-            name: {'bytes': os.path.getsize(os.path.join(staging, name)),
-                   'sha1': file_sha1(os.path.join(staging, name))}
-            for name in sorted(os.listdir(staging))}
-        with open(os.path.join(staging, manifest_name), 'w', encoding='utf-8') as f:
-            json.dump(manifest, f, indent=2)
-            f.write('\n')
+            save_ndarrays(params_path, arrays, name=os.path.join(directory, file_name))
+        # the smaller files: a full disk is one line naming the file as it will be called
+        with writing(directory) as target:
+            if write_extra:
+                write_extra(staging)
+            manifest['files'] = {
+                name: {'bytes': os.path.getsize(os.path.join(staging, name)),
+                       'sha1': file_sha1(os.path.join(staging, name))}
+                for name in sorted(os.listdir(staging))}
+            target.expect(os.path.join(directory, manifest_name))
+            with open(os.path.join(staging, manifest_name), 'w', encoding='utf-8') as f:
+                json.dump(manifest, f, indent=2)
+                f.write('\n')
         make_public(staging)  # mkdtemp's directory is private (0700)
         for name in os.listdir(staging):  # on disk before the rename makes them current
             fsync_file(os.path.join(staging, name))

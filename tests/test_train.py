@@ -333,8 +333,8 @@ def test_a_failed_checkpoint_write_is_raised_not_lost(tmp_path, monkeypatch):
         if name == 'checkpoint.model.params':
             raise OSError(28, 'No space left on device', path)
     monkeypatch.setattr(gluonbert._io, '_boundary_hook', disk_full)
-    with pytest.raises(OSError, match='No space left on device'):  # from the writer thread
-        train_loop(tiny_classifier(), synthetic(n=32), None, 2, 1e-3, mx.cpu(),
+    with pytest.raises(OSError, match='model.params: no space left on the device'):
+        train_loop(tiny_classifier(), synthetic(n=32), None, 2, 1e-3, mx.cpu(),  # its thread's
                    progress=False, checkpoint_dir=str(tmp_path / 'checkpoints'))
     blocker = tmp_path / 'not_a_directory'
     blocker.write_text('a file where the checkpoint directory should be')

@@ -71,7 +71,7 @@ def write_shard(directory, name, instances, dtype):
     for path, array in zip(shard_paths(directory, name), (ids, index)):
         data = _npy_bytes(array)
         digest.update(data)
-        atomic_write(path, lambda tmp, data=data: _write_bytes(tmp, data))
+        atomic_write(path, lambda tmp, data=data: _write_bytes(tmp, data), needed=len(data))
     return {'name': name, 'examples': len(instances), 'tokens': int(offset),
             'sha256': digest.hexdigest()}
 

@@ -21,10 +21,8 @@ import shutil
 import tempfile
 import threading
 
-import mxnet as mx
-
-from .._io import (atomic_write, boundary, file_digest, fsync_directory, fsync_file, make_public,
-                   read_json_object, write_text)
+from .._io import (atomic_write, boundary, check_space, file_digest, fsync_directory, make_public,
+                   ndarray_file_bytes, read_json_object, save_ndarrays, write_text, writing)
 from ..errors import CheckpointError
 from . import mxnet_internals as internals
 from .states import assign_parameters, checked_parameters, trainer_state_arrays
@@ -152,7 +150,8 @@ def link_or_copy(source, path):
     except OSError:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        atomic_write(path, lambda out: shutil.copyfile(source, out))
+        atomic_write(path, lambda out: shutil.copyfile(source, out),
+                     needed=os.path.getsize(source))
         return
     fsync_directory(os.path.dirname(path))
 
@@ -181,12 +180,19 @@ def prune(checkpoint_dir, keep, kind='epoch'):
                 pass
 
 
-def _write_state(path, state):
-    with open(path, 'w', encoding='utf-8') as f:
-        json.dump(state, f, indent=1)
-        f.write('\n')
+def _write_state(path, data):
+    with open(path, 'wb') as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _check_room(paths, sizes):
+    """Refuse a checkpoint that cannot fit, before anything of it is written."""
+    if sizes:
+        biggest = max(sizes, key=sizes.get)
+        check_space(paths['dir'], sum(sizes.values()), largest=sizes[biggest],
+                    largest_path=os.path.join(paths['dir'], biggest))
 
 
 def commit_checkpoint(checkpoint_dir, name, params, optimizer_states, state, is_best, best,
@@ -201,39 +207,66 @@ def commit_checkpoint(checkpoint_dir, name, params, optimizer_states, state, is_
     pointer moves (a resume repairs it if a crash came in between); older checkpoints and
     the leftovers of interrupted ones are removed last. :func:`gluonbert._io.boundary` is
     called between the steps.
+
+    A full disk: a checkpoint whose files (their sizes known from the arrays) cannot fit is
+    refused before anything is written; a write that still runs out of room removes the
+    staging directory (or the renamed one, if the pointer could not be written). Either
+    way the previous checkpoint stays current, and the error is one
+    :class:`~gluonbert.errors.StorageError` line naming the file.
     """
     paths = checkpoint_paths(checkpoint_dir, name)
+    contents = [(file_name, arrays) for file_name, arrays in
+                ((PARAMS_FILE, params), (STATES_FILE, optimizer_states))
+                if arrays is not None]  # dist_async: the optimizer states live on the servers
+    sizes = {file_name: ndarray_file_bytes(arrays) for file_name, arrays in contents}
     os.makedirs(checkpoint_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(dir=checkpoint_dir, prefix=f'.{name}.tmp-')
-    boundary('checkpoint.staging', staging)
-    files = {}
-    for file_name, arrays in ((PARAMS_FILE, params), (STATES_FILE, optimizer_states)):
-        if arrays is None:  # dist_async: the optimizer states live on the servers
-            continue
-        path = os.path.join(staging, file_name)
-        mx.nd.save(path, arrays)
-        fsync_file(path)
-        files[file_name] = _file_record(path)
-        boundary(f'checkpoint.{file_name}', path)
-    if is_best:
-        best = {kind: state[kind], **files[PARAMS_FILE]}
-    _write_state(os.path.join(staging, STATE_FILE),
-                 dict(state, format=CHECKPOINT_FORMAT, files=files, best=best))
-    make_public(staging)  # mkdtemp's directory is private (0700)
-    fsync_directory(staging)
-    boundary('checkpoint.state.json', staging)
-    if os.path.exists(paths['dir']):  # an interrupted run's, or a run started over's
-        if _current_name_or_none(checkpoint_dir, kind) == name:
-            os.unlink(os.path.join(checkpoint_dir, POINTER_FILE))
-        shutil.rmtree(paths['dir'])
-    os.replace(staging, paths['dir'])
-    fsync_directory(checkpoint_dir)
-    boundary('checkpoint.renamed', paths['dir'])
-    write_text(os.path.join(checkpoint_dir, POINTER_FILE), name + '\n')
-    boundary('checkpoint.pointer', checkpoint_dir)
-    if is_best:
-        link_or_copy(paths['params'], os.path.join(checkpoint_dir, BEST_FILE))
-        boundary('checkpoint.best', checkpoint_dir)
+    _check_room(paths, sizes)
+    with writing(paths['dir']) as target:
+        staging = tempfile.mkdtemp(dir=checkpoint_dir, prefix=f'.{name}.tmp-')
+        try:
+            boundary('checkpoint.staging', staging)
+            files = {}
+            for file_name, arrays in contents:
+                path = os.path.join(staging, file_name)
+                shown = os.path.join(paths['dir'], file_name)
+                target.expect(shown, sizes[file_name], total=sum(sizes.values()))
+                save_ndarrays(path, arrays, name=shown, check=False)  # flushed to disk
+                files[file_name] = _file_record(path)
+                boundary(f'checkpoint.{file_name}', path)
+            if is_best:
+                best = {kind: state[kind], **files[PARAMS_FILE]}
+            data = json.dumps(dict(state, format=CHECKPOINT_FORMAT, files=files, best=best),
+                              indent=1) + '\n'
+            total = sum(sizes.values()) + len(data)
+            target.expect(paths['state'], len(data), total=total)  # ASCII: json escapes
+
+            _write_state(os.path.join(staging, STATE_FILE), data.encode('ascii'))
+            make_public(staging)  # mkdtemp's directory is private (0700)
+            fsync_directory(staging)
+            boundary('checkpoint.state.json', staging)
+            if os.path.exists(paths['dir']):  # an interrupted run's, or a run started over's
+                if _current_name_or_none(checkpoint_dir, kind) == name:
+                    os.unlink(os.path.join(checkpoint_dir, POINTER_FILE))
+                shutil.rmtree(paths['dir'])
+            os.replace(staging, paths['dir'])
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        fsync_directory(checkpoint_dir)
+        boundary('checkpoint.renamed', paths['dir'])
+        pointer = os.path.join(checkpoint_dir, POINTER_FILE)
+        target.expect(pointer, len(name) + 1, total=total + len(name) + 1)
+        try:
+            write_text(pointer, name + '\n')
+        except BaseException:
+            if _current_name_or_none(checkpoint_dir, kind) != name:  # the previous stays
+                shutil.rmtree(paths['dir'], ignore_errors=True)
+            raise
+        boundary('checkpoint.pointer', checkpoint_dir)
+        if is_best:
+            target.expect(os.path.join(checkpoint_dir, BEST_FILE))
+            link_or_copy(paths['params'], os.path.join(checkpoint_dir, BEST_FILE))
+            boundary('checkpoint.best', checkpoint_dir)
     prune(checkpoint_dir, keep=name, kind=kind)
     boundary('checkpoint.pruned', checkpoint_dir)
     return best

@@ -14,7 +14,7 @@ import os
 import numpy as np
 import mxnet as mx
 
-from .._io import boundary, write_text
+from .._io import append_text, boundary, write_text
 from ..errors import CheckpointError
 from .checkpoint import (BEST_FILE, PARAMS_FILE, STATES_FILE, checkpoint_paths,
                          current_checkpoint, is_record, link_or_copy, prune, read_state,
@@ -177,8 +177,5 @@ def rewrite_metrics(path, history):
 
 def append_metrics(path, record):
     """Append one JSON line to ``path``, flushed to disk (then ``boundary('metrics')``)."""
-    with open(path, 'a', encoding='utf-8') as f:
-        f.write(json.dumps(record) + '\n')
-        f.flush()
-        os.fsync(f.fileno())
+    append_text(path, json.dumps(record) + '\n')  # a full disk: one line, no torn line
     boundary('metrics', path)

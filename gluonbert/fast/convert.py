@@ -31,6 +31,7 @@ import mxnet as mx
 from mxnet.gluon import SymbolBlock
 
 from .._env import quiet_native_stderr
+from .._io import save_ndarrays
 from ..amp import bf16_fp32_ops, init_amp_bfloat16
 from ..hardware import require_bf16
 from .calibrate import example_inputs, record_layer_outputs
@@ -103,7 +104,7 @@ def _load_block(sym, names, arg_params, aux_params, source, dtype, ctx):
     with tempfile.TemporaryDirectory() as tmp:
         # a round trip through a file, as SymbolBlock.imports loads: dtypes come from the values
         path = os.path.join(tmp, 'params')
-        mx.nd.save(path, {k: v.as_in_context(mx.cpu()) for k, v in values.items()})
+        save_ndarrays(path, {k: v.as_in_context(mx.cpu()) for k, v in values.items()})
         block.collect_params().load(path, ctx=ctx, cast_dtype=True, dtype_source='saved')
     return block
 

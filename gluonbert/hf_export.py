@@ -36,7 +36,7 @@ import tempfile
 import numpy as np
 import mxnet as mx
 
-from ._io import fsync_directory, make_public
+from ._io import fsync_directory, fsync_file, make_public
 from .errors import DataError, ModelError, UsageError
 from .params import named_parameters
 
@@ -124,7 +124,7 @@ def _label_maps(names):
 
 def hf_config(net, vocab, tokenizer):
     """The ``config.json`` of a ``BertForSequenceClassification`` equal to ``net``."""
-    from .predict import label_names_of, max_len_for
+    from .predict import label_names_of
     config = net.config
     id2label, label2id = _label_maps(label_names_of(net))
     return {
@@ -142,7 +142,7 @@ def hf_config(net, vocab, tokenizer):
         'pad_token_id': vocab.pad_id,
         'id2label': id2label, 'label2id': label2id,
         'problem_type': 'single_label_classification',
-        'do_lower_case': tokenizer.lower, 'max_length': max_len_for(net),
+        'do_lower_case': tokenizer.lower,
     }
 
 
@@ -255,7 +255,10 @@ def staged_directory(directory):
                                prefix=f'.{os.path.basename(directory)}.tmp-')
     try:
         yield staging
-        make_public(staging)
+        for name in os.listdir(staging):  # safetensors writes 0600; on disk before the rename
+            make_public(os.path.join(staging, name))
+            fsync_file(os.path.join(staging, name))
+        make_public(staging)  # mkdtemp's directory is private (0700)
         if os.path.isdir(directory):
             os.rmdir(directory)  # empty: check_output_dir said so
         os.replace(staging, directory)
@@ -280,8 +283,15 @@ def check_with_transformers(directory, texts, inputs, reference):
     encoding is ``inputs``."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    tokenizer = AutoTokenizer.from_pretrained(directory)
-    model = AutoModelForSequenceClassification.from_pretrained(directory).eval()
+    from transformers.utils import logging as hf_logging
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # "Loading weights" on stderr: the command says it
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        model = AutoModelForSequenceClassification.from_pretrained(directory).eval()
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
     pairs = [t for t in texts if not isinstance(t, str)]
     kwargs = {'text_pair': [p[1] for p in pairs]} if pairs else {}
     firsts = [t if isinstance(t, str) else t[0] for t in texts]

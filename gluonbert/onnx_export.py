@@ -33,6 +33,7 @@ otherwise nothing is written. ``dtype='int8'`` also writes ``model_int8.onnx``
 (onnxruntime's dynamic quantization of the MatMul weights), measured against the float32
 file (label agreement, largest probability change) and reported, not required.
 """
+import logging
 import os
 
 import numpy as np
@@ -206,8 +207,14 @@ def _quantize(source, target):
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from .hardware import cpu_info
     vnni = any(cpu_info().has(f) for f in ('avx512_vnni', 'avx_vnni'))
-    quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True,
-                     reduce_range=not vnni, op_types_to_quantize=['MatMul'])
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # its advice to pre-process (shape inference) first
+    try:
+        quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True,
+                         reduce_range=not vnni, op_types_to_quantize=['MatMul'])
+    finally:
+        root.setLevel(level)
     return not vnni
 
 

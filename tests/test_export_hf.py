@@ -53,7 +53,8 @@ def expected_shapes(units=32, hidden=64, layers=2, vocab=30522, positions=64, ty
             shapes.update({p + name + '.weight': (units, units), p + name + '.bias': (units,)})
         shapes.update({p + 'intermediate.dense.weight': (hidden, units),
                        p + 'intermediate.dense.bias': (hidden,),
-                       p + 'output.dense.weight': (units, hidden), p + 'output.dense.bias': (units,)})
+                       p + 'output.dense.weight': (units, hidden),
+                       p + 'output.dense.bias': (units,)})
         for norm in ('attention.output.LayerNorm', 'output.LayerNorm'):
             shapes.update({p + norm + '.weight': (units,), p + norm + '.bias': (units,)})
     return shapes
@@ -76,6 +77,10 @@ def test_config_and_tokenizer_files(exported, vocabulary):
     assert sorted(os.listdir(exported)) == ['config.json', 'model.safetensors',
                                             'special_tokens_map.json', 'tokenizer_config.json',
                                             'vocab.txt']
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in os.listdir(exported):  # as open() would make them, not private temporaries
+        assert os.stat(os.path.join(exported, name)).st_mode & 0o777 == 0o666 & ~umask, name
 
     def read(name):
         return json.load(open(os.path.join(exported, name), encoding='utf-8'))

@@ -159,7 +159,8 @@ def tokenizer_files(net, vocab, tokenizer):
                'pad_token': vocab.padding_token, 'cls_token': vocab.cls_token,
                'mask_token': vocab.mask_token}
     config = {'tokenizer_class': 'BertTokenizer', 'do_lower_case': tokenizer.lower,
-              'strip_accents': tokenizer.strip_accents, 'tokenize_chinese_chars': True,
+              'strip_accents': tokenizer.strip_accents,
+              'tokenize_chinese_chars': tokenizer.tokenize_chinese_chars,
               'do_basic_tokenize': True, 'model_max_length': max_len_for(net),
               'clean_up_tokenization_spaces': False, **special}
     return {'tokenizer_config.json': config, 'special_tokens_map.json': special}
@@ -277,10 +278,12 @@ def transformers_available():
     return True
 
 
-def check_with_transformers(directory, texts, inputs, reference):
+def check_with_transformers(directory, texts, inputs, reference, exact_truncation=True):
     """Load ``directory`` with transformers' Auto classes, as a user would; returns
     ``(ids_equal, max |logit difference| to reference)`` on ``texts``, whose gluonbert
-    encoding is ``inputs``."""
+    encoding is ``inputs``. Without ``exact_truncation`` (gluonbert cuts the texts in a way
+    BertTokenizer does not: head+tail, or sentence pairs) the texts gluonbert cut are left
+    out of the id comparison."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -297,10 +300,21 @@ def check_with_transformers(directory, texts, inputs, reference):
     firsts = [t if isinstance(t, str) else t[0] for t in texts]
     encoded = tokenizer(firsts, padding=True, truncation='longest_first' if pairs else True,
                         return_tensors='np', **kwargs)
-    ids_equal = all(np.array_equal(encoded[k], inputs[k]) for k in HF_INPUT_NAMES)
+    rows = np.arange(len(texts))
+    if not exact_truncation:
+        rows = rows[inputs['attention_mask'].sum(axis=1) < tokenizer.model_max_length]
+    ids_equal = all(_unpadded(encoded[k], encoded['attention_mask'], rows) ==
+                    _unpadded(inputs[k], inputs['attention_mask'], rows)
+                    for k in HF_INPUT_NAMES)
     with torch.no_grad():
         logits = model(**{k: torch.from_numpy(inputs[k]) for k in HF_INPUT_NAMES}).logits
     return ids_equal, float(np.abs(logits.float().numpy() - reference).max())
+
+
+def _unpadded(values, mask, rows):
+    """The values of ``rows`` where ``mask`` is 1, as lists (the two encodings' padded
+    widths differ when rows are left out)."""
+    return [values[r][mask[r].astype(bool)].tolist() for r in rows]
 
 
 def logit_tolerance(reference):
@@ -365,7 +379,10 @@ def export_hf(net, vocab, tokenizer, directory, texts, max_len=None):
         _check_read_back(staging, net, tensors)
         result['read_back'] = True
         if transformers_available():
-            ids_equal, diff = check_with_transformers(staging, texts, inputs, reference)
+            info = net.info
+            exact = info.truncate == 'head' and not info.text_pair
+            ids_equal, diff = check_with_transformers(staging, texts, inputs, reference,
+                                                      exact_truncation=exact)
             tolerance = logit_tolerance(reference)
             if not ids_equal:
                 raise ModelError("transformers' BertTokenizer gives other ids than "

@@ -146,10 +146,11 @@ def hf_config(net, vocab, tokenizer):
     }
 
 
-def tokenizer_files(net, vocab, tokenizer):
+def tokenizer_files(net, vocab, tokenizer, max_len=None):
     """``{file name: JSON object}``: ``tokenizer_config.json`` and
     ``special_tokens_map.json`` for Hugging Face's ``BertTokenizer`` (``vocab.txt`` is
-    written apart). A tokenizer option BertTokenizer cannot express is a ModelError."""
+    written apart); ``model_max_length`` is ``max_len``, else the classifier's training
+    max_len. A tokenizer option BertTokenizer cannot express is a ModelError."""
     from .predict import max_len_for
     if tokenizer.max_input_chars_per_word != 100:
         raise ModelError(f'the tokenizer splits words of up to '
@@ -161,7 +162,7 @@ def tokenizer_files(net, vocab, tokenizer):
     config = {'tokenizer_class': 'BertTokenizer', 'do_lower_case': tokenizer.lower,
               'strip_accents': tokenizer.strip_accents,
               'tokenize_chinese_chars': tokenizer.tokenize_chinese_chars,
-              'do_basic_tokenize': True, 'model_max_length': max_len_for(net),
+              'do_basic_tokenize': True, 'model_max_length': max_len_for(net, max_len),
               'clean_up_tokenization_spaces': False, **special}
     return {'tokenizer_config.json': config, 'special_tokens_map.json': special}
 
@@ -172,10 +173,10 @@ def write_json(path, value):
         f.write('\n')
 
 
-def write_shared_files(directory, net, vocab, tokenizer):
+def write_shared_files(directory, net, vocab, tokenizer, max_len=None):
     """``config.json``, ``vocab.txt`` and the tokenizer files into ``directory``."""
     write_json(os.path.join(directory, 'config.json'), hf_config(net, vocab, tokenizer))
-    for name, value in tokenizer_files(net, vocab, tokenizer).items():
+    for name, value in tokenizer_files(net, vocab, tokenizer, max_len).items():
         write_json(os.path.join(directory, name), value)
     vocab.save(os.path.join(directory, 'vocab.txt'))
 
@@ -375,7 +376,7 @@ def export_hf(net, vocab, tokenizer, directory, texts, max_len=None):
     with staged_directory(directory) as staging:
         save_file(tensors, os.path.join(staging, 'model.safetensors'),
                   metadata={'format': 'pt'})
-        write_shared_files(staging, net, vocab, tokenizer)
+        write_shared_files(staging, net, vocab, tokenizer, max_len)
         _check_read_back(staging, net, tensors)
         result['read_back'] = True
         if transformers_available():

@@ -251,7 +251,7 @@ def export_onnx(net, vocab, tokenizer, directory, texts, *, dtype='float32', max
             raise ModelError(f'onnxruntime computes logits {diff:.3g} away from gluonbert\'s '
                              f'(tolerance {tolerance:.3g}, from the logits\' magnitude); '
                              f'the export was not written')
-        write_shared_files(staging, net, vocab, tokenizer)
+        write_shared_files(staging, net, vocab, tokenizer, max_len)
         if dtype == 'int8':
             quantized = os.path.join(staging, 'model_int8.onnx')
             reduced = _quantize(path, quantized)

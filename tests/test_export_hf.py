@@ -254,3 +254,12 @@ def test_other_configs_give_gluonbert_logits_in_transformers(vocabulary, tmp_pat
     with torch.no_grad():
         logits = model(**{k: torch.from_numpy(v) for k, v in inputs.items()}).logits.numpy()
     assert_close(logits, gluonbert_logits(net, inputs), rtol=1e-5, name='logits')
+
+
+def test_max_len_sets_the_tokenizers_length(classifier, vocabulary, tmp_path):
+    model_dir = save_classifier(classifier, *vocabulary, tmp_path / 'm')
+    out = tmp_path / 'o'
+    assert export_main(['--model-dir', model_dir, '--output', str(out), '--format', 'hf',
+                        '--max-len', '12']) == 0  # the long check text is cut at 12 by both
+    settings = json.loads((out / 'tokenizer_config.json').read_text(encoding='utf-8'))
+    assert settings['model_max_length'] == 12

@@ -46,8 +46,9 @@ def build_export_parser():
                         help="the fastest dtype that keeps float32's answers on this CPU: int8 "
                              "with VNNI/AMX, bfloat16 where native, else float32; says which")
     parser.add_argument('--max-len', type=int, default=None,
-                        help="sequence length recorded in the metadata and used for "
-                             "calibration (default: the model's training max_len)")
+                        help="sequence length recorded in the metadata (onnx, hf: the "
+                             "tokenizer's model_max_length) and used for calibration and "
+                             "the checks (default: the model's training max_len)")
     parser.add_argument('--calib-file', default=None,
                         help="texts of the model's task, one per line, for int8 calibration "
                              "and the reload check (default: the 64 training texts "

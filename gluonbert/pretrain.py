@@ -61,7 +61,7 @@ from .data import (IS_NEXT, NOT_NEXT, PretrainingData, ShardedPretrainingData, r
 from .errors import UsageError
 from .distributed import get_group
 from .engine.loop import (Checkpointer, EarlyStopping, MetricsWriter, Plotter, Session, Step,
-                          place_parameters, plot_curves, seed_everything)
+                          check_loss, place_parameters, plot_curves, seed_everything)
 from .engine.optim import model_kernels, run_trainer, trainable
 from .engine.resume import run_record
 from .engine.runconfig import PretrainConfig
@@ -126,8 +126,13 @@ class _Window:
         self.sums, self.sequences = np.array(saved[:6], dtype=np.float64), saved[6]
         self.start = time.perf_counter()
 
-    def add(self, stats, sequences):
-        self.sums += _read(stats)
+    def add(self, stats, sequences, where):
+        """Add a batch's metric sums, its losses checked first (``where``: the keywords of
+        :func:`~gluonbert.engine.loop.check_loss` that name the batch)."""
+        values = _read(stats)
+        for loss in (values[0], values[4]):  # the MLM and NSP loss sums
+            check_loss(loss, **where)
+        self.sums += values
         self.sequences += sequences
 
     def fold(self, group):
@@ -162,6 +167,12 @@ class _EpochBatches:
         self.data, self.batch_size, self.ctx, self.shards = data, batch_size, ctx, shards
         self.per_epoch = data.batches_per_epoch(batch_size, shards.get('num_shards', 1))
         self.following, self.batches = None, None
+
+    def where(self, state, accumulate):
+        """The last batch read, as :func:`~gluonbert.engine.loop.check_loss` names it."""
+        epoch, index = divmod(state.batches - 1, self.per_epoch)
+        return {'epoch': epoch + 1, 'batch': index + 1, 'batches': self.per_epoch,
+                'update': state.step + (state.batches % accumulate != 0)}
 
     def __getitem__(self, position):
         epoch, index = divmod(position, self.per_epoch)
@@ -239,7 +250,7 @@ def pretrain_loop(model, data, *, config=None, ctx=None, eval_data=None, **setti
                 stats = step(state, functools.partial(_forward, model, batch, loss_fn,
                                                       accumulate, divisor),
                              update=index + 1 == accumulate)
-                window.add(stats, batch[0].shape[0])
+                window.add(stats, batch[0].shape[0], batches.where(state, accumulate))
             bar.update(1)
             if state.step % log_interval == 0 or state.step == steps:
                 record = dict(window.record(state.step, schedule(state.step), group),

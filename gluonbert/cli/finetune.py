@@ -7,6 +7,7 @@ save the best epoch's model (and a LoRA adapter) -> predict the first test examp
 import argparse
 import contextlib
 import dataclasses
+import math
 import os
 import time
 
@@ -145,6 +146,8 @@ def _validate_finetune_args(args):
     if args.max_len < 3 or args.max_len > 512:
         raise UsageError(f'--max-len must be in [3, 512], got {args.max_len}')
     check_at_least(args, 1, 'batch_size', 'epochs', 'accumulate')
+    if not 0 <= args.dropout < 1:  # NaN fails too
+        raise UsageError(f'--dropout must be in [0, 1), got {args.dropout:g}')
     # the training settings, checked where they are defined (TrainConfig; an unset --epochs
     # or --lr takes the model's default later), with the run's checkpoint directory
     TrainConfig.from_flags(args, checkpoint_dir=os.path.join(args.output_dir, 'checkpoints'))
@@ -189,8 +192,8 @@ def _validate_lora_args(args):
             setattr(args, key, value)
     if args.lora_rank < 1:
         raise UsageError(f'--lora-rank must be >= 1, got {args.lora_rank}')
-    if not args.lora_alpha > 0:
-        raise UsageError(f'--lora-alpha must be > 0, got {args.lora_alpha:g}')
+    if not 0 < args.lora_alpha < math.inf:
+        raise UsageError(f'--lora-alpha must be a finite number > 0, got {args.lora_alpha:g}')
     if not 0 <= args.lora_dropout < 1:
         raise UsageError(f'--lora-dropout must be in [0, 1), got {args.lora_dropout:g}')
     try:

@@ -31,6 +31,7 @@ __all__ = ['PROG_PRETRAIN', 'build_pretrain_parser', 'pretrain', 'pretrain_main'
 PROG_PRETRAIN = 'gluonbert-pretrain'
 CORPUS_MAX_LEN = 128  # --max-len with --corpus when not given
 CORPUS_HELDOUT_EVERY = 10  # --corpus holds out every 10th example
+MAX_POSITIONS = 8192  # --max-length: BERT's is 512; a table this long is already 8192 x units
 
 
 def _add_data_arguments(parser):
@@ -188,6 +189,17 @@ def _check(args):
                    'log_interval', 'checkpoint_every', 'workers', 'shuffle_buffer',
                    'eval_examples', 'max_length', 'examples_per_shard')
     check_max_len(args.max_len)
+    if args.max_length is not None and args.max_length > MAX_POSITIONS:
+        raise UsageError(f'--max-length must be at most {MAX_POSITIONS} (position embeddings), '
+                         f'got {args.max_length}')
+    if args.max_length is not None and args.max_len is not None and \
+            args.max_length < args.max_len:
+        raise UsageError(f'--max-length {args.max_length} is shorter than --max-len '
+                         f'{args.max_len}: the examples need a position embedding each')
+    if args.max_predictions is not None and args.max_len is not None and \
+            args.max_predictions > args.max_len:
+        raise UsageError(f'--max-predictions must be at most --max-len ({args.max_len}), got '
+                         f'{args.max_predictions}')
     # the training settings, checked where they are defined (an unset --lr takes the
     # model's default later)
     PretrainConfig.from_flags(args, checkpoint_dir=os.path.join(args.output_dir or '.',

@@ -23,6 +23,7 @@ import mxnet as mx
 from mxnet import autograd, gluon
 
 from .._io import DirectoryLock, atomic_write
+from ..errors import GluonbertError
 from ..timing import NO_TIMER
 from . import mxnet_internals as internals
 from .checkpoint import CheckpointWriter, checkpoint_name
@@ -32,6 +33,7 @@ from .resume import append_metrics, load_checkpoint, rewrite_metrics
 __all__ = ['TrainState', 'seed_everything', 'Step', 'Callback', 'MetricsWriter',
            'Checkpointer', 'Plotter', 'EarlyStopping', 'FunctionCallback', 'Session',
            'place_parameters', 'sync_parameters', 'release_parameters', 'plot_curves',
+           'DivergedError', 'check_loss',
            'SEED_STRIDE', 'RANK_STRIDE', 'PLOT_INTERVAL_SECONDS']
 
 SEED_STRIDE = 1_000_003  # seeds s and s + 1 share no stream for a million counters
@@ -100,6 +102,34 @@ class TrainState:
                    best_score=-math.inf if best is None else best,
                    stale=saved.get('stale_epochs', 0), best=saved.get('best'),
                    extra=dict(saved.get('extra') or {}))
+
+
+class DivergedError(GluonbertError, ArithmeticError):
+    """Training met a loss that is not finite (NaN or infinite): the run stops there, and
+    nothing is written from that batch on (no checkpoint, no model), so that the last
+    checkpoint stays the one to resume from."""
+
+
+def check_loss(value, *, epoch, batch, batches, update):
+    """Raise :class:`DivergedError` unless the loss ``value`` (a Python float) is finite.
+
+    Both loops call it on a number they read back anyway (fine-tuning: each batch's loss
+    sum, read every few batches for the running metrics; pre-training: each batch's
+    metric sums, read every batch): the check adds no synchronisation with the engine and
+    no extra pass over the weights or gradients. Fine-tuning checkpoints only after an
+    epoch's losses were all read, and pre-training reads a batch's before its update can
+    be saved, so no checkpoint is written after the first non-finite loss.
+
+    ``epoch``, ``batch`` (both 1-based, the batch within its epoch), ``batches`` (per
+    epoch) and ``update`` (the update the batch belongs to) name it in the message.
+    """
+    if math.isfinite(value):
+        return
+    raise DivergedError(
+        f'training diverged: the loss is {value} at epoch {epoch}, batch {batch} of '
+        f'{batches} (update {update}); the run stopped and saved nothing from there on '
+        f'(--resume continues from the last checkpoint, if any): lower the learning rate '
+        f'(--lr) or clip the gradients')
 
 
 def seed_everything(seed, counter, rank=0):

@@ -60,8 +60,9 @@ from .data import (IS_NEXT, NOT_NEXT, PretrainingData, ShardedPretrainingData, r
                    split_sentences)
 from .errors import UsageError
 from .distributed import get_group
-from .engine.loop import (Checkpointer, EarlyStopping, MetricsWriter, Plotter, Session, Step,
-                          check_loss, place_parameters, plot_curves, seed_everything)
+from .engine.loop import (Checkpointer, DivergedError, EarlyStopping, MetricsWriter, Plotter,
+                          Session, Step, check_loss, place_parameters, plot_curves,
+                          seed_everything)
 from .engine.optim import model_kernels, run_trainer, trainable
 from .engine.resume import run_record
 from .engine.runconfig import PretrainConfig
@@ -230,7 +231,7 @@ def pretrain_loop(model, data, *, config=None, ctx=None, eval_data=None, **setti
         EarlyStopping(cfg.early_stop),
         MetricsWriter(cfg.metrics_path) if cfg.metrics_path and root else None,
         Checkpointer(cfg.checkpoint_dir, kind='step', every=every, total=steps,
-                     resume=cfg.resume,
+                     resume=cfg.resume, overwrite=cfg.overwrite,
                      static={'steps': steps, 'seed': seed}, run=lambda: run_record(
                          model, settings, data.fingerprint(),
                          eval_data.fingerprint() if eval_data else None)),
@@ -256,8 +257,7 @@ def pretrain_loop(model, data, *, config=None, ctx=None, eval_data=None, **setti
                 record = dict(window.record(state.step, schedule(state.step), group),
                               kernels=kernels)
                 if eval_batches is not None:
-                    record.update({f'eval_{k}': v for k, v in evaluate_pretraining(
-                        model, eval_batches, group=group).items()})
+                    record.update(_held_out(model, eval_batches, group, state.step))
                 bar.set_postfix(mlm=f"{record['mlm_loss']:.3f}",
                                 nsp=f"{record['nsp_accuracy']:.2f}")
                 session.record(record, -record.get('eval_mlm_loss', record['mlm_loss']),
@@ -268,6 +268,20 @@ def pretrain_loop(model, data, *, config=None, ctx=None, eval_data=None, **setti
             session.updated()
         bar.close()
     return state.history
+
+
+def _held_out(model, eval_batches, group, step):
+    """The held-out metrics after update ``step`` (``eval_`` keys); a DivergedError when
+    a loss is not finite (the weights overflowed at the update), before anything records
+    or saves it."""
+    metrics = evaluate_pretraining(model, eval_batches, group=group)
+    for key in ('mlm_loss', 'nsp_loss'):
+        if not math.isfinite(metrics[key]):
+            raise DivergedError(f'training diverged: the held-out {key} is {metrics[key]} '
+                                f'after update {step}; the run stopped and saved nothing from '
+                                f'there on (--resume continues from the last checkpoint, if '
+                                f'any): lower the learning rate (--lr)')
+    return {f'eval_{k}': v for k, v in metrics.items()}
 
 
 def _forward(model, batch, loss_fn, accumulate, divisor):

@@ -206,10 +206,12 @@ def train_loop(net, train_data, test_data, num_epoch=None, lr=None, ctx=None, lo
     callbacks = [
         EarlyStopping(cfg.early_stop), _EpochLine(cfg.num_epoch) if progress else None,
         MetricsWriter(cfg.metrics_path) if cfg.metrics_path and root else None,
-        Checkpointer(cfg.checkpoint_dir, kind='epoch', resume=cfg.resume, static={
-            'num_epoch': cfg.num_epoch, 'seed': cfg.seed}, run=lambda: run_record(
-                net, settings, data_fingerprint(train_data),
-                data_fingerprint(test_data) if test_data is not None else None)),
+        Checkpointer(cfg.checkpoint_dir, kind='epoch', resume=cfg.resume,
+                     overwrite=cfg.overwrite,
+                     static={'num_epoch': cfg.num_epoch, 'seed': cfg.seed},
+                     run=lambda: run_record(net, settings, data_fingerprint(train_data),
+                                            data_fingerprint(test_data)
+                                            if test_data is not None else None)),
         Plotter(cfg.plot_path, plot_history) if cfg.plot_path and root else None,
         FunctionCallback(on_epoch_end) if on_epoch_end is not None else None]
     session = Session(net, step, callbacks, timer=timer)

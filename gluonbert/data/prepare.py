@@ -53,13 +53,17 @@ def _check_progress(saved, path):
     for split in SPLITS:
         check_shard_list(shards, split)
     counts = fields.object('counts')
+    counts.only(_COUNTS)
     for key in _COUNTS:
         counts.get(key, int, low=0)
-    if fields.get('pending', dict, default=None) is not None:
-        pending = fields.object('pending')
-        pending.get('name', str, choices=(_PENDING,))
-        pending.get('examples', int, low=0)
-        pending.get('sha256', str, low=64, high=64)
+    pending = fields.object('pending')  # every commit records it
+    pending.only(('name', 'examples', 'tokens', 'sha256'))
+    pending.get('name', str, choices=(_PENDING,))
+    examples = pending.get('examples', int, low=0)
+    pending.get('tokens', int, low=2 * examples)
+    pending.get('sha256', str, low=64, high=64)
+    committed = sum(r['examples'] for split in SPLITS for r in saved['shards'][split])
+    fields.get('instances_seen', int, choices=(committed + examples,))
     return saved
 
 
@@ -203,7 +207,10 @@ class _Writer:
         self.buffers[split].append(instance)
         if len(self.buffers[split]) == self.size:
             self.flush(split)
-            self.commit(chunk, skip)
+            if split == 'train':  # a commit holds every instance before its position: the
+                # held-out ones in shards or pending, none of training's in a buffer (a
+                # held-out shard written before is written again, the same, on a resume)
+                self.commit(chunk, skip)
 
     def flush(self, split):
         if self.buffers[split]:

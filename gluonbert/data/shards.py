@@ -157,6 +157,8 @@ def check_vocab(manifest, vocab, directory):
 
 _SHA256_LENGTH = 64
 MAX_LEN_LIMIT = 8192  # the longest examples a manifest may say its shards hold
+MANIFEST_COUNTS = ('documents', 'sentences', 'tokens', 'skipped_documents', 'train_examples',
+                   'heldout_examples', 'train_tokens')
 
 
 def _sha256_field(fields, key):
@@ -178,7 +180,7 @@ def check_shard_list(shards, split):
         entry.only(('name', 'examples', 'tokens', 'sha256'))
         entry.get('name', str, choices=(shard_name(split, number),))
         examples = entry.get('examples', int, low=1)
-        entry.get('tokens', int, low=2 * examples, default=None)
+        entry.get('tokens', int, low=2 * examples)
         _sha256_field(entry, 'sha256')
     return records
 
@@ -189,13 +191,14 @@ def check_manifest(manifest, path):
     fields.only(('format', 'version', 'settings', 'vocab', 'counts', 'shards', 'inputs',
                  'dtype'))
     settings = fields.object('settings')
+    settings.only(('max_len', 'short_seq_prob', 'seed', 'documents_per_chunk', 'text_column',
+                   'examples_per_shard', 'heldout_every', 'heldout_max'))
     settings.get('max_len', int, low=5, high=MAX_LEN_LIMIT)
-    for key, low, high in (('examples_per_shard', 1, None), ('documents_per_chunk', 2, None),
-                           ('heldout_every', 0, None), ('heldout_max', 0, None),
-                           ('seed', None, None)):
-        settings.get(key, int, low=low, high=high, default=None)
-    if settings.has('short_seq_prob'):
-        settings.get('short_seq_prob', float, low=0, high=1)
+    for key, low in (('examples_per_shard', 1), ('documents_per_chunk', 2),
+                     ('heldout_every', 0), ('heldout_max', 0), ('seed', 0)):
+        settings.get(key, int, low=low)
+    settings.get('short_seq_prob', float, low=0, high=1)
+    settings.get('text_column', str, low=1)
     vocab = fields.object('vocab')
     size = vocab.get('size', int, low=5)
     _sha256_field(vocab, 'sha256')
@@ -206,15 +209,21 @@ def check_manifest(manifest, path):
     shards.only(SPLITS)
     examples = {split: check_shard_list(shards, split) for split in SPLITS}
     counts = fields.object('counts')
-    for key in counts.obj:
+    counts.only(MANIFEST_COUNTS)
+    for key in MANIFEST_COUNTS:
         counts.get(key, int, low=0)
     for split, key in (('train', 'train_examples'), ('heldout', 'heldout_examples')):
         total = sum(r['examples'] for r in examples[split])
-        counts.get(key, int, default=total, choices=(total,))
-    inputs = fields.get('inputs', list)
+        counts.get(key, int, choices=(total,))
+    inputs = fields.get('inputs', list, low=1)
     for number, item in enumerate(inputs):
-        if not (isinstance(item, dict) and isinstance(item.get('path'), str)):
-            fields.fail(f'inputs[{number}]', 'an object with a path', item)
+        if not isinstance(item, dict):
+            fields.fail(f'inputs[{number}]', 'an object (a corpus file)', item)
+        entry = Fields(item, path, 'shard manifest', DataError, fields.hint,
+                       f'inputs[{number}].')
+        entry.only(('path', 'bytes'))
+        entry.get('path', str, low=1)
+        entry.get('bytes', int, low=0)
     return manifest
 
 

@@ -33,7 +33,8 @@ from .states import assign_parameters, checked_parameters, trainer_state_arrays
 
 __all__ = ['CHECKPOINT_FORMAT', 'KINDS', 'CheckpointWriter', 'commit_checkpoint',
            'checkpoint_name', 'checkpoint_paths', 'current_checkpoint', 'read_state',
-           'load_best_parameters', 'prune', 'refuse_first_layout']
+           'load_best_parameters', 'prune', 'refuse_first_layout', 'held_checkpoint',
+           'discard_checkpoints']
 
 CHECKPOINT_FORMAT = 'gluonbert-checkpoint-2'
 KINDS = ('epoch', 'step')
@@ -183,6 +184,32 @@ def prune(checkpoint_dir, keep, kind='epoch'):
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+
+
+def held_checkpoint(checkpoint_dir, kind='epoch'):
+    """The name of a checkpoint of ``kind`` in ``checkpoint_dir`` (the current one, else
+    any, the first layout's included), or None where it holds none: whether a run started
+    there without resuming would replace another run's checkpoints."""
+    if not os.path.isdir(checkpoint_dir):
+        return None
+    current = _current_name_or_none(checkpoint_dir, kind)
+    if current is not None:
+        return current
+    names = sorted(n for n in os.listdir(checkpoint_dir)
+                   if _is_checkpoint_name(n, kind) or n in LEGACY_FILES)
+    return names[-1] if names else None
+
+
+def discard_checkpoints(checkpoint_dir, kind='epoch'):
+    """Remove every checkpoint of ``kind`` in ``checkpoint_dir``, its pointer and
+    ``best.params`` (a run that starts over, ``overwrite=True``); the lock stays."""
+    for name in (POINTER_FILE, BEST_FILE):
+        try:
+            os.unlink(os.path.join(checkpoint_dir, name))
+        except FileNotFoundError:
+            pass
+    prune(checkpoint_dir, keep=None, kind=kind)
+    fsync_directory(checkpoint_dir)
 
 
 def _write_state(path, state):

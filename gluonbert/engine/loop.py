@@ -23,10 +23,10 @@ import mxnet as mx
 from mxnet import autograd, gluon
 
 from .._io import DirectoryLock, atomic_write
-from ..errors import GluonbertError
+from ..errors import CheckpointError, GluonbertError
 from ..timing import NO_TIMER
 from . import mxnet_internals as internals
-from .checkpoint import CheckpointWriter, checkpoint_name
+from .checkpoint import CheckpointWriter, checkpoint_name, discard_checkpoints, held_checkpoint
 from .optim import optimizer_step
 from .resume import append_metrics, load_checkpoint, rewrite_metrics
 
@@ -318,6 +318,8 @@ class Checkpointer(Callback):
         ``kind='step'``: a checkpoint every ``every`` updates and after update ``total``.
     resume : bool
         Load the current checkpoint, if any, before the run starts (every worker does).
+    overwrite : bool
+        Without ``resume``: remove another run's checkpoints first (refused otherwise).
     run : callable, optional
         Returns this run's :func:`~gluonbert.engine.resume.run_record`; the writing
         worker (rank 0) compares it with the checkpoint's and saves it in each one.
@@ -327,9 +329,10 @@ class Checkpointer(Callback):
     phase = 'checkpoint'
 
     def __init__(self, directory, *, kind='epoch', every=None, total=None, resume=False,
-                 run=None, static=None):
+                 overwrite=False, run=None, static=None):
         self.directory, self.kind, self.every, self.total = directory, kind, every, total
-        self.resume, self.run, self.static = resume, run, dict(static or {})
+        self.resume, self.overwrite = resume, overwrite
+        self.run, self.static = run, dict(static or {})
         self.writer = CheckpointWriter(kind)
         self.session = self.lock = self.run_record = None
         self.writes = False
@@ -339,6 +342,8 @@ class Checkpointer(Callback):
         self.writes = bool(self.directory) and group.is_root  # only rank 0 writes files
         if self.writes:
             self.lock = DirectoryLock(self.directory)  # before anything is read
+            if not self.resume:
+                self._start_over()
             if self.run is not None:
                 with session.timer('checkpoint'):
                     self.run_record = self.run()
@@ -351,6 +356,18 @@ class Checkpointer(Callback):
                 self.writer.best = saved.get('best')
             position = session.state.epoch if self.kind == 'epoch' else session.state.step
             group.check_same(position, f'the {self.kind} to resume from')
+
+    def _start_over(self):
+        """A run that does not resume: refused where another run's checkpoints are (one
+        run per directory), unless ``overwrite``, which removes them first."""
+        held = held_checkpoint(self.directory, self.kind)
+        if held is None:
+            return
+        if not self.overwrite:
+            raise CheckpointError(f'{self.directory} holds the checkpoints of another run '
+                                  f'({held}); resume=True continues it, overwrite=True '
+                                  f'replaces it')
+        discard_checkpoints(self.directory, self.kind)
 
     def save(self, state, is_best=False):
         """Start writing a checkpoint of ``state`` (in the background)."""

@@ -28,6 +28,8 @@ _EPOCH_RECORD = {'train_loss': (0, None), 'train_accuracy': (0, 1), 'seconds': (
 _STEP_RECORD = {'mlm_loss': (0, None), 'mlm_accuracy': (0, 1), 'mlm_perplexity': (0, None),
                 'nsp_loss': (0, None), 'nsp_accuracy': (0, 1),
                 'sequences_per_second': (0, None), 'lr': (0, None)}
+_EVAL_RECORD = {'mlm_loss': (0, None), 'mlm_accuracy': (0, 1), 'mlm_perplexity': (0, None),
+                'nsp_loss': (0, None), 'nsp_accuracy': (0, 1)}
 
 
 def _fields(obj, path, prefix=''):
@@ -78,11 +80,14 @@ def _check_run(fields):
     return run
 
 
-def _check_record(fields, key, record, numbers):
+def _check_record(fields, key, record, numbers, known):
+    """A record's fields: each of ``numbers`` (required), ``kernels``, and no field but
+    ``known`` (besides them)."""
     record_fields = _fields(record, fields.path, f'{fields.prefix}{key}.')
+    record_fields.only((*numbers, 'kernels', *known))
     for name, (low, high) in numbers.items():
-        if record_fields.has(name):
-            record_fields.get(name, float, low=low, high=high)
+        record_fields.get(name, float, low=low, high=high)
+    record_fields.get('kernels', str, choices=('fused', 'mxnet'), nullable=True)
     return record_fields
 
 
@@ -96,17 +101,20 @@ def _check_history(fields, kind, position):
         if not isinstance(record, dict):
             fields.fail(key, 'an object (a record)', record)
         if kind == 'epoch':
-            entry = _check_record(fields, key, record, _EPOCH_RECORD)
+            entry = _check_record(fields, key, record, _EPOCH_RECORD,
+                                  ('epoch', 'test_accuracy'))
             entry.get('epoch', int, choices=(index,))
-            entry.get('train_loss', float)
             test = entry.get('test_accuracy', float, nullable=True, low=0, high=1)
             scores.append((test, -record['train_loss']))
         else:
-            entry = _check_record(fields, key, record, _STEP_RECORD)
+            entry = _check_record(fields, key, record, _STEP_RECORD,
+                                  ('step', *(f'eval_{k}' for k in _EVAL_RECORD)))
             step = entry.get('step', int, low=last + 1, high=position)
             last = step
-            loss = entry.get('eval_mlm_loss', float, default=None, low=0)
-            scores.append((None, -(entry.get('mlm_loss', float) if loss is None else loss)))
+            for name, (low, high) in _EVAL_RECORD.items():  # with held-out data only
+                entry.get(f'eval_{name}', float, default=None, low=low, high=high)
+            loss = record.get('eval_mlm_loss')
+            scores.append((None, -(record['mlm_loss'] if loss is None else loss)))
     if kind == 'epoch' and len(history) != position + 1:
         fields.fail('history', f'{position + 1} records (one per epoch done)', history)
     return scores
@@ -155,11 +163,15 @@ def check_state(state, path, kind, number=None):
         done = epoch + 1
         if number is not None and number != done:
             fields.fail('epoch', f'{number - 1} (the checkpoint is epoch-{number:04d})', epoch)
+        # every epoch consumes its batches_per_epoch (a loader shorter than its len()
+        # leaves a checkpoint this refuses) and ends with an update
         per_epoch = settings.get('batches_per_epoch', int, default=None)
-        most_batches = None if per_epoch is None else done * per_epoch
-        most_steps = None if per_epoch is None else done * math.ceil(per_epoch / accumulate)
-        step = fields.get('step', int, low=0, high=most_steps)
-        fields.get('batches', int, low=step, high=most_batches)
+        if per_epoch is None:
+            step = fields.get('step', int, low=done)
+            fields.get('batches', int, low=step)
+        else:
+            fields.get('step', int, choices=(done * math.ceil(per_epoch / accumulate),))
+            fields.get('batches', int, choices=(done * per_epoch,))
         position = epoch
     else:
         fields.get('epoch', int, choices=(-1,))

@@ -21,7 +21,7 @@ from gluonbert.cli.launch import main as launch_main
 from gluonbert.cli.pretrain_data import pretrain_data_main
 from gluonbert.errors import CheckpointError
 from gluonbert.engine.checkpoint import checkpoint_paths, read_state
-from gluonbert.engine.loop import DivergedError
+from gluonbert.engine.loop import DivergedError, check_weights
 from gluonbert.pretrained import save_pretrained
 from gluonbert.tokenizer import BERTTokenizer, Vocab
 from stand_ins import NEGATIVE, POSITIVE, write_review_csv
@@ -457,6 +457,23 @@ def test_train_loop_keeps_the_last_good_checkpoint(tmp_path):
     assert sorted(n for n in os.listdir(directory) if n.startswith('epoch')) == ['epoch-0001']
     lines = (tmp_path / 'metrics.jsonl').read_text().splitlines()
     assert [json.loads(line)['epoch'] for line in lines] == [0]
+
+
+def test_no_checkpoint_holds_weights_that_are_not_finite():
+    """The check before every checkpoint: finite weights pass (however large), one
+    infinite value is refused naming its parameter."""
+    from test_train import tiny_classifier
+    net = tiny_classifier()
+    check_weights(net, 3)
+    weight = net.classifier[1].weight
+    weight.set_data(weight.data() * 1e38)
+    check_weights(net, 3)
+    data = weight.data()
+    data[0, 0] = float('inf')
+    weight.set_data(data)
+    with pytest.raises(DivergedError, match=r'the weights after update 3 are not finite '
+                                            r'\(classifier.1.weight\)'):
+        check_weights(net, 3)
 
 
 @pytest.mark.parametrize('log_interval, message', [

@@ -33,7 +33,7 @@ from .resume import append_metrics, load_checkpoint, rewrite_metrics
 __all__ = ['TrainState', 'seed_everything', 'Step', 'Callback', 'MetricsWriter',
            'Checkpointer', 'Plotter', 'EarlyStopping', 'FunctionCallback', 'Session',
            'place_parameters', 'sync_parameters', 'release_parameters', 'plot_curves',
-           'DivergedError', 'check_loss',
+           'DivergedError', 'check_loss', 'check_weights',
            'SEED_STRIDE', 'RANK_STRIDE', 'PLOT_INTERVAL_SECONDS']
 
 SEED_STRIDE = 1_000_003  # seeds s and s + 1 share no stream for a million counters
@@ -130,6 +130,23 @@ def check_loss(value, *, epoch, batch, batches, update):
         f'{batches} (update {update}); the run stopped and saved nothing from there on '
         f'(--resume continues from the last checkpoint, if any): lower the learning rate '
         f'(--lr) or clip the gradients')
+
+
+def check_weights(net, step):
+    """Raise :class:`DivergedError` unless every parameter of ``net`` is finite (after
+    update ``step``). Called before each checkpoint, so that no checkpoint holds weights an
+    update overflowed (the losses are checked before the update): one elementwise pass
+    and one number read back per checkpoint, next to the copy the checkpoint makes."""
+    names, params = zip(*internals.structural_parameters(net).items())
+    finite = mx.nd.concat(*[mx.nd.contrib.isfinite(p.data()).min().reshape((1,))
+                            .as_in_context(mx.cpu()) for p in params], dim=0)
+    if float(finite.min().asscalar()) == 1:
+        return
+    bad = next(name for name, ok in zip(names, finite.asnumpy()) if not ok)
+    raise DivergedError(f'training diverged: the weights after update {step} are not finite '
+                        f'({bad}); the run stopped and saved nothing from there on (--resume '
+                        f'continues from the last checkpoint, if any): lower the learning '
+                        f'rate (--lr) or clip the gradients')
 
 
 def seed_everything(seed, counter, rank=0):
@@ -375,6 +392,7 @@ class Checkpointer(Callback):
             return
         session = self.session
         number = state.epoch if self.kind == 'epoch' else state.step
+        check_weights(session.net, state.step)
         self.writer.save(self.directory, checkpoint_name(self.kind, number), session.net,
                          session.trainer, {**state.to_json(), **self.static,
                                            'run': self.run_record},

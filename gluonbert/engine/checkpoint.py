@@ -76,7 +76,7 @@ def is_record(record):
         isinstance(record.get('sha256'), str)
 
 
-def verify_file(path, record, hint='start again without --resume'):
+def verify_file(path, record, hint='start the run over with --overwrite'):
     """Check a checkpoint file against its size and sha256 before anything reads it."""
     if not os.path.isfile(path):
         raise CheckpointError(f'{path} is missing; {hint}')
@@ -100,8 +100,8 @@ def read_state(path, kind='epoch'):
     if state.get('format') != CHECKPOINT_FORMAT:
         shown = state.get('format')
         shown = shown if isinstance(shown, str) and len(shown) <= 60 else type(shown).__name__
-        raise CheckpointError(f'{path}: unknown checkpoint format {shown!r}; start again '
-                              f'without --resume')
+        raise CheckpointError(f'{path}: unknown checkpoint format {shown!r}; start the run over '
+                              f'with --overwrite')
     name = os.path.basename(os.path.dirname(os.path.abspath(path)))
     number = int(name.split('-', 1)[1]) if _is_checkpoint_name(name, kind) else None
     return check_state(state, path, kind, number)
@@ -112,8 +112,8 @@ def refuse_first_layout(checkpoint_dir):
     ``last.params``, ``last.states``), which this gluonbert does not read."""
     raise CheckpointError(f'{checkpoint_dir}: a checkpoint of an older gluonbert (the first '
                           f'layout, {FIRST_LAYOUT}: last.json, last.params, last.states); '
-                          f'this version resumes {CHECKPOINT_FORMAT} only: start again '
-                          f'without --resume')
+                          f'this version resumes {CHECKPOINT_FORMAT} only: start the run over '
+                          f'with --overwrite')
 
 
 def current_checkpoint(checkpoint_dir, kind='epoch'):
@@ -132,11 +132,11 @@ def current_checkpoint(checkpoint_dir, kind='epoch'):
         name = '?'
     if not _is_checkpoint_name(name, kind):
         raise CheckpointError(f'{pointer}: damaged checkpoint pointer (it should name a '
-                              f'checkpoint such as {checkpoint_name(kind, 1)}); start again '
-                              f'without --resume')
+                              f'checkpoint such as {checkpoint_name(kind, 1)}); start the run over '
+                              f'with --overwrite')
     if not os.path.isdir(os.path.join(checkpoint_dir, name)):
-        raise CheckpointError(f'{pointer} names {name}, which is missing; start again '
-                              f'without --resume')
+        raise CheckpointError(f'{pointer} names {name}, which is missing; start the run over '
+                              f'with --overwrite')
     return name
 
 

@@ -14,7 +14,7 @@ from ..schema import Fields
 
 __all__ = ['check_state', 'STATE_KEYS']
 
-HINT = 'start again without --resume (--overwrite replaces the run)'
+HINT = 'start the run over with --overwrite'
 _SHA256 = re.compile('[0-9a-f]{64}')
 # every field of a state, per kind (train_loop writes 'epoch' checkpoints, pretrain_loop
 # 'step' ones); both write all of them

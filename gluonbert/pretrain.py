@@ -60,8 +60,9 @@ from .data import (IS_NEXT, NOT_NEXT, PretrainingData, ShardedPretrainingData, r
                    split_sentences)
 from .errors import UsageError
 from .distributed import get_group
-from .engine.loop import (Checkpointer, EarlyStopping, MetricsWriter, Plotter, Session, Step,
-                          place_parameters, plot_curves, seed_everything)
+from .engine.loop import (Checkpointer, DivergedError, EarlyStopping, MetricsWriter, Plotter,
+                          Session, Step, check_loss, place_parameters, plot_curves,
+                          seed_everything)
 from .engine.optim import model_kernels, run_trainer, trainable
 from .engine.resume import run_record
 from .engine.runconfig import PretrainConfig
@@ -126,8 +127,13 @@ class _Window:
         self.sums, self.sequences = np.array(saved[:6], dtype=np.float64), saved[6]
         self.start = time.perf_counter()
 
-    def add(self, stats, sequences):
-        self.sums += _read(stats)
+    def add(self, stats, sequences, where):
+        """Add a batch's metric sums, its losses checked first (``where``: the keywords of
+        :func:`~gluonbert.engine.loop.check_loss` that name the batch)."""
+        values = _read(stats)
+        for loss in (values[0], values[4]):  # the MLM and NSP loss sums
+            check_loss(loss, **where)
+        self.sums += values
         self.sequences += sequences
 
     def fold(self, group):
@@ -162,6 +168,12 @@ class _EpochBatches:
         self.data, self.batch_size, self.ctx, self.shards = data, batch_size, ctx, shards
         self.per_epoch = data.batches_per_epoch(batch_size, shards.get('num_shards', 1))
         self.following, self.batches = None, None
+
+    def where(self, state, accumulate):
+        """The last batch read, as :func:`~gluonbert.engine.loop.check_loss` names it."""
+        epoch, index = divmod(state.batches - 1, self.per_epoch)
+        return {'epoch': epoch + 1, 'batch': index + 1, 'batches': self.per_epoch,
+                'update': state.step + (state.batches % accumulate != 0)}
 
     def __getitem__(self, position):
         epoch, index = divmod(position, self.per_epoch)
@@ -219,7 +231,7 @@ def pretrain_loop(model, data, *, config=None, ctx=None, eval_data=None, **setti
         EarlyStopping(cfg.early_stop),
         MetricsWriter(cfg.metrics_path) if cfg.metrics_path and root else None,
         Checkpointer(cfg.checkpoint_dir, kind='step', every=every, total=steps,
-                     resume=cfg.resume,
+                     resume=cfg.resume, overwrite=cfg.overwrite,
                      static={'steps': steps, 'seed': seed}, run=lambda: run_record(
                          model, settings, data.fingerprint(),
                          eval_data.fingerprint() if eval_data else None)),
@@ -239,14 +251,13 @@ def pretrain_loop(model, data, *, config=None, ctx=None, eval_data=None, **setti
                 stats = step(state, functools.partial(_forward, model, batch, loss_fn,
                                                       accumulate, divisor),
                              update=index + 1 == accumulate)
-                window.add(stats, batch[0].shape[0])
+                window.add(stats, batch[0].shape[0], batches.where(state, accumulate))
             bar.update(1)
             if state.step % log_interval == 0 or state.step == steps:
                 record = dict(window.record(state.step, schedule(state.step), group),
                               kernels=kernels)
                 if eval_batches is not None:
-                    record.update({f'eval_{k}': v for k, v in evaluate_pretraining(
-                        model, eval_batches, group=group).items()})
+                    record.update(_held_out(model, eval_batches, group, state.step))
                 bar.set_postfix(mlm=f"{record['mlm_loss']:.3f}",
                                 nsp=f"{record['nsp_accuracy']:.2f}")
                 session.record(record, -record.get('eval_mlm_loss', record['mlm_loss']),
@@ -257,6 +268,20 @@ def pretrain_loop(model, data, *, config=None, ctx=None, eval_data=None, **setti
             session.updated()
         bar.close()
     return state.history
+
+
+def _held_out(model, eval_batches, group, step):
+    """The held-out metrics after update ``step`` (``eval_`` keys); a DivergedError when
+    a loss is not finite (the weights overflowed at the update), before anything records
+    or saves it."""
+    metrics = evaluate_pretraining(model, eval_batches, group=group)
+    for key in ('mlm_loss', 'nsp_loss'):
+        if not math.isfinite(metrics[key]):
+            raise DivergedError(f'training diverged: the held-out {key} is {metrics[key]} '
+                                f'after update {step}; the run stopped and saved nothing from '
+                                f'there on (--resume continues from the last checkpoint, if '
+                                f'any): lower the learning rate (--lr)')
+    return {f'eval_{k}': v for k, v in metrics.items()}
 
 
 def _forward(model, batch, loss_fn, accumulate, divisor):

@@ -55,8 +55,8 @@ from .amp import setup_amp
 from .distributed import get_group
 from .engine.checkpoint import load_best_parameters
 from .engine.loop import (Callback, Checkpointer, EarlyStopping, FunctionCallback,
-                          MetricsWriter, Plotter, Session, Step, place_parameters, plot_curves,
-                          seed_everything)
+                          MetricsWriter, Plotter, Session, Step, check_loss, place_parameters,
+                          plot_curves, seed_everything)
 from .engine.optim import (AdamW, LinearWarmupSchedule, make_trainer, model_kernels,
                            run_trainer, trainable)
 from .engine.resume import data_fingerprint, run_record
@@ -206,10 +206,12 @@ def train_loop(net, train_data, test_data, num_epoch=None, lr=None, ctx=None, lo
     callbacks = [
         EarlyStopping(cfg.early_stop), _EpochLine(cfg.num_epoch) if progress else None,
         MetricsWriter(cfg.metrics_path) if cfg.metrics_path and root else None,
-        Checkpointer(cfg.checkpoint_dir, kind='epoch', resume=cfg.resume, static={
-            'num_epoch': cfg.num_epoch, 'seed': cfg.seed}, run=lambda: run_record(
-                net, settings, data_fingerprint(train_data),
-                data_fingerprint(test_data) if test_data is not None else None)),
+        Checkpointer(cfg.checkpoint_dir, kind='epoch', resume=cfg.resume,
+                     overwrite=cfg.overwrite,
+                     static={'num_epoch': cfg.num_epoch, 'seed': cfg.seed},
+                     run=lambda: run_record(net, settings, data_fingerprint(train_data),
+                                            data_fingerprint(test_data)
+                                            if test_data is not None else None)),
         Plotter(cfg.plot_path, plot_history) if cfg.plot_path and root else None,
         FunctionCallback(on_epoch_end) if on_epoch_end is not None else None]
     session = Session(net, step, callbacks, timer=timer)
@@ -251,7 +253,7 @@ def _train_one_epoch(net, train_data, contexts, loss_fn, step, state, epoch, num
     start = time.perf_counter()
     bar = tqdm(total=batches, desc=f'epoch {epoch + 1}/{num_epoch}', unit='batch',
                disable=not progress, leave=False, dynamic_ncols=True)
-    pending = []  # (loss sum, correct count) NDArrays not yet read back
+    pending = []  # (batch, update, loss sum, correct count), the sums not yet read back
     batch_iterator = iter(train_data)
     for index in range(batches):
         with timer('data'):
@@ -272,14 +274,18 @@ def _train_one_epoch(net, train_data, contexts, loss_fn, step, state, epoch, num
                 losses.append(loss_sum / normaliser)
                 outputs.append((loss_sum, correct_count(logits, label)))
             return losses, outputs
-        pending += step(state, forward,
-                        update=(index + 1) % accumulate == 0 or index + 1 == batches)
+        updates = (index + 1) % accumulate == 0 or index + 1 == batches
+        outputs = step(state, forward, update=updates)
+        pending += [(index, state.step + (not updates), *output) for output in outputs]
         seen += int(batch[0].shape[0])
         # read metrics back every few batches only, so the engine stays asynchronous
         if len(pending) >= 8 * len(contexts) or index + 1 == batches:
             with timer('metrics'):
-                for loss_sum, hits in pending:
-                    total_loss += float(loss_sum.asscalar())
+                for batch_index, update, loss_sum, hits in pending:
+                    loss = float(loss_sum.asscalar())
+                    check_loss(loss, epoch=epoch + 1, batch=batch_index + 1, batches=batches,
+                               update=update)
+                    total_loss += loss
                     correct += int(hits.asscalar())
                 pending = []
                 elapsed = time.perf_counter() - start

@@ -339,12 +339,12 @@ def test_damaged_checkpoint_files_are_one_line_errors(files, finished, tmp_path,
     size = os.path.getsize(finished / 'checkpoints' / 'epoch-0002' / 'model.params')
     _fails(capsys, _args(files, out, '--resume'),
            f'{params}: damaged or truncated (100 bytes, expected {size}; checksum mismatch); '
-           f'start again without --resume')
+           f'start the run over with --overwrite')
     out, states = damaged('states', lambda c: _truncate(c / 'epoch-0002' / 'trainer.states'))
     size = os.path.getsize(finished / 'checkpoints' / 'epoch-0002' / 'trainer.states')
     _fails(capsys, _args(files, out, '--resume'),
            f'{states}: damaged or truncated (100 bytes, expected {size}; checksum mismatch); '
-           f'start again without --resume')
+           f'start the run over with --overwrite')
     out, state = damaged('state', lambda c: _truncate(c / 'epoch-0002' / 'state.json', 0))
     _fails(capsys, _args(files, out, '--resume'),
            f'{state}: damaged checkpoint state (not valid JSON: Expecting value: line 1 '
@@ -352,11 +352,11 @@ def test_damaged_checkpoint_files_are_one_line_errors(files, finished, tmp_path,
     out, pointer = damaged('pointer', lambda c: _truncate(c / 'last', 3))
     _fails(capsys, _args(files, out, '--resume'),
            f'{pointer}: damaged checkpoint pointer (it should name a checkpoint such as '
-           f'epoch-0001); start again without --resume')
+           f'epoch-0001); start the run over with --overwrite')
     out, checkpoints = damaged('gone', lambda c: shutil.rmtree(c / 'epoch-0002') or c)
     _fails(capsys, _args(files, out, '--resume'),
-           f'{checkpoints}/last names epoch-0002, which is missing; start again without '
-           f'--resume')
+           f'{checkpoints}/last names epoch-0002, which is missing; start the run over '
+           f'with --overwrite')
 
 
 def _legacy(checkpoints, states):
@@ -379,7 +379,7 @@ def test_a_first_layout_checkpoint_is_refused_in_one_line(files, copy, tmp_path,
     _fails(capsys, _args(files, copy, '--resume'),
            f'{checkpoints}: a checkpoint of an older gluonbert (the first layout, '
            f'gluonbert-checkpoint-1: last.json, last.params, last.states); this version '
-           f'resumes gluonbert-checkpoint-2 only: start again without --resume')
+           f'resumes gluonbert-checkpoint-2 only: start the run over with --overwrite')
     assert not marker.exists()
 
 

@@ -2,18 +2,21 @@
 the default learning rates, and the metrics file."""
 import json
 import os
+import shutil
 
 import mxnet as mx
 
 from .._io import write_text
 from ..config import PRESETS
 from ..distributed import KVSTORES, get_group
+from ..engine.checkpoint import held_checkpoint
 from ..errors import UsageError
 from ..hardware import require_gpu_kernels
 from ..pretrained import MINILM_NAME, ZOO_MODELS
 
 __all__ = ['KVSTORES', 'KVSTORE_HELP', 'DEFAULT_LRS', 'default_lr', 'model_kind', 'format_lr',
-           'parse_contexts', 'join_group', 'workers_note', 'write_metrics', 'check_at_least']
+           'parse_contexts', 'join_group', 'workers_note', 'write_metrics', 'check_at_least',
+           'claim_run', 'RUN_OUTPUTS']
 
 KVSTORE_HELP = ("device (default) or local: one process, data parallel over --gpus; "
                 "dist_sync, dist_device_sync, dist_async: parameter servers, start the job with "
@@ -127,4 +130,38 @@ def check_at_least(args, minimum, *flags):
 
 def write_metrics(output_dir, metrics):
     """Write ``OUTPUT_DIR/metrics.json`` (atomically)."""
-    write_text(os.path.join(output_dir, 'metrics.json'), json.dumps(metrics, indent=2) + '\n')
+    write_text(os.path.join(output_dir, 'metrics.json'),
+               json.dumps(metrics, indent=2, allow_nan=False) + '\n')
+
+
+# what a run writes in OUTPUT_DIR besides its checkpoints (--overwrite removes them)
+RUN_OUTPUTS = ('model', 'adapter', 'base', 'metrics.json', 'metrics.jsonl', 'history.png')
+
+
+def claim_run(output_dir, kind, *, resume, overwrite):
+    """One run per ``OUTPUT_DIR`` (rank 0, once the directory is locked): a new run is
+    refused where another run's checkpoints are (an unfinished run: ``--resume``
+    continues it) or its model is (a finished run); ``--overwrite`` removes what that run
+    wrote first. ``kind`` is the checkpoints' ('epoch' or 'step')."""
+    if resume and overwrite:
+        raise UsageError('--resume continues the run in --output-dir, --overwrite replaces '
+                         'it: give one of them')
+    if resume:
+        return
+    held = held_checkpoint(os.path.join(output_dir, 'checkpoints'), kind)
+    finished = os.path.exists(os.path.join(output_dir, 'model'))
+    if not overwrite:
+        if finished:
+            raise UsageError(f'{output_dir} holds a finished run (its model is in '
+                             f'{os.path.join(output_dir, "model")}); --overwrite replaces '
+                             f'it, or choose another --output-dir')
+        if held is not None:
+            raise UsageError(f'{output_dir} holds an unfinished run (checkpoint {held}); '
+                             f'--resume continues it, --overwrite replaces it')
+        return
+    for name in RUN_OUTPUTS:
+        path = os.path.join(output_dir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.unlink(path)

@@ -7,6 +7,7 @@ save the best epoch's model (and a LoRA adapter) -> predict the first test examp
 import argparse
 import contextlib
 import dataclasses
+import math
 import os
 import time
 
@@ -25,9 +26,9 @@ from ..pretrained import MINILM_NAME, load_pretrained, save_pretrained
 from ..timing import NO_TIMER, PhaseTimer
 from ..engine.runconfig import TrainConfig
 from ..train import load_best_parameters, train_loop
-from .common import (DEFAULT_LRS, KVSTORE_HELP, KVSTORES, check_at_least, default_lr,
-                     format_lr, join_group, model_kind, parse_contexts, workers_note,
-                     write_metrics)
+from .common import (DEFAULT_LRS, KVSTORE_HELP, KVSTORES, check_at_least, claim_run,
+                     default_lr, format_lr, join_group, model_kind, parse_contexts,
+                     workers_note, write_metrics)
 from .runner import console_entry, run_command
 
 __all__ = ['PROG_FINETUNE', 'build_finetune_parser', 'finetune', 'finetune_main',
@@ -129,6 +130,9 @@ def _add_run_arguments(parser):
     run.add_argument('--output-dir', default='runs/finetune')
     run.add_argument('--resume', action='store_true',
                      help='continue from OUTPUT_DIR/checkpoints')
+    run.add_argument('--overwrite', action='store_true',
+                     help='replace the run in OUTPUT_DIR (without it, and without --resume, '
+                          'a directory that holds a run is refused)')
     run.add_argument('--seed', type=int, default=0)
     run.add_argument('--early-stop', type=int, default=None, metavar='N',
                      help='stop after N epochs without a better test accuracy')
@@ -145,6 +149,11 @@ def _validate_finetune_args(args):
     if args.max_len < 3 or args.max_len > 512:
         raise UsageError(f'--max-len must be in [3, 512], got {args.max_len}')
     check_at_least(args, 1, 'batch_size', 'epochs', 'accumulate')
+    if args.resume and args.overwrite:
+        raise UsageError('--resume continues the run in --output-dir, --overwrite replaces '
+                         'it: give one of them')
+    if not 0 <= args.dropout < 1:  # NaN fails too
+        raise UsageError(f'--dropout must be in [0, 1), got {args.dropout:g}')
     # the training settings, checked where they are defined (TrainConfig; an unset --epochs
     # or --lr takes the model's default later), with the run's checkpoint directory
     TrainConfig.from_flags(args, checkpoint_dir=os.path.join(args.output_dir, 'checkpoints'))
@@ -189,8 +198,8 @@ def _validate_lora_args(args):
             setattr(args, key, value)
     if args.lora_rank < 1:
         raise UsageError(f'--lora-rank must be >= 1, got {args.lora_rank}')
-    if not args.lora_alpha > 0:
-        raise UsageError(f'--lora-alpha must be > 0, got {args.lora_alpha:g}')
+    if not 0 < args.lora_alpha < math.inf:
+        raise UsageError(f'--lora-alpha must be a finite number > 0, got {args.lora_alpha:g}')
     if not 0 <= args.lora_dropout < 1:
         raise UsageError(f'--lora-dropout must be in [0, 1), got {args.lora_dropout:g}')
     try:
@@ -268,6 +277,8 @@ def finetune(args):
     group, contexts = join_group(args.kvstore, contexts)
     # one run per OUTPUT_DIR, claimed before the data and the model load
     with _claim_output_dir(args.output_dir, group) as output_dir:
+        if group.is_root:
+            claim_run(output_dir, 'epoch', resume=args.resume, overwrite=args.overwrite)
         run = _Run(args, contexts, group, output_dir,
                    PhaseTimer() if args.profile else NO_TIMER, time.perf_counter())
         return _finetune(run)

@@ -131,10 +131,19 @@ def build_parser():
 def read_hosts(path):
     """Host names from a file: one per line, blank lines and ``#`` comments ignored."""
     try:
-        with open(path, encoding='utf-8') as f:
-            hosts = [line.split('#', 1)[0].strip() for line in f]
+        with open(path, 'rb') as f:
+            raw_lines = f.read().split(b'\n')
     except OSError as err:
         raise LaunchError(f'cannot read --hosts {path}: {err.strerror}') from err
+    hosts = []
+    for number, raw in enumerate(raw_lines, 1):
+        try:
+            line = raw.decode('utf-8')
+        except UnicodeDecodeError as err:
+            raise LaunchError(f'--hosts {path}: line {number} is not UTF-8 text (byte '
+                              f'{err.start + 1}, 0x{raw[err.start]:02x})') from None
+        hosts.append(line.lstrip('\ufeff') if number == 1 else line)
+    hosts = [line.split('#', 1)[0].strip() for line in hosts]
     hosts = [h for h in hosts if h]
     if not hosts:
         raise LaunchError(f'--hosts {path} lists no host')

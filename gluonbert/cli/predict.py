@@ -9,11 +9,12 @@ import dataclasses
 import io
 import itertools
 import json
+import math
 import sys
 from typing import Optional
 
 from .. import fast
-from ..errors import UsageError
+from ..errors import ModelError, UsageError
 from ..hardware import require_bf16
 from ..model_dir import load_classifier
 from ..predict import predict
@@ -163,7 +164,8 @@ def _json_lines_writer(stdout):
         binary = stdout
 
     def write(objects):
-        text = ''.join(json.dumps(obj, ensure_ascii=False).translate(_LINE_BREAKS) + '\n'
+        text = ''.join(json.dumps(obj, ensure_ascii=False, allow_nan=False)
+                       .translate(_LINE_BREAKS) + '\n'
                        for obj in objects)
         if binary is None:
             stdout.write(text)
@@ -174,6 +176,17 @@ def _json_lines_writer(stdout):
         binary.write(text.encode('utf-8'))
         binary.flush()
     return write
+
+
+def _answer(prediction, model_dir, key, number):
+    """The JSON object of ``prediction`` (of input ``key`` ``number``); a ModelError when
+    its probabilities are not finite, which JSON cannot say (RFC 8259 has no NaN)."""
+    values = prediction.probabilities.values()
+    if not all(math.isfinite(p) for p in values):
+        shown = ', '.join(f'{p:g}' for p in values)
+        raise ModelError(f'{model_dir}: the model gives non-finite probabilities ({shown}) for '
+                         f'{key} {number}: its weights overflow float32 or are damaged')
+    return prediction.to_dict()
 
 
 def predict_cli(args, stdin=None, stdout=None):
@@ -216,7 +229,8 @@ def predict_cli(args, stdin=None, stdout=None):
             predictions = iter(predict(net, contexts[0], vocab, tokenizer, texts,
                                        batch_size=args.batch_size, max_len=args.max_len))
             write([{key: number, 'error': problem} if problem else
-                   next(predictions).to_dict() for number, _, problem in chunk])
+                   _answer(next(predictions), args.model_dir, key, number)
+                   for number, _, problem in chunk])
     except BrokenPipeError:  # the reader went away (e.g. `| head`): nothing more to say
         pass
 

@@ -16,12 +16,13 @@ from ..data import ShardedPretrainingData, read_manifest
 from ..errors import DataError, UsageError
 from ..model import BERTForPretraining
 from ..params import initialize_missing, parameter_counts
+from ..engine.loop import DivergedError
 from ..engine.runconfig import PretrainConfig
 from ..pretrain import evaluate_pretraining, pretrain_loop
 from ..pretrained import MINILM_NAME, load_pretrained, load_vocabulary, save_pretrained
-from .common import (DEFAULT_LRS, KVSTORE_HELP, KVSTORES, check_at_least, default_lr,
-                     format_lr, join_group, model_kind, parse_contexts, workers_note,
-                     write_metrics)
+from .common import (DEFAULT_LRS, KVSTORE_HELP, KVSTORES, check_at_least, claim_run,
+                     default_lr, format_lr, join_group, model_kind, parse_contexts,
+                     workers_note, write_metrics)
 from .pretrain_data import MODEL_HELP, check_max_len, model_source, prepare
 from .runner import console_entry, run_command
 
@@ -31,6 +32,7 @@ __all__ = ['PROG_PRETRAIN', 'build_pretrain_parser', 'pretrain', 'pretrain_main'
 PROG_PRETRAIN = 'gluonbert-pretrain'
 CORPUS_MAX_LEN = 128  # --max-len with --corpus when not given
 CORPUS_HELDOUT_EVERY = 10  # --corpus holds out every 10th example
+MAX_POSITIONS = 8192  # --max-length: BERT's is 512; a table this long is already 8192 x units
 
 
 def _add_data_arguments(parser):
@@ -91,7 +93,11 @@ def build_pretrain_parser():
     parser.add_argument('--gpus', default='')
     parser.add_argument('--kvstore', default='device', choices=KVSTORES, help=KVSTORE_HELP)
     parser.add_argument('--output-dir', default='runs/pretrain')
-    parser.add_argument('--resume', action='store_true')
+    parser.add_argument('--resume', action='store_true',
+                        help='continue from OUTPUT_DIR/checkpoints')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace the run in OUTPUT_DIR (without it, and without --resume, '
+                             'a directory that holds a run is refused)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--no-progress', action='store_true')
     return parser
@@ -188,6 +194,20 @@ def _check(args):
                    'log_interval', 'checkpoint_every', 'workers', 'shuffle_buffer',
                    'eval_examples', 'max_length', 'examples_per_shard')
     check_max_len(args.max_len)
+    if args.resume and args.overwrite:
+        raise UsageError('--resume continues the run in --output-dir, --overwrite replaces '
+                         'it: give one of them')
+    if args.max_length is not None and args.max_length > MAX_POSITIONS:
+        raise UsageError(f'--max-length must be at most {MAX_POSITIONS} (position embeddings), '
+                         f'got {args.max_length}')
+    if args.max_length is not None and args.max_len is not None and \
+            args.max_length < args.max_len:
+        raise UsageError(f'--max-length {args.max_length} is shorter than --max-len '
+                         f'{args.max_len}: the examples need a position embedding each')
+    if args.max_predictions is not None and args.max_len is not None and \
+            args.max_predictions > args.max_len:
+        raise UsageError(f'--max-predictions must be at most --max-len ({args.max_len}), got '
+                         f'{args.max_predictions}')
     # the training settings, checked where they are defined (an unset --lr takes the
     # model's default later)
     PretrainConfig.from_flags(args, checkpoint_dir=os.path.join(args.output_dir or '.',
@@ -209,7 +229,12 @@ def pretrain(args):
     group, contexts = join_group(args.kvstore, parse_contexts(args.gpus))
     ctx = contexts[0]
     output_dir = os.path.abspath(args.output_dir)
+    if group.is_root:  # one run per OUTPUT_DIR, before anything loads
+        claim_run(output_dir, 'step', resume=args.resume, overwrite=args.overwrite)
     data_dir, max_len = _max_len(args, output_dir)
+    if args.max_predictions is not None and args.max_predictions > max_len:
+        raise UsageError(f'--max-predictions must be at most the examples\' length ({max_len}), '
+                         f'got {args.max_predictions}')
     model, vocab, tokenizer = _load_model(args, ctx, max_len, group)
     if max_len > model.config.max_length:
         hint = ('raise --max-length' if model_kind(args.model, pretraining=True) == 'preset'
@@ -245,6 +270,11 @@ def pretrain(args):
 def _finish(args, model, vocabulary, eval_batches, output_dir, seconds, group, records, data):
     """Evaluate on the held-out batches, save the model and the metrics, and say so."""
     final = evaluate_pretraining(model, eval_batches)
+    for key in ('mlm_loss', 'nsp_loss'):  # the last update may have overflowed the weights
+        if not math.isfinite(final[key]):
+            raise DivergedError(f'training diverged: the held-out {key} is {final[key]} after '
+                                f'update {args.steps}; the model was not saved: lower the '
+                                f'learning rate (--lr)')
     model_dir = os.path.join(output_dir, 'model')
     save_pretrained(model, *vocabulary, model_dir,
                     extra={'pretrained_from': args.model, 'steps': args.steps,

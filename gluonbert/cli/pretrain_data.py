@@ -97,7 +97,9 @@ def _check(args):
     check_max_len(args.max_len)
     check_at_least(args, 1, 'workers', 'examples_per_shard')
     check_at_least(args, 2, 'documents_per_chunk')
-    check_at_least(args, 0, 'heldout_every', 'heldout_max')
+    check_at_least(args, 0, 'heldout_every', 'heldout_max', 'seed')
+    if not args.text_column:
+        raise UsageError('--text-column must name a column, got an empty name')
     if not 0 <= args.short_seq_prob <= 1:
         raise UsageError(f'--short-seq-prob must be in [0, 1], got {args.short_seq_prob}')
 

@@ -14,12 +14,11 @@ import csv
 import glob
 import io
 import itertools
-import json
 import os
 import re
 
 from ..errors import DataError
-from .readers import guess_delimiter, unlimited_csv_fields, utf16_hint
+from .readers import guess_delimiter, json_line, unlimited_csv_fields, utf16_hint
 
 __all__ = ['split_sentences', 'expand_inputs', 'iter_documents', 'read_corpus',
            'TABLE_SUFFIXES']
@@ -144,10 +143,7 @@ def _table_documents(path, lines, suffix, column):
         for number, row in enumerate(lines, 1):
             if not row.strip():
                 continue
-            try:
-                record = json.loads(row)
-            except json.JSONDecodeError as err:
-                raise DataError(f'{path}:{number}: invalid JSON ({err.msg})') from err
+            record = json_line(row, f'{path}:{number}')
             if not isinstance(record, dict):
                 raise DataError(f'{path}:{number}: expected a JSON object, got '
                                 f'{type(record).__name__}')

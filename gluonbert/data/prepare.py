@@ -21,12 +21,13 @@ import multiprocessing
 import os
 
 
-from .._io import DirectoryLock, boundary, read_json_object, write_text
+from .._io import DirectoryLock, boundary, write_text
 from ..errors import DataError, UsageError
+from ..schema import Fields, load_json
 from .corpus import expand_inputs, iter_documents
 from .pretraining import chunk_documents, ids_dtype, pack_chunk
-from .shards import (FORMAT, FORMAT_VERSION, MANIFEST, SPLITS, Shard, shard_name, shard_paths,
-                     vocab_record, write_shard)
+from .shards import (FORMAT, FORMAT_VERSION, MANIFEST, SPLITS, Shard, check_manifest,
+                     check_shard_list, shard_name, shard_paths, vocab_record, write_shard)
 
 __all__ = ['prepare_shards', 'PROGRESS']
 
@@ -36,7 +37,34 @@ _COUNTS = ('documents', 'sentences', 'tokens', 'skipped_documents')
 
 
 def _json(value):
-    return json.dumps(value, indent=1, sort_keys=True) + '\n'
+    return json.dumps(value, indent=1, sort_keys=True, allow_nan=False) + '\n'
+
+
+def _check_progress(saved, path):
+    """Check ``progress.json``'s own fields (its identity is compared by the caller)."""
+    fields = Fields(saved, path, 'preparation progress', DataError,
+                    'pass --overwrite to prepare again')
+    position = fields.get('position', list, low=2, high=2)
+    if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in position):
+        fields.fail('position', 'two integers >= 0 (chunk, instances)', position)
+    fields.get('instances_seen', int, low=0)
+    shards = fields.object('shards')
+    shards.only(SPLITS)
+    for split in SPLITS:
+        check_shard_list(shards, split)
+    counts = fields.object('counts')
+    counts.only(_COUNTS)
+    for key in _COUNTS:
+        counts.get(key, int, low=0)
+    pending = fields.object('pending')  # every commit records it
+    pending.only(('name', 'examples', 'tokens', 'sha256'))
+    pending.get('name', str, choices=(_PENDING,))
+    examples = pending.get('examples', int, low=0)
+    pending.get('tokens', int, low=2 * examples)
+    pending.get('sha256', str, low=64, high=64)
+    committed = sum(r['examples'] for split in SPLITS for r in saved['shards'][split])
+    fields.get('instances_seen', int, choices=(committed + examples,))
+    return saved
 
 
 def _differences(saved, current):
@@ -79,10 +107,11 @@ def _start(directory, identity, overwrite):
         path = os.path.join(directory, name)
         if not os.path.isfile(path):
             continue
-        saved = read_json_object(path, what, DataError)
+        saved = load_json(path, what, DataError)
         differing = _differences({k: saved.get(k) for k in identity}, identity)
         if not differing:
-            return (saved, None) if name == MANIFEST else (None, saved)
+            return (check_manifest(saved, path), None) if name == MANIFEST else \
+                (None, _check_progress(saved, path))
         if not overwrite:
             raise UsageError(f'{directory} holds shards of another preparation '
                              f'({", ".join(differing)} differ); pass --overwrite to replace '
@@ -178,7 +207,10 @@ class _Writer:
         self.buffers[split].append(instance)
         if len(self.buffers[split]) == self.size:
             self.flush(split)
-            self.commit(chunk, skip)
+            if split == 'train':  # a commit holds every instance before its position: the
+                # held-out ones in shards or pending, none of training's in a buffer (a
+                # held-out shard written before is written again, the same, on a resume)
+                self.commit(chunk, skip)
 
     def flush(self, split):
         if self.buffers[split]:

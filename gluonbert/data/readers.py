@@ -393,6 +393,34 @@ def _no_constant(name):
     raise ValueError(f'{name} is not valid JSON')
 
 
+class _RepeatedKey(ValueError):
+    """A JSON object with a key twice: Python's json keeps the last value silently."""
+
+
+def _unique_keys(pairs):
+    row = {}
+    for key, value in pairs:
+        if key in row:
+            raise _RepeatedKey(f'the field {key!r} appears twice in one object (which value '
+                               f'is meant?)')
+        row[key] = value
+    return row
+
+
+def json_line(line, where):
+    """The JSON value of one line of a JSON-lines file, strictly: a repeated key, ``NaN``/
+    ``Infinity`` and nesting Python cannot parse are one-line DataErrors at ``where``
+    (``path:LINE``)."""
+    try:
+        return json.loads(line, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as err:
+        raise DataError(f'{where}: invalid JSON: {err.msg} (column {err.colno})') from None
+    except _RepeatedKey as err:
+        raise DataError(f'{where}: {err}') from None
+    except (ValueError, RecursionError) as err:
+        raise DataError(f'{where}: invalid JSON: {err}') from None
+
+
 def read_jsonl(path, *, text_column='text', label_column='label', labels=None,
                text_pair_column=None):
     """Read JSON lines: one object per line with a text and a label field.
@@ -405,7 +433,8 @@ def read_jsonl(path, *, text_column='text', label_column='label', labels=None,
     ------
     DataError
         Naming ``path:LINE``: invalid UTF-8 or JSON, a line that is not an object, a
-        missing field, a text that is not a non-empty string, an unknown label.
+        field that appears twice, a missing field, a text that is not a non-empty string,
+        an unknown label.
     """
     path = os.fspath(path)
     _check_exists(path)
@@ -423,13 +452,7 @@ def read_jsonl(path, *, text_column='text', label_column='label', labels=None,
                 raise _bad_utf8(where, b'\0' * skipped + raw, err.start + skipped) from err
             if not line.strip(' \t\r'):
                 continue
-            try:
-                row = json.loads(line, parse_constant=_no_constant)
-            except json.JSONDecodeError as err:
-                raise DataError(f'{where}: invalid JSON: {err.msg} (column {err.colno})') \
-                    from err
-            except (ValueError, RecursionError) as err:
-                raise DataError(f'{where}: invalid JSON: {err}') from err
+            row = json_line(line, where)
             if not isinstance(row, dict):
                 raise DataError(f'{where}: expected a JSON object, got {_kind(row)}')
             for column in rows.columns:

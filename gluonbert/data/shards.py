@@ -24,11 +24,13 @@ import os
 
 import numpy as np
 
-from .._io import atomic_write, check_format_version, read_json_object
+from .._io import atomic_write, check_format_version
 from ..errors import DataError
+from ..schema import Fields, load_json
 
 __all__ = ['FORMAT', 'FORMAT_VERSION', 'MANIFEST', 'SPLITS', 'shard_name', 'shard_paths',
-           'write_shard', 'Shard', 'read_manifest', 'vocab_record', 'check_vocab']
+           'write_shard', 'Shard', 'read_manifest', 'check_manifest', 'check_shard_list',
+           'vocab_record', 'check_vocab']
 
 FORMAT, FORMAT_VERSION = 'gluonbert-pretraining-shards', 1
 MANIFEST = 'manifest.json'
@@ -153,12 +155,81 @@ def check_vocab(manifest, vocab, directory):
                         f'them with the same --model')
 
 
-_MANIFEST_KEYS = {'format': str, 'version': int, 'settings': dict, 'vocab': dict,
-                  'counts': dict, 'shards': dict, 'inputs': list, 'dtype': str}
+_SHA256_LENGTH = 64
+MAX_LEN_LIMIT = 8192  # the longest examples a manifest may say its shards hold
+MANIFEST_COUNTS = ('documents', 'sentences', 'tokens', 'skipped_documents', 'train_examples',
+                   'heldout_examples', 'train_tokens')
+
+
+def _sha256_field(fields, key):
+    value = fields.get(key, str, low=_SHA256_LENGTH, high=_SHA256_LENGTH)
+    if any(c not in '0123456789abcdef' for c in value):
+        fields.fail(key, 'a sha256 (64 lowercase hex digits)', value)
+
+
+def check_shard_list(shards, split):
+    """The records of ``split`` in ``shards`` (a :class:`~gluonbert.schema.Fields`): names as
+    :func:`shard_name` makes them, in order."""
+    records = shards.get(split, list)
+    for number, record in enumerate(records):
+        key = f'{split}[{number}]'
+        if not isinstance(record, dict):
+            shards.fail(key, 'an object (a shard record)', record)
+        entry = Fields(record, shards.path, shards.what, shards.error, shards.hint,
+                       f'{shards.prefix}{key}.')
+        entry.only(('name', 'examples', 'tokens', 'sha256'))
+        entry.get('name', str, choices=(shard_name(split, number),))
+        examples = entry.get('examples', int, low=1)
+        entry.get('tokens', int, low=2 * examples)
+        _sha256_field(entry, 'sha256')
+    return records
+
+
+def check_manifest(manifest, path):
+    """Check a shard manifest's fields (types, ranges, one another); returns it."""
+    fields = Fields(manifest, path, 'shard manifest', DataError, 'prepare the shards again')
+    fields.only(('format', 'version', 'settings', 'vocab', 'counts', 'shards', 'inputs',
+                 'dtype'))
+    settings = fields.object('settings')
+    settings.only(('max_len', 'short_seq_prob', 'seed', 'documents_per_chunk', 'text_column',
+                   'examples_per_shard', 'heldout_every', 'heldout_max'))
+    settings.get('max_len', int, low=5, high=MAX_LEN_LIMIT)
+    for key, low in (('examples_per_shard', 1), ('documents_per_chunk', 2),
+                     ('heldout_every', 0), ('heldout_max', 0), ('seed', 0)):
+        settings.get(key, int, low=low)
+    settings.get('short_seq_prob', float, low=0, high=1)
+    settings.get('text_column', str, low=1)
+    vocab = fields.object('vocab')
+    size = vocab.get('size', int, low=5)
+    _sha256_field(vocab, 'sha256')
+    for key in ('pad_id', 'cls_id', 'sep_id', 'mask_id'):
+        vocab.get(key, int, low=0, high=size - 1, default=None)
+    fields.get('dtype', str, choices=('uint16', 'int32'))
+    shards = fields.object('shards')
+    shards.only(SPLITS)
+    examples = {split: check_shard_list(shards, split) for split in SPLITS}
+    counts = fields.object('counts')
+    counts.only(MANIFEST_COUNTS)
+    for key in MANIFEST_COUNTS:
+        counts.get(key, int, low=0)
+    for split, key in (('train', 'train_examples'), ('heldout', 'heldout_examples')):
+        total = sum(r['examples'] for r in examples[split])
+        counts.get(key, int, choices=(total,))
+    inputs = fields.get('inputs', list, low=1)
+    for number, item in enumerate(inputs):
+        if not isinstance(item, dict):
+            fields.fail(f'inputs[{number}]', 'an object (a corpus file)', item)
+        entry = Fields(item, path, 'shard manifest', DataError, fields.hint,
+                       f'inputs[{number}].')
+        entry.only(('path', 'bytes'))
+        entry.get('path', str, low=1)
+        entry.get('bytes', int, low=0)
+    return manifest
 
 
 def read_manifest(directory):
-    """The manifest of a shard directory, checked; DataError when missing or malformed."""
+    """The manifest of a shard directory, checked (:func:`check_manifest`); a one-line
+    DataError when missing or malformed."""
     path = os.path.join(directory, MANIFEST)
     if not os.path.isdir(directory):
         raise DataError(f'{directory}: no such directory (prepare it with '
@@ -168,29 +239,12 @@ def read_manifest(directory):
         raise DataError(f'{directory}: no {MANIFEST}; ' + (
             'its preparation did not finish (run the same gluonbert-pretrain-data command '
             'again to continue it)' if partial else 'not a directory of prepared shards'))
-    manifest = read_json_object(path, 'shard manifest', DataError)
+    manifest = load_json(path, 'shard manifest', DataError)
     if manifest.get('format') != FORMAT:
         raise DataError(f'{path}: not a gluonbert shard manifest')
     check_format_version(manifest, path, FORMAT_VERSION, 'shard', 'prepare the shards again',
                          DataError)
-    for key, kind in _MANIFEST_KEYS.items():
-        if not isinstance(manifest.get(key), kind):
-            raise DataError(f'{path}: {key!r} is missing or not {kind.__name__}')
-    max_len = manifest['settings'].get('max_len')
-    if not isinstance(max_len, int) or isinstance(max_len, bool) or not 5 <= max_len <= 4096:
-        raise DataError(f'{path}: settings.max_len is missing or not a length ({max_len!r})')
-    if not isinstance(manifest['vocab'].get('size'), int) or \
-            not isinstance(manifest['vocab'].get('sha256'), str):
-        raise DataError(f'{path}: vocab record is missing its size or sha256')
-    for split in SPLITS:
-        records = manifest['shards'].get(split)
-        if not isinstance(records, list) or not all(
-                isinstance(r, dict) and isinstance(r.get('name'), str) and
-                isinstance(r.get('examples'), int) and r['examples'] >= 0 and
-                isinstance(r.get('sha256'), str) and os.sep not in r['name'] and
-                not r['name'].startswith('.') for r in records):
-            raise DataError(f'{path}: malformed shard list {split!r}')
-    return manifest
+    return check_manifest(manifest, path)
 
 
 def manifest_digest(manifest):

@@ -22,14 +22,17 @@ import tempfile
 import threading
 
 from .._io import (atomic_write, boundary, check_space, file_digest, fsync_directory, make_public,
-                   ndarray_file_bytes, read_json_object, save_ndarrays, write_text, writing)
+                   ndarray_file_bytes, save_ndarrays, write_text, writing)
 from ..errors import CheckpointError
+from ..schema import load_json
 from . import mxnet_internals as internals
+from .runstate import check_state
 from .states import assign_parameters, checked_parameters, trainer_state_arrays
 
 __all__ = ['CHECKPOINT_FORMAT', 'KINDS', 'CheckpointWriter', 'commit_checkpoint',
            'checkpoint_name', 'checkpoint_paths', 'current_checkpoint', 'read_state',
-           'load_best_parameters', 'prune', 'refuse_first_layout']
+           'load_best_parameters', 'prune', 'refuse_first_layout', 'held_checkpoint',
+           'discard_checkpoints']
 
 CHECKPOINT_FORMAT = 'gluonbert-checkpoint-2'
 KINDS = ('epoch', 'step')
@@ -37,10 +40,6 @@ POINTER_FILE, BEST_FILE = 'last', 'best.params'
 PARAMS_FILE, STATES_FILE, STATE_FILE = 'model.params', 'trainer.states', 'state.json'
 LEGACY_FILES = ('last.params', 'last.states', 'last.json')  # the first layout (refused)
 FIRST_LAYOUT = 'gluonbert-checkpoint-1'
-# what every checkpoint state holds, and of which JSON type, per kind
-STATE_FIELDS = {'epoch': {'epoch': int, 'step': int, 'history': list,
-                          'best_accuracy': (int, float), 'stale_epochs': int},
-                'step': {'step': int, 'batches': int, 'history': list}}
 
 
 def checkpoint_name(kind, number):
@@ -75,7 +74,7 @@ def is_record(record):
         isinstance(record.get('sha256'), str)
 
 
-def verify_file(path, record, hint='start again without --resume'):
+def verify_file(path, record, hint='start the run over with --overwrite'):
     """Check a checkpoint file against its size and sha256 before anything reads it."""
     if not os.path.isfile(path):
         raise CheckpointError(f'{path} is missing; {hint}')
@@ -86,22 +85,24 @@ def verify_file(path, record, hint='start again without --resume'):
 
 
 def read_json(path, what):
-    """A JSON object from ``path``; a one-line CheckpointError if it is not one."""
-    return read_json_object(path, what, CheckpointError)
+    """A JSON object from ``path``, read strictly (:func:`gluonbert.schema.load_json`); a
+    one-line CheckpointError if it is not one."""
+    return load_json(path, what, CheckpointError)
 
 
 def read_state(path, kind='epoch'):
-    """A checkpoint's state.json, checked to hold what resuming a checkpoint of ``kind``
-    reads."""
+    """A checkpoint's state.json, checked (:func:`gluonbert.engine.runstate.check_state`:
+    every field's type and range, and the fields against each other and the checkpoint's
+    name) to hold what resuming a checkpoint of ``kind`` reads."""
     state = read_json(path, 'checkpoint state')
     if state.get('format') != CHECKPOINT_FORMAT:
-        raise CheckpointError(f'{path}: unknown checkpoint format {state.get("format")!r}')
-    fields = dict(STATE_FIELDS[kind], files=dict, run=dict)
-    for key, type_ in fields.items():
-        if not isinstance(state.get(key), type_):
-            raise CheckpointError(f'{path}: damaged checkpoint state ({key!r} is missing or '
-                                  f'not of its type)')
-    return state
+        shown = state.get('format')
+        shown = shown if isinstance(shown, str) and len(shown) <= 60 else type(shown).__name__
+        raise CheckpointError(f'{path}: unknown checkpoint format {shown!r}; start the run over '
+                              f'with --overwrite')
+    name = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    number = int(name.split('-', 1)[1]) if _is_checkpoint_name(name, kind) else None
+    return check_state(state, path, kind, number)
 
 
 def refuse_first_layout(checkpoint_dir):
@@ -109,27 +110,31 @@ def refuse_first_layout(checkpoint_dir):
     ``last.params``, ``last.states``), which this gluonbert does not read."""
     raise CheckpointError(f'{checkpoint_dir}: a checkpoint of an older gluonbert (the first '
                           f'layout, {FIRST_LAYOUT}: last.json, last.params, last.states); '
-                          f'this version resumes {CHECKPOINT_FORMAT} only: start again '
-                          f'without --resume')
+                          f'this version resumes {CHECKPOINT_FORMAT} only: start the run over '
+                          f'with --overwrite')
 
 
 def current_checkpoint(checkpoint_dir, kind='epoch'):
     """The name the pointer file gives (its directory checked to exist); None if none."""
     pointer = os.path.join(checkpoint_dir, POINTER_FILE)
     try:
-        with open(pointer, encoding='utf-8') as f:
-            name = f.read().strip()
+        with open(pointer, 'rb') as f:
+            raw = f.read(256)  # a name is a few bytes: a longer file is no pointer
     except FileNotFoundError:
         return None
+    except IsADirectoryError:
+        raw = b'?'
+    try:
+        name = raw.decode('utf-8').strip()
     except UnicodeDecodeError:
         name = '?'
     if not _is_checkpoint_name(name, kind):
         raise CheckpointError(f'{pointer}: damaged checkpoint pointer (it should name a '
-                              f'checkpoint such as {checkpoint_name(kind, 1)}); start again '
-                              f'without --resume')
+                              f'checkpoint such as {checkpoint_name(kind, 1)}); start the run over '
+                              f'with --overwrite')
     if not os.path.isdir(os.path.join(checkpoint_dir, name)):
-        raise CheckpointError(f'{pointer} names {name}, which is missing; start again '
-                              f'without --resume')
+        raise CheckpointError(f'{pointer} names {name}, which is missing; start the run over '
+                              f'with --overwrite')
     return name
 
 
@@ -178,6 +183,32 @@ def prune(checkpoint_dir, keep, kind='epoch'):
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+
+
+def held_checkpoint(checkpoint_dir, kind='epoch'):
+    """The name of a checkpoint of ``kind`` in ``checkpoint_dir`` (the current one, else
+    any, the first layout's included), or None where it holds none: whether a run started
+    there without resuming would replace another run's checkpoints."""
+    if not os.path.isdir(checkpoint_dir):
+        return None
+    current = _current_name_or_none(checkpoint_dir, kind)
+    if current is not None:
+        return current
+    names = sorted(n for n in os.listdir(checkpoint_dir)
+                   if _is_checkpoint_name(n, kind) or n in LEGACY_FILES)
+    return names[-1] if names else None
+
+
+def discard_checkpoints(checkpoint_dir, kind='epoch'):
+    """Remove every checkpoint of ``kind`` in ``checkpoint_dir``, its pointer and
+    ``best.params`` (a run that starts over, ``overwrite=True``); the lock stays."""
+    for name in (POINTER_FILE, BEST_FILE):
+        try:
+            os.unlink(os.path.join(checkpoint_dir, name))
+        except FileNotFoundError:
+            pass
+    prune(checkpoint_dir, keep=None, kind=kind)
+    fsync_directory(checkpoint_dir)
 
 
 def _write_state(path, data):
@@ -236,7 +267,7 @@ def commit_checkpoint(checkpoint_dir, name, params, optimizer_states, state, is_
             if is_best:
                 best = {kind: state[kind], **files[PARAMS_FILE]}
             data = json.dumps(dict(state, format=CHECKPOINT_FORMAT, files=files, best=best),
-                              indent=1) + '\n'
+                              indent=1, allow_nan=False) + '\n'
             total = sum(sizes.values()) + len(data)
             target.expect(paths['state'], len(data), total=total)  # ASCII: json escapes
 

@@ -23,15 +23,17 @@ import mxnet as mx
 from mxnet import autograd, gluon
 
 from .._io import DirectoryLock, atomic_write
+from ..errors import CheckpointError, GluonbertError
 from ..timing import NO_TIMER
 from . import mxnet_internals as internals
-from .checkpoint import CheckpointWriter, checkpoint_name
+from .checkpoint import CheckpointWriter, checkpoint_name, discard_checkpoints, held_checkpoint
 from .optim import optimizer_step
 from .resume import append_metrics, load_checkpoint, rewrite_metrics
 
 __all__ = ['TrainState', 'seed_everything', 'Step', 'Callback', 'MetricsWriter',
            'Checkpointer', 'Plotter', 'EarlyStopping', 'FunctionCallback', 'Session',
            'place_parameters', 'sync_parameters', 'release_parameters', 'plot_curves',
+           'DivergedError', 'check_loss', 'check_weights',
            'SEED_STRIDE', 'RANK_STRIDE', 'PLOT_INTERVAL_SECONDS']
 
 SEED_STRIDE = 1_000_003  # seeds s and s + 1 share no stream for a million counters
@@ -100,6 +102,51 @@ class TrainState:
                    best_score=-math.inf if best is None else best,
                    stale=saved.get('stale_epochs', 0), best=saved.get('best'),
                    extra=dict(saved.get('extra') or {}))
+
+
+class DivergedError(GluonbertError, ArithmeticError):
+    """Training met a loss that is not finite (NaN or infinite): the run stops there, and
+    nothing is written from that batch on (no checkpoint, no model), so that the last
+    checkpoint stays the one to resume from."""
+
+
+def check_loss(value, *, epoch, batch, batches, update):
+    """Raise :class:`DivergedError` unless the loss ``value`` (a Python float) is finite.
+
+    Both loops call it on a number they read back anyway (fine-tuning: each batch's loss
+    sum, read every few batches for the running metrics; pre-training: each batch's
+    metric sums, read every batch): the check adds no synchronisation with the engine and
+    no extra pass over the weights or gradients. Fine-tuning checkpoints only after an
+    epoch's losses were all read, and pre-training reads a batch's before its update can
+    be saved, so no checkpoint is written after the first non-finite loss.
+
+    ``epoch``, ``batch`` (both 1-based, the batch within its epoch), ``batches`` (per
+    epoch) and ``update`` (the update the batch belongs to) name it in the message.
+    """
+    if math.isfinite(value):
+        return
+    raise DivergedError(
+        f'training diverged: the loss is {value} at epoch {epoch}, batch {batch} of '
+        f'{batches} (update {update}); the run stopped and saved nothing from there on '
+        f'(--resume continues from the last checkpoint, if any): lower the learning rate '
+        f'(--lr) or clip the gradients')
+
+
+def check_weights(net, step):
+    """Raise :class:`DivergedError` unless every parameter of ``net`` is finite (after
+    update ``step``). Called before each checkpoint, so that no checkpoint holds weights an
+    update overflowed (the losses are checked before the update): one elementwise pass
+    and one number read back per checkpoint, next to the copy the checkpoint makes."""
+    names, params = zip(*internals.structural_parameters(net).items())
+    finite = mx.nd.concat(*[mx.nd.contrib.isfinite(p.data()).min().reshape((1,))
+                            .as_in_context(mx.cpu()) for p in params], dim=0)
+    if float(finite.min().asscalar()) == 1:
+        return
+    bad = next(name for name, ok in zip(names, finite.asnumpy()) if not ok)
+    raise DivergedError(f'training diverged: the weights after update {step} are not finite '
+                        f'({bad}); the run stopped and saved nothing from there on (--resume '
+                        f'continues from the last checkpoint, if any): lower the learning '
+                        f'rate (--lr) or clip the gradients')
 
 
 def seed_everything(seed, counter, rank=0):
@@ -288,6 +335,8 @@ class Checkpointer(Callback):
         ``kind='step'``: a checkpoint every ``every`` updates and after update ``total``.
     resume : bool
         Load the current checkpoint, if any, before the run starts (every worker does).
+    overwrite : bool
+        Without ``resume``: remove another run's checkpoints first (refused otherwise).
     run : callable, optional
         Returns this run's :func:`~gluonbert.engine.resume.run_record`; the writing
         worker (rank 0) compares it with the checkpoint's and saves it in each one.
@@ -297,9 +346,10 @@ class Checkpointer(Callback):
     phase = 'checkpoint'
 
     def __init__(self, directory, *, kind='epoch', every=None, total=None, resume=False,
-                 run=None, static=None):
+                 overwrite=False, run=None, static=None):
         self.directory, self.kind, self.every, self.total = directory, kind, every, total
-        self.resume, self.run, self.static = resume, run, dict(static or {})
+        self.resume, self.overwrite = resume, overwrite
+        self.run, self.static = run, dict(static or {})
         self.writer = CheckpointWriter(kind)
         self.session = self.lock = self.run_record = None
         self.writes = False
@@ -309,6 +359,8 @@ class Checkpointer(Callback):
         self.writes = bool(self.directory) and group.is_root  # only rank 0 writes files
         if self.writes:
             self.lock = DirectoryLock(self.directory)  # before anything is read
+            if not self.resume:
+                self._start_over()
             if self.run is not None:
                 with session.timer('checkpoint'):
                     self.run_record = self.run()
@@ -322,12 +374,25 @@ class Checkpointer(Callback):
             position = session.state.epoch if self.kind == 'epoch' else session.state.step
             group.check_same(position, f'the {self.kind} to resume from')
 
+    def _start_over(self):
+        """A run that does not resume: refused where another run's checkpoints are (one
+        run per directory), unless ``overwrite``, which removes them first."""
+        held = held_checkpoint(self.directory, self.kind)
+        if held is None:
+            return
+        if not self.overwrite:
+            raise CheckpointError(f'{self.directory} holds the checkpoints of another run '
+                                  f'({held}); resume=True continues it, overwrite=True '
+                                  f'replaces it')
+        discard_checkpoints(self.directory, self.kind)
+
     def save(self, state, is_best=False):
         """Start writing a checkpoint of ``state`` (in the background)."""
         if not self.writes:
             return
         session = self.session
         number = state.epoch if self.kind == 'epoch' else state.step
+        check_weights(session.net, state.step)
         self.writer.save(self.directory, checkpoint_name(self.kind, number), session.net,
                          session.trainer, {**state.to_json(), **self.static,
                                            'run': self.run_record},

@@ -60,10 +60,12 @@ def run_record(net, settings, train_data, test_data=None):
         'train_data': train_data, 'test_data': test_data}))
 
 
-def _shown(value):
+def _shown(value, other=None):
+    """``value`` for a message; quoted as JSON where it is a string and ``other`` (what it
+    is compared with) is not, so that "1.0" and 1.0 do not read the same."""
     if value is None:
         return 'none'
-    if isinstance(value, str):
+    if isinstance(value, str) and (other is None or isinstance(other, str)):
         return value
     return json.dumps(value, sort_keys=True)
 
@@ -83,15 +85,23 @@ def run_difference(saved, current):
     saved_model, model = saved.get('model'), current['model']
     if saved_model is not None and model is not None and saved_model != model:
         keys = [k for k in sorted(set(saved_model) | set(model))
-                if saved_model.get(k) != model.get(k)]
+                if k not in saved_model or k not in model or saved_model[k] != model[k]]
+
+        def shown(record, key):
+            other = (model if record is saved_model else saved_model).get(key)
+            return _shown(record[key], other) if key in record else 'not recorded'
         return 'the model differs (' + ', '.join(
-            f'{k}: {_shown(saved_model.get(k))} in the checkpoint, {_shown(model.get(k))} in '
-            f'this run' for k in keys) + ')'
+            f'{k}: {shown(saved_model, k)} in the checkpoint, {shown(model, k)} in this run'
+            for k in keys) + ')'
     saved_settings, settings = saved.get('settings') or {}, current['settings']
     keys = list(settings) + [k for k in saved_settings if k not in settings]
-    differences = [f'{k} differs (checkpoint: {_shown(saved_settings.get(k))}; this run: '
-                   f'{_shown(settings.get(k))})'
-                   for k in keys if saved_settings.get(k) != settings.get(k)]
+    def shown(record, key):
+        other = (settings if record is saved_settings else saved_settings).get(key)
+        return _shown(record[key], other) if key in record else 'not recorded'
+    differences = [f'{k} differs (checkpoint: {shown(saved_settings, k)}; this run: '
+                   f'{shown(settings, k)})'
+                   for k in keys if k not in saved_settings or k not in settings or
+                   saved_settings[k] != settings[k]]
     if differences:
         return '; '.join(differences)
     for key, what in (('train_data', 'the training data differ'),
@@ -172,10 +182,11 @@ def rewrite_metrics(path, history):
     """Start ``path`` over with one line per record of ``history``: a resumed run then has
     exactly one line per record, whatever an interrupted run appended after its last
     checkpoint."""
-    write_text(path, ''.join(json.dumps(record) + '\n' for record in history))
+    write_text(path, ''.join(json.dumps(record, allow_nan=False) + '\n' for record in history))
 
 
 def append_metrics(path, record):
     """Append one JSON line to ``path``, flushed to disk (then ``boundary('metrics')``)."""
-    append_text(path, json.dumps(record) + '\n')  # a full disk: one line, no torn line
+    # a full disk: one line, and no torn line
+    append_text(path, json.dumps(record, allow_nan=False) + '\n')
     boundary('metrics', path)

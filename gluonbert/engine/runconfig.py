@@ -62,6 +62,9 @@ class RunConfig:
                                   'the run lasts); None: no checkpoints')
     resume: bool = setting(False, "continue from checkpoint_dir's last checkpoint, bit for "
                            "bit; the compared settings must be the same", flag='resume')
+    overwrite: bool = setting(False, "start over in a checkpoint_dir that holds another "
+                              "run's checkpoints, removing them (without it, and without "
+                              "resume, such a directory is refused)", flag='overwrite')
     early_stop: int = setting(None, 'stop after this many records without a better score',
                               flag='early_stop')
     metrics_path: str = setting(None, 'one JSON line per record')
@@ -85,6 +88,9 @@ class RunConfig:
         self._check_choice('kvstore', KVSTORES)
         if self.resume and not self.checkpoint_dir:
             raise UsageError('resume=True needs a checkpoint_dir')
+        if self.resume and self.overwrite:
+            raise UsageError('resume=True continues the run in checkpoint_dir, overwrite=True '
+                             'replaces it: give one of them')
 
     def _check_number(self, name, low, high=None, low_open=False):
         value = getattr(self, name)

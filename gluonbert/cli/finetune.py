@@ -29,6 +29,7 @@ from ..train import load_best_parameters, train_loop
 from .common import (DEFAULT_LRS, KVSTORE_HELP, KVSTORES, check_at_least, claim_run,
                      default_lr, format_lr, join_group, model_kind, parse_contexts,
                      workers_note, write_metrics)
+from ..evaluation import report_classifier
 from .runner import console_entry, run_command
 
 __all__ = ['PROG_FINETUNE', 'build_finetune_parser', 'finetune', 'finetune_main',
@@ -317,6 +318,12 @@ def _finetune(run):
     lora = _save_model(run, net, vocab, tokenizer)
     metrics = _metrics(run, history, train_set, test_set, lr, loaders[0].padding_waste,
                        counts, lora)
+    with timer('evaluate'):  # what gluonbert-evaluate gives for the saved model and test set
+        report = report_classifier(net, vocab, tokenizer, test_set, run.output_dir,
+                                   ctx=run.contexts[0], batch_size=args.batch_size,
+                                   max_len=args.max_len, extra={'model': run.path('model')})
+    metrics['evaluation'] = {'report': run.path('report.json'), 'macro_f1': report['macro_f1'],
+                             'ece': report['calibration']['ece']}
     metrics['kernels'] = net.config.kernels  # LayerNorm/dropout/AdamW: what trained it
     with timer('predict'):
         demo = _demo_prediction(net, test_set, run.contexts[0], vocab, tokenizer)
@@ -489,6 +496,10 @@ def _report(metrics, timer):
           f"{metrics['train_samples_per_second']:.1f} train samples/s, "
           f"{metrics['wall_seconds']:.0f} s in all")
     print(f"model saved to {metrics['model_dir']}")
+    evaluation = metrics['evaluation']
+    print(f"test macro-F1 {evaluation['macro_f1']:.4f}, expected calibration error "
+          f"{evaluation['ece']:.4f}; report in {evaluation['report']} (with confusion.png, "
+          f"reliability.png)")
     if metrics['lora']:
         print(f"LoRA adapter ({metrics['adapter_bytes']:,} bytes) saved to "
               f"{metrics['adapter_dir']}")

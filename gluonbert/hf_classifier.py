@@ -76,6 +76,8 @@ def read_hf_head(config_path):
         if num_labels is not None and num_labels != len(names):
             fields.fail('num_labels', f'{len(names)} (id2label has {len(names)} labels)',
                         num_labels)
+    if not names:
+        fields.fail('id2label', 'the names of at least 2 classes', {})
     if len(names) < 2:
         raise PretrainedError(f'{config_path}: id2label has 1 label: a regression head '
                               f'(transformers\' problem_type regression); gluonbert loads '

@@ -4,8 +4,11 @@ every file checked before a model is built: the config's fields by type and rang
 sizes against the tensors' shapes in the safetensors header (read without loading a
 tensor), the tensors' dtypes, the vocabulary against the embedding.
 
-:func:`load_hf_checkpoint` is what :func:`gluonbert.load_pretrained` calls for such a
-directory (the embedded MiniLM is one).
+:func:`load_hf_checkpoint` reads the encoder (the embedded MiniLM is such a directory);
+config.json's ``architectures`` (:func:`hf_architecture`) says which task head the
+tensors hold besides (:func:`head_tensors`): :func:`gluonbert.load_pretrained` reads a
+``BertForSequenceClassification`` as a classifier (:mod:`gluonbert.hf_classifier`), and
+the encoder of the others, their heads left out.
 """
 import os
 import re
@@ -230,10 +233,11 @@ def _mapped_names(names, tensors_path, with_heads, heads=None):
         normalised = _normalise_hf_name(name)
         if normalised in _BUFFERS:
             continue
-        target = heads[normalised] if normalised in heads else _target_name(normalised)
         if normalised in heads:
-            mapping[normalised] = target
-        elif target is None:
+            mapping[normalised] = heads[normalised]
+            continue
+        target = _target_name(normalised)
+        if target is None:
             unknown.append(name)
         elif target.startswith('^'):
             mapping[normalised] = target[1:] if with_heads else None

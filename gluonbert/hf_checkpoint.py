@@ -4,8 +4,11 @@ every file checked before a model is built: the config's fields by type and rang
 sizes against the tensors' shapes in the safetensors header (read without loading a
 tensor), the tensors' dtypes, the vocabulary against the embedding.
 
-:func:`load_hf_checkpoint` is what :func:`gluonbert.load_pretrained` calls for such a
-directory (the embedded MiniLM is one).
+:func:`load_hf_checkpoint` reads the encoder (the embedded MiniLM is such a directory);
+config.json's ``architectures`` (:func:`hf_architecture`) says which task head the
+tensors hold besides (:func:`head_tensors`): :func:`gluonbert.load_pretrained` reads a
+``BertForSequenceClassification`` as a classifier (:mod:`gluonbert.hf_classifier`), and
+the encoder of the others, their heads left out.
 """
 import os
 import re
@@ -22,7 +25,9 @@ from .params import named_parameters
 from .schema import Fields, load_json, safetensors_header
 from .tokenizer import BERTTokenizer, Vocab
 
-__all__ = ['load_hf_checkpoint', 'read_hf_config', 'read_hf_vocabulary', 'HF_FIELDS']
+__all__ = ['load_hf_checkpoint', 'read_hf_config', 'read_hf_vocabulary', 'HF_FIELDS',
+           'hf_architecture', 'head_tensors', 'check_hf_header', 'read_hf_weights',
+           'SEQUENCE_CLASSIFIER']
 
 _HF_ACTIVATIONS = {'gelu': 'gelu', 'gelu_new': 'gelu_tanh', 'gelu_pytorch_tanh': 'gelu_tanh',
                    'gelu_fast': 'gelu_tanh', 'relu': 'relu', 'tanh': 'tanh'}
@@ -145,6 +150,37 @@ def _hf_tokenizer_options(directory, vocab):
     return options
 
 
+# ------------------------------------------------------------------------ architectures
+SEQUENCE_CLASSIFIER = 'BertForSequenceClassification'
+# Hugging Face's head tensor -> its name in a gluonbert BERTClassifier (dropout, then Dense)
+_CLASSIFIER_HEAD = {'classifier.weight': 'classifier.1.weight',
+                    'classifier.bias': 'classifier.1.bias'}
+# the heads of the BERT architectures gluonbert does not build: their encoder is read
+_OTHER_HEADS = {'BertForTokenClassification': tuple(_CLASSIFIER_HEAD),
+                'BertForMultipleChoice': tuple(_CLASSIFIER_HEAD),
+                'BertForQuestionAnswering': ('qa_outputs.weight', 'qa_outputs.bias')}
+
+
+def hf_architecture(config_path):
+    """The architecture config.json names (the first of ``architectures``; None where it
+    names none), checked: a list of non-empty strings."""
+    fields = Fields(load_json(config_path, 'config', PretrainedError), config_path,
+                    'config', PretrainedError, _HINT)
+    names = fields.get('architectures', list, default=None, nullable=True)
+    if names and not all(isinstance(n, str) and n for n in names):
+        fields.fail('architectures', 'a list of architecture names', names)
+    return names[0] if names else None
+
+
+def head_tensors(architecture):
+    """``{HF head tensor name: its name in gluonbert's task model}`` of ``architecture``:
+    a sentence classifier's ``classifier.*``; the tensor names alone (the values None)
+    for the heads gluonbert leaves out; {} for others (an encoder, pre-training heads)."""
+    if architecture == SEQUENCE_CLASSIFIER:
+        return dict(_CLASSIFIER_HEAD)
+    return dict.fromkeys(_OTHER_HEADS.get(architecture, ()))
+
+
 # ------------------------------------------------------------------------------ tensors
 def _tensor_header(directory):
     """``(path, {HF name: shape})`` of the checkpoint's tensors, for the checks before
@@ -185,13 +221,20 @@ def _read_hf_tensors(path):
             for name, t in tensors.items()}
 
 
-def _mapped_names(names, tensors_path, with_heads):
+def _mapped_names(names, tensors_path, with_heads, heads=None):
     """``{normalised HF name: gluonbert name or None (dropped)}`` of ``names``; unknown
-    names are a one-line error."""
+    names are a one-line error. ``heads`` (:func:`head_tensors`) maps the architecture's
+    head tensors to their names in the task model (the encoder's then under ``bert.``), or
+    to None where the head is left out."""
+    heads = heads or {}
+    nested = with_heads or any(heads.values())
     mapping, unknown = {}, []
     for name in names:
         normalised = _normalise_hf_name(name)
         if normalised in _BUFFERS:
+            continue
+        if normalised in heads:
+            mapping[normalised] = heads[normalised]
             continue
         target = _target_name(normalised)
         if target is None:
@@ -199,10 +242,13 @@ def _mapped_names(names, tensors_path, with_heads):
         elif target.startswith('^'):
             mapping[normalised] = target[1:] if with_heads else None
         else:
-            mapping[normalised] = ('bert.' if with_heads else '') + target
+            mapping[normalised] = ('bert.' if nested else '') + target
     if unknown:
+        head = ('; a classifier head, which config.json\'s architectures must name '
+                '(BertForSequenceClassification)'
+                if any(_normalise_hf_name(n) in _CLASSIFIER_HEAD for n in unknown) else '')
         raise PretrainedError(f'{tensors_path}: unexpected tensors (no BERT parameter has '
-                              f'their names): {", ".join(unknown)}')
+                              f'their names): {", ".join(unknown)}{head}')
     return mapping
 
 
@@ -225,34 +271,64 @@ def _buffers_checked(tensors, tensors_path):
     return tensors
 
 
+def check_hf_header(directory, config, heads=None):
+    """``(tensors path, {HF name: shape} or None)`` of a Hugging Face directory whose
+    config.json gave ``config``: the tensors' dtypes, and the config's sizes against their
+    shapes, checked from the safetensors header before anything is loaded (a PyTorch
+    pickle, without a header, is checked by :func:`read_hf_weights`). ``heads``: as for
+    :func:`read_hf_weights`."""
+    tensors_path, shapes = _tensor_header(directory)
+    if shapes is not None:
+        mapping = _mapped_names(shapes, tensors_path, with_heads=False, heads=heads)
+        targets = {n: mapping.get(_normalise_hf_name(n)) for n in shapes}
+        check_config_against_tensors(
+            config, {t: shapes[n] for n, t in targets.items() if t}, _config_path(directory),
+            tensors_path, HF_FIELDS, {t: n for n, t in targets.items() if t})
+    return tensors_path, shapes
+
+
+def read_hf_weights(tensors_path, config, *, with_heads=False, heads=None, checked=True):
+    """``(arrays, hf_names)``: the tensors of ``tensors_path`` as ``{gluonbert name:
+    numpy array}`` (buffers checked and dropped; pre-training heads kept only
+    ``with_heads``; an architecture's ``heads`` (:func:`head_tensors`) named as it says,
+    or left out), and ``{gluonbert name: HF name}`` for messages. ``checked``: the config
+    was checked against the header already (else, for a PyTorch pickle, now)."""
+    tensors = _buffers_checked({_normalise_hf_name(k): v
+                                for k, v in _read_hf_tensors(tensors_path).items()},
+                               tensors_path)
+    mapping = _mapped_names(tensors, tensors_path, with_heads, heads=heads)
+    mapped = {mapping[name]: value for name, value in tensors.items() if mapping[name]}
+    hf_names = {target: name for name, target in mapping.items() if target}
+    if not checked:  # a PyTorch pickle: the same checks, now that its shapes are known
+        check_config_against_tensors(config, {n: v.shape for n, v in mapped.items()},
+                                     _config_path(os.path.dirname(tensors_path)),
+                                     tensors_path, HF_FIELDS, hf_names)
+    return mapped, hf_names
+
+
+def _config_path(directory):
+    return os.path.join(directory, 'config.json')
+
+
 def load_hf_checkpoint(directory, *, ctx=None, with_heads=False):
-    """Load a Hugging Face BERT directory (config.json, model.safetensors, vocab.txt).
+    """Load the encoder of a Hugging Face BERT directory (config.json, model.safetensors,
+    vocab.txt): a :class:`BERTModel`, or with ``with_heads`` a :class:`BERTForPretraining`.
 
     Before anything is built: config.json is checked field by field, its sizes against the
     tensors' shapes (from the safetensors header), the tensors' dtypes, and vocab.txt
     against the vocabulary size. Then every tensor is mapped and used (or, for
-    pre-training heads with ``with_heads=False``, deliberately dropped), every model
-    parameter is set, shapes are checked, and non-finite weights are refused.
+    pre-training heads with ``with_heads=False`` and the task heads of the architectures
+    in :func:`head_tensors`, deliberately dropped), every model parameter is set, shapes
+    are checked, and non-finite weights are refused. (A ``BertForSequenceClassification``
+    directory as a classifier: :func:`gluonbert.hf_classifier.load_hf_classifier`.)
     """
-    config_path = os.path.join(directory, 'config.json')
+    config_path = _config_path(directory)
     config = read_hf_config(config_path)
-    tensors_path, shapes = _tensor_header(directory)
-    if shapes is not None:
-        mapping = _mapped_names(shapes, tensors_path, with_heads=False)
-        targets = {n: mapping.get(_normalise_hf_name(n)) for n in shapes}
-        check_config_against_tensors(
-            config, {t: shapes[n] for n, t in targets.items() if t}, config_path,
-            tensors_path, HF_FIELDS, {t: n for n, t in targets.items() if t})
+    heads = dict.fromkeys(head_tensors(hf_architecture(config_path)))  # left out
+    tensors_path, shapes = check_hf_header(directory, config, heads)
     vocab, tokenizer = read_hf_vocabulary(directory, config)
-    tensors = _buffers_checked({_normalise_hf_name(k): v
-                                for k, v in _read_hf_tensors(tensors_path).items()},
-                               tensors_path)
-    mapping = _mapped_names(tensors, tensors_path, with_heads)
-    mapped = {mapping[name]: value for name, value in tensors.items() if mapping[name]}
-    hf_names = {target: name for name, target in mapping.items() if target}
-    if shapes is None:  # a PyTorch pickle: the same checks, now that its shapes are known
-        check_config_against_tensors(config, {n: v.shape for n, v in mapped.items()},
-                                     config_path, tensors_path, HF_FIELDS, hf_names)
+    mapped, hf_names = read_hf_weights(tensors_path, config, with_heads=with_heads,
+                                       heads=heads, checked=shapes is not None)
     bert = BERTModel(config)
     model = BERTForPretraining(bert=bert) if with_heads else bert
     allow_missing = [n for n in named_parameters(model)

@@ -327,11 +327,12 @@ def logit_tolerance(reference):
 
 
 def _check_read_back(directory, net, tensors):
-    """gluonbert's Hugging Face reader must give the encoder back bit for bit. It reads
-    encoders only (it refuses a head's tensors), so it is handed the directory's files with
-    the encoder's tensors alone."""
+    """gluonbert's Hugging Face encoder reader must give the encoder back bit for bit. It
+    is handed the directory's files with the encoder's tensors alone (it leaves a
+    BertForSequenceClassification's head out; :func:`gluonbert.load_pretrained` reads the
+    whole directory as a classifier, and refuses one without its head)."""
     from safetensors.numpy import load_file, save_file
-    from .pretrained import load_pretrained
+    from .hf_checkpoint import load_hf_checkpoint
     written = load_file(os.path.join(directory, 'model.safetensors'))
     if sorted(written) != sorted(tensors) or any(
             not np.array_equal(written[n], tensors[n]) for n in tensors):
@@ -342,7 +343,7 @@ def _check_read_back(directory, net, tensors):
             shutil.copy(os.path.join(directory, name), encoder_only)
         save_file({n: t for n, t in written.items() if n not in HEAD_NAMES},
                   os.path.join(encoder_only, 'model.safetensors'))
-        bert, _, _ = load_pretrained(encoder_only)
+        bert, _, _ = load_hf_checkpoint(encoder_only)
     finally:
         shutil.rmtree(encoder_only, ignore_errors=True)
     original = {n: p for n, p in named_parameters(net.bert).items()

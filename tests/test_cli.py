@@ -147,8 +147,8 @@ def test_default_learning_rates():
     (['--model', 'no_such_model'], "unknown model 'no_such_model'"),
     (['--dataset', 'nowhere'], "unknown dataset 'nowhere'"),
 ])
-def test_finetune_bad_input_is_one_line(flags, message, capsys):
-    assert finetune_main(['--no-progress', *flags]) == 2
+def test_finetune_bad_input_is_one_line(flags, message, tmp_path, capsys):
+    assert finetune_main(['--no-progress', '--output-dir', str(tmp_path / 'run'), *flags]) == 2
     err = capsys.readouterr().err
     assert message in err
     assert len(err.strip().splitlines()) == 1 and 'Traceback' not in err
@@ -451,9 +451,8 @@ def test_finetune_profile_accounts_for_the_wall_time(tiny_files, tmp_path, capsy
     # every phase was timed, as often as it ran: the command's once per run, the training
     # loop's per epoch (at least) and per batch
     assert set(phases) == set(calls)
-    assert {name: calls[name] for name in ('load_model', 'read_data', 'tokenize', 'save',
-                                           'predict')} == dict.fromkeys(
-        ('load_model', 'read_data', 'tokenize', 'save', 'predict'), 1)
+    once = ('load_model', 'read_data', 'tokenize', 'save', 'report', 'predict')
+    assert {name: calls[name] for name in once} == dict.fromkeys(once, 1)
     assert calls['checkpoint'] >= 2 and calls['data'] >= calls['update']
     assert phases['forward_backward'] > max(phases['data'], phases['tokenize'])
     # 24 training rows in batches of 8, 2 epochs: one forward/backward and update each

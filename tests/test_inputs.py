@@ -331,7 +331,8 @@ def test_parquet_without_pyarrow_says_what_to_install(tmp_path, monkeypatch, cap
     with pytest.raises(EnvironmentProblem, match=f'^{re.escape(message)}$'):
         data.read_table(str(path))
     monkeypatch.setattr(finetune_cli, '_load_model', lambda *a: pytest.fail('the model loaded'))
-    assert cli.finetune_main(['--train', str(path), '--test', str(path), '--no-progress']) == 2
+    assert cli.finetune_main(['--train', str(path), '--test', str(path), '--no-progress',
+                              '--output-dir', str(tmp_path / 'run')]) == 2
     assert capsys.readouterr().err == f'gluonbert-finetune: error: {message}\n'
 
 

@@ -323,7 +323,7 @@ def _finetune(run):
     lora = _save_model(run, net, vocab, tokenizer)
     metrics = _metrics(run, history, train_set, test_set, lr, loaders[0].padding_waste,
                        counts, lora)
-    with timer('evaluate'):  # what gluonbert-evaluate gives for the saved model and test set
+    with timer('report'):  # what gluonbert-evaluate gives for the saved model and test set
         report = report_classifier(net, vocab, tokenizer, test_set, run.output_dir,
                                    ctx=run.contexts[0], batch_size=args.batch_size,
                                    max_len=args.max_len, extra={'model': run.path('model')})

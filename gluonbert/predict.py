@@ -7,7 +7,7 @@ import mxnet as mx
 from .model import ClassifierInfo
 
 __all__ = ['Prediction', 'predict_sentiment', 'predict', 'label_names_of', 'info_of',
-           'encoder_for', 'max_len_for']
+           'encoder_for', 'max_len_for', 'mxnet_probabilities']
 
 
 @dataclasses.dataclass
@@ -76,9 +76,20 @@ def max_len_for(net, max_len=None):
 
 
 def _run(net, ctx, id_lists, pad_id):
-    """Probabilities (len(id_lists), num_classes) for one padded batch."""
+    """Probabilities (len(id_lists), num_classes) for one padded batch. ``net`` is an
+    MXNet block, or a classifier run by another backend (:mod:`gluonbert.backends`), which
+    takes the padded NumPy batch through its ``run_padded(words, valid_length)``."""
     from .data import pad_ids
     words, valid_length = pad_ids(id_lists, pad_id)
+    run_padded = getattr(net, 'run_padded', None)
+    if run_padded is not None:
+        return run_padded(words, valid_length)
+    return mxnet_probabilities(net, ctx, words, valid_length)
+
+
+def mxnet_probabilities(net, ctx, words, valid_length):
+    """Probabilities of an MXNet classifier on one padded NumPy batch (``words`` ``(B, L)``
+    ids, ``valid_length`` ``(B,)``), float32 softmax whatever the block computes in."""
     words, valid_length = mx.nd.array(words, ctx=ctx), mx.nd.array(valid_length, ctx=ctx)
     logits = net(words, mx.nd.zeros_like(words), valid_length)
     return mx.nd.softmax(logits.astype('float32'), axis=-1).asnumpy()

@@ -29,7 +29,8 @@ LAYERS = [
     ('inference', ['predict', 'evaluation']),
     ('process groups', ['distributed']),
     ('training engine', ['engine', 'train', 'pretrain']),
-    ('fast paths and export', ['fast', 'export', 'hf_export', 'onnx_export', 'sysinfo']),
+    ('fast paths and export', ['fast', 'export', 'hf_export', 'onnx_export', 'sysinfo',
+                               'backends']),
     ('commands', ['cli']),
 ]
 LAYER_OF = {name: rank for rank, (_, names) in enumerate(LAYERS) for name in names}

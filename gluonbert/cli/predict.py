@@ -14,6 +14,7 @@ import sys
 from typing import Optional
 
 from .. import fast
+from ..backends import BACKENDS, load_backend, require_backend
 from ..errors import ModelError, UsageError
 from ..hardware import require_bf16
 from ..model_dir import load_classifier
@@ -53,7 +54,13 @@ def build_predict_parser():
     fast.add_argument('--fast', action='store_true',
                       help="the fastest path that keeps float32's answers on this CPU: int8 "
                            "with VNNI/AMX, bfloat16 where native, else float32; says which "
-                           "on stderr")
+                           "on stderr. With --backend onnxruntime|openvino: the fastest of "
+                           "that backend's precisions, measured")
+    fast.add_argument('--backend', choices=BACKENDS, default='mxnet',
+                      help="mxnet (gluonbert itself), onnxruntime or openvino (on the model's "
+                           "ONNX export, cached beside it), or auto: the fastest on this CPU "
+                           "that keeps float32's labels, measured once and recorded "
+                           "(docs/backends.md)")
     return parser
 
 
@@ -68,6 +75,13 @@ def _validate_fast_flags(args):
     """--dtype / --quantize / --calib-file make sense together and on this machine;
     returns the :class:`FastPath` they (or --fast) choose. ``args`` is left as parsed."""
     dtype, quantize = args.dtype, args.quantize
+    if args.backend != 'mxnet':
+        if quantize or dtype != 'float32' or args.gpus or args.calib_file:
+            raise UsageError(f'--backend {args.backend} runs on the CPU at its own precision; '
+                             f'drop --dtype, --quantize, --calib-file or --gpus')
+        if args.backend != 'auto':
+            require_backend(args.backend)
+        return FastPath('float32')
     if args.fast:
         if quantize or dtype != 'float32' or args.gpus:
             raise UsageError('--fast picks the CPU path itself; drop --dtype, --quantize or '
@@ -208,7 +222,12 @@ def predict_cli(args, stdin=None, stdout=None):
     path = _validate_fast_flags(args)  # before the model loads
     contexts = parse_contexts(args.gpus)
     # a model directory, or a LoRA adapter merged into its base (the plain model's speed)
-    net, vocab, tokenizer = load_classifier(args.model_dir, ctx=contexts[0])
+    if args.backend != 'mxnet':
+        net, vocab, tokenizer, said = load_backend(args.model_dir, args.backend, fast=args.fast,
+                                                   ctx=contexts[0])
+        print(f'{PROG_PREDICT}: --backend {args.backend}: {said}', file=sys.stderr, flush=True)
+    else:
+        net, vocab, tokenizer = load_classifier(args.model_dir, ctx=contexts[0])
     if args.texts:
         key = 'argument'
         items = ((i, t, _text_problem(t)) for i, t in enumerate(args.texts, 1))
@@ -220,8 +239,9 @@ def predict_cli(args, stdin=None, stdout=None):
         raise UsageError('no text given (pass TEXT arguments or lines on stdin)')
     # a full first chunk of stdin: more lines are likely to follow
     expected = len(args.texts) if args.texts else len(first) + (len(first) == args.batch_size)
-    net.hybridize(static_alloc=True)
-    net = _fast_model(args, path, net, vocab, tokenizer, contexts[0], num_texts=expected)
+    if args.backend == 'mxnet':
+        net.hybridize(static_alloc=True)
+        net = _fast_model(args, path, net, vocab, tokenizer, contexts[0], num_texts=expected)
     write = _json_lines_writer(stdout)
     try:
         for chunk in itertools.chain([first], chunks):

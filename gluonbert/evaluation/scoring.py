@@ -62,6 +62,11 @@ class _Scorer:
         if self.text_pair is False and pairs:
             raise UsageError(f'{self.name} classifies single texts; drop --text-pair-column')
 
+    def run_batch(self, ids, segments, valid_length):
+        """``(B, K)`` probabilities of one padded batch: int64 ``ids`` and ``segments``
+        ``(B, L)``, ``valid_length`` ``(B,)``."""
+        return self._run(ids, segments, valid_length)
+
     def probabilities(self, dataset, *, batch_size=32, progress=False):
         """``(len(dataset), K)`` float64 probabilities, in the dataset's order."""
         if batch_size < 1:
@@ -142,9 +147,14 @@ class OnnxScorer(_Scorer):
     The graph takes int64 ``input_ids``, ``attention_mask`` and ``token_type_ids``
     (batch, sequence) and gives ``logits`` (batch, labels). max_len: ``max_len``, else
     ``model_max_length``, else ``config.json``'s ``max_position_embeddings``, else 512.
+    ``threads``: onnxruntime's ``intra_op_num_threads`` (its own default when None).
+    Subclasses may run the file in another runtime: ``_session(path)`` returns an object
+    with onnxruntime's ``run(output_names, feed)`` and the graph's input names, and sets
+    ``self.output``.
     """
 
-    def __init__(self, path, *, max_len=None):
+    def __init__(self, path, *, max_len=None, threads=None):
+        self.threads = threads
         from ..schema import load_json
         from ..tokenizer import BERTTokenizer, Vocab
         if not os.path.isfile(path):
@@ -182,6 +192,8 @@ class OnnxScorer(_Scorer):
         onnxruntime = _import_onnxruntime(path)
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # errors only
+        if self.threads:
+            options.intra_op_num_threads = int(self.threads)
         try:
             session = onnxruntime.InferenceSession(path, options,
                                                    providers=['CPUExecutionProvider'])

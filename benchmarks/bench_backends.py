@@ -1,0 +1,74 @@
+"""The backends of gluonbert-predict, measured: texts per second of each (backend,
+precision) this CPU runs (gluonbert.backends.candidates) on ``--limit`` bundled reviews
+(train file first), through gluonbert.predict.predict in batches of ``--batch-size``
+(sorted by length, as gluonbert-predict does), best of ``--repeats`` timed passes after one
+warm-up pass; labels and probabilities against gluonbert's float32 model on the same
+texts; and what ``--backend auto`` picks here (its own short calibration)::
+
+    cp -r runs/finetune/model /tmp/bench-model   # the cache is written beside the model
+    .venv/bin/python benchmarks/bench_backends.py --model-dir /tmp/bench-model
+"""
+import argparse
+import json
+import os
+import time
+
+import gluonbert  # noqa: F401  (first: it sets MXNet's OpenMP thread count)
+import numpy as np
+
+from gluonbert import backends
+from gluonbert._env import default_num_threads
+from gluonbert.backends.choice import build
+from gluonbert.hardware import cpu_info
+from gluonbert.model_dir import load_classifier
+from gluonbert.predict import predict
+
+REVIEWS = os.path.join(os.path.dirname(gluonbert.__file__), 'resources', 'reviews')
+
+
+def review_texts(limit):
+    texts = []
+    for name in ('train.jsonl', 'test.jsonl'):
+        with open(os.path.join(REVIEWS, name), encoding='utf-8') as f:
+            texts += [json.loads(line)['text'] for line in f if line.strip()]
+    return texts[:limit]
+
+
+def probabilities(predictor, vocab, tokenizer, texts, batch_size):
+    answers = predict(predictor, None, vocab, tokenizer, texts, batch_size=batch_size)
+    return np.array([[p.probabilities[n] for n in sorted(p.probabilities)] for p in answers])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--model-dir', required=True)
+    parser.add_argument('--limit', type=int, default=256)
+    parser.add_argument('--batch-size', type=int, default=32)
+    parser.add_argument('--repeats', type=int, default=3)
+    args = parser.parse_args()
+    texts = review_texts(args.limit)
+    net, vocab, tokenizer = load_classifier(args.model_dir)
+    net.hybridize(static_alloc=True)
+    reference = probabilities(net, vocab, tokenizer, texts, args.batch_size)
+    print(f'CPU: {cpu_info().describe()}; {default_num_threads()} threads; '
+          f'{len(texts)} texts, batch {args.batch_size}')
+    print('| backend | precision | texts/s | labels as float32 | max abs dp |')
+    print('|---|---|---:|---:|---:|')
+    for option in backends.candidates(backends.available_backends()):
+        predictor = build(option, net, vocab, tokenizer, args.model_dir)
+        got = probabilities(predictor, vocab, tokenizer, texts, args.batch_size)  # warm-up
+        best = float('inf')
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            probabilities(predictor, vocab, tokenizer, texts, args.batch_size)
+            best = min(best, time.perf_counter() - start)
+        agree = float((got.argmax(1) == reference.argmax(1)).mean())
+        print(f'| {option[0]} | {option[1]} | {len(texts) / best:.1f} | {agree:.1%} | '
+              f'{np.abs(got - reference).max():.2g} |', flush=True)
+    start = time.perf_counter()
+    _, _, _, said = backends.load_backend(args.model_dir, 'auto')
+    print(f'--backend auto: {said} [{time.perf_counter() - start:.1f} s]')
+
+
+if __name__ == '__main__':
+    main()

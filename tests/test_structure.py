@@ -30,6 +30,7 @@ LAYERS = [
     ('process groups', ['distributed']),
     ('training engine', ['engine', 'train', 'pretrain']),
     ('fast paths and export', ['fast', 'export', 'hf_export', 'onnx_export', 'sysinfo']),
+    ('serving', ['serve']),
     ('commands', ['cli']),
 ]
 LAYER_OF = {name: rank for rank, (_, names) in enumerate(LAYERS) for name in names}

@@ -97,9 +97,8 @@ class Batcher:
     def cancel(self, pending):
         """Drop ``pending``'s waiting inputs; its answers, if any come, are not sent."""
         with self._cond:
-            pending.cancelled = True
-            if pending.started is None:
-                self._queue = collections.deque(e for e in self._queue if e[0] is not pending)
+            pending.cancelled = True  # its inputs still waiting go; those running finish
+            self._queue = collections.deque(e for e in self._queue if e[0] is not pending)
         self._depth_changed()
 
     def stop(self, timeout=None):
@@ -136,18 +135,16 @@ class Batcher:
                     self._cond.wait()
                 if not self._queue:
                     return None
-                oldest = self._queue[0][3]
-                while (not self._stopping and len(self._queue) < self.max_batch_size):
-                    left = oldest + self.max_wait - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._cond.wait(left)
-                if self._queue:  # cancel() may have emptied it meanwhile
-                    batch = self._pick()
-                    for entry in batch:
-                        if entry[0].started is None:
-                            entry[0].started = time.monotonic()
+                # the oldest input still waiting (cancel() may have taken the one before)
+                left = self._queue[0][3] + self.max_wait - time.monotonic()
+                if self._stopping or len(self._queue) >= self.max_batch_size or left <= 0:
                     break
+                self._cond.wait(left)
+            batch = self._pick()
+            now = time.monotonic()
+            for entry in batch:
+                if entry[0].started is None:
+                    entry[0].started = now
         self._depth_changed()
         return batch
 

@@ -279,6 +279,8 @@ def test_info_openapi_and_metrics(main_url):
 
 def test_overload_timeouts_and_disconnects_cost_nothing(servers):
     url = servers['limits'].wait_ready()
+    too_many = httpx.post(url + '/predict', json={'inputs': ['a'] * 4})  # never fits
+    assert too_many.status_code == 413 and '--max-queue' in too_many.json()['error']
     with pytest.raises(httpx.TimeoutException):  # the client goes before its batch starts
         httpx.post(url + '/predict', json={'inputs': 'gone'}, timeout=0.15)
 
@@ -381,3 +383,49 @@ def test_draining_app_is_not_ready(model_dirs):
         app.state.serving.draining = True
         response = client.get('/ready')
         assert response.status_code == 503 and 'draining' in response.json()['error']
+
+
+class RecordingModel:
+    """The batcher's model in the unit tests below: the batches it was given (the lengths
+    of their inputs); logits ``[length, -length]`` per input."""
+
+    def __init__(self):
+        self.batches = []
+
+    def run(self, encoded):
+        lengths = [len(ids) for ids, _ in encoded]
+        self.batches.append(lengths)
+        logits = np.array([[n, -n] for n in lengths], dtype=np.float32)
+        return logits, logits
+
+
+def _queued_batches(lengths, **limits):
+    """The batches a Batcher forms of one request per length in ``lengths``, all queued
+    before the thread looks (a long window), and each request's answer."""
+    from gluonbert.serve.batcher import Batcher, Pending
+    model = RecordingModel()
+    answered = []
+    batcher = Batcher(lambda: model, max_wait=0.3, max_queue=1000, **limits)
+    pendings = [Pending([(np.zeros(n, np.int32), np.zeros(n, np.int32))], answered.append)
+                for n in lengths]
+    for pending in pendings:
+        batcher.submit(pending)
+    batcher.start()
+    assert batcher.ready.wait(10)
+    batcher.stop(10)
+    assert batcher.finished.is_set() and len(answered) == len(lengths)
+    for pending, n in zip(pendings, lengths):
+        assert pending.logits[0][0] == n  # each request got its own row
+    return model.batches
+
+
+def test_batches_group_by_length_within_the_caps():
+    lengths = [10, 100, 12, 98, 11, 99, 13, 97]
+    batches = _queued_batches(lengths, max_batch_size=4, max_batch_tokens=10_000)
+    assert sorted(map(sorted, batches)) == [[10, 11, 12, 13], [97, 98, 99, 100]]
+    # padded tokens: 4 x 100 would be over 300: the oldest long one (100) and its nearest
+    # go 3 together, the last alone
+    batches = _queued_batches(lengths, max_batch_size=4, max_batch_tokens=300)
+    assert sorted(map(sorted, batches)) == [[10, 11, 12, 13], [97], [98, 99, 100]]
+    # one input over the token cap still runs, alone
+    assert _queued_batches([50, 500], max_batch_size=8, max_batch_tokens=100) == [[50], [500]]

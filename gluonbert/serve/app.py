@@ -198,6 +198,9 @@ async def _predict(request, state):
     def done(pending):  # on the inference thread
         loop.call_soon_threadsafe(_settle, future, pending)
 
+    if len(encoded) > settings.max_queue:  # would never fit: not worth a retry
+        raise RequestError(413, 'Validation', f'{len(encoded)} inputs in one request; the '
+                                              f'queue takes {settings.max_queue} (--max-queue)')
     pending = Pending(encoded, done)
     try:
         batcher.submit(pending)

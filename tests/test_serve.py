@@ -429,3 +429,19 @@ def test_batches_group_by_length_within_the_caps():
     assert sorted(map(sorted, batches)) == [[10, 11, 12, 13], [97], [98, 99, 100]]
     # one input over the token cap still runs, alone
     assert _queued_batches([50, 500], max_batch_size=8, max_batch_tokens=100) == [[50], [500]]
+
+
+def test_a_client_gone_mid_body_costs_nothing(main_url):
+    host, port = main_url.rsplit('/', 1)[1].split(':')
+    before = _metrics(main_url)
+    with socket.create_connection((host, int(port))) as raw:
+        raw.sendall(b'POST /predict HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n'
+                    b'content-length: 1000\r\n\r\n{"inputs": "')
+    key = ('gluonbert_requests_total', (('route', '/predict'), ('status', '499')))
+    end = time.monotonic() + 10
+    while _metrics(main_url).get(key, 0) == before.get(key, 0):
+        assert time.monotonic() < end, 'the server did not notice the client went'
+        time.sleep(0.05)
+    assert httpx.get(main_url + '/health').status_code == 200
+    assert _metrics(main_url)[('gluonbert_inputs_total', ())] == \
+        before[('gluonbert_inputs_total', ())]

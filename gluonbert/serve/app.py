@@ -22,6 +22,7 @@ import time
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from .._version import __version__
 from .batcher import Batcher, Pending, QueueFull
@@ -101,6 +102,11 @@ def create_app(load, settings=None, *, on_load_error=None):
         return JSONResponse({'error': str(exc.detail), 'error_type': 'Http'},
                             status_code=exc.status_code)
 
+    @app.exception_handler(Exception)
+    async def bug(_request, exc):  # a JSON 500; uvicorn logs the traceback
+        return JSONResponse({'error': f'internal error: {type(exc).__name__}',
+                             'error_type': 'Backend'}, status_code=500)
+
     def measured(route):
         def wrap(handler):
             async def endpoint(request: Request):
@@ -172,12 +178,15 @@ async def _read_body(request, limit):
     too_large = RequestError(413, 'Validation', f'the body is over {limit} bytes '
                                                 f'(--max-body-bytes)')
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size <= limit:
-            chunks.append(chunk)
-        elif size > _DRAIN_LIMIT or (declared.isdigit() and int(declared) > _DRAIN_LIMIT):
-            raise too_large
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size <= limit:
+                chunks.append(chunk)
+            elif size > _DRAIN_LIMIT or (declared.isdigit() and int(declared) > _DRAIN_LIMIT):
+                raise too_large
+    except ClientDisconnect:  # gone before its body was in: nothing to answer
+        raise RequestError(499, 'Http', 'the client went away') from None
     if size > limit:
         raise too_large
     return b''.join(chunks)
@@ -192,7 +201,11 @@ async def _predict(request, state):
     body = await _read_body(request, settings.max_body_bytes)
     parsed = parse_predict(body, text_pair=model.text_pair, max_inputs=settings.max_inputs)
     loop = asyncio.get_running_loop()
-    encoded = await loop.run_in_executor(state.pool, model.encode, parsed.items)
+    try:
+        encoded = await loop.run_in_executor(state.pool, model.encode, parsed.items)
+    except Exception as err:  # noqa: BLE001  one input the tokenizer cannot take
+        raise RequestError(400, 'Tokenizer', f'cannot tokenize the input: '
+                                             f'{type(err).__name__}: {err}') from None
     future = loop.create_future()
 
     def done(pending):  # on the inference thread

@@ -30,9 +30,10 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 # the notebooks extra too (d2l 1.0.3, Jupyter): the tests run the companion notebooks and
 # compare d2l's BERT with gluonbert's; d2l pins numpy==1.23.5, inside numpy<1.24 above.
 # And parquet (pyarrow), so that the Parquet reader is tested, not skipped, and onnx
-# (onnx, onnxruntime), so that gluonbert-export --format onnx is, and openvino, so that
-# gluonbert-predict --backend openvino is.
-"${PIP[@]}" --no-build-isolation -e ".[cpu,test,notebooks,parquet,onnx,openvino]"
+# (onnx, onnxruntime), so that gluonbert-export --format onnx is, openvino, so that
+# gluonbert-predict --backend openvino is, and serve (FastAPI, uvicorn, prometheus-client,
+# httpx), so that gluonbert-serve is.
+"${PIP[@]}" --no-build-isolation -e ".[cpu,test,notebooks,parquet,onnx,openvino,serve]"
 # gluonbert's fused CPU operators (LayerNorm, AdamW), compiled once per machine into
 # ~/.cache/gluonbert (about 5 s); without a C++ compiler MXNet's slower operators are used.
 .venv/bin/gluonbert-ops build || \

@@ -74,7 +74,7 @@ def test_user_thread_setting_wins():
 CONSOLE_SCRIPTS = ('gluonbert-finetune', 'gluonbert-predict', 'gluonbert-pretrain',
                    'gluonbert-pretrain-data', 'gluonbert-export', 'gluonbert-evaluate',
                    'gluonbert-launch',
-                   'gluonbert-ops', 'gluonbert-info')
+                   'gluonbert-ops', 'gluonbert-info', 'gluonbert-serve')
 
 
 def _declared_console_scripts():

@@ -31,6 +31,7 @@ LAYERS = [
     ('training engine', ['engine', 'train', 'pretrain']),
     ('fast paths and export', ['fast', 'export', 'hf_export', 'onnx_export', 'sysinfo',
                                'backends']),
+    ('serving', ['serve']),
     ('commands', ['cli']),
 ]
 LAYER_OF = {name: rank for rank, (_, names) in enumerate(LAYERS) for name in names}

@@ -4,7 +4,8 @@
   ``gluonbert-evaluate`` (:mod:`.evaluate`),
   ``gluonbert-pretrain-data`` (:mod:`.pretrain_data`), ``gluonbert-pretrain``
   (:mod:`.pretrain`), ``gluonbert-export`` (:mod:`.export`),
-  ``gluonbert-ops`` (:mod:`.ops`) and ``gluonbert-launch`` (:mod:`.launch`);
+  ``gluonbert-ops`` (:mod:`.ops`), ``gluonbert-launch`` (:mod:`.launch`) and
+  ``gluonbert-serve`` (:mod:`.serve`, the HTTP server: :mod:`gluonbert.serve`);
 - :mod:`.runner`: exit statuses (a user error is one line and exit 2, Ctrl-C 130, a bug
   its traceback and exit 1) and the fast exit of console scripts;
 - :mod:`.common`: devices, process groups, default learning rates.

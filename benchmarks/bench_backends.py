@@ -10,8 +10,6 @@ probabilities against gluonbert's float32 model on the same texts; and what
     .venv/bin/python benchmarks/bench_backends.py --model-dir /tmp/bench-model
 """
 import argparse
-import json
-import os
 import time
 
 import gluonbert  # noqa: F401  (first: it sets MXNet's OpenMP thread count)
@@ -22,16 +20,12 @@ from gluonbert._env import default_num_threads
 from gluonbert.backends.choice import build
 from gluonbert.hardware import cpu_info
 from gluonbert.model_dir import load_classifier
+from gluonbert.data import load_sample_reviews
 from gluonbert.predict import predict
 
-REVIEWS = os.path.join(os.path.dirname(gluonbert.__file__), 'resources', 'reviews')
-
-
 def review_texts(limit):
-    texts = []
-    for name in ('train.jsonl', 'test.jsonl'):
-        with open(os.path.join(REVIEWS, name), encoding='utf-8') as f:
-            texts += [json.loads(line)['text'] for line in f if line.strip()]
+    """The first ``limit`` bundled reviews, the train file first."""
+    texts = [text for split in ('train', 'test') for text in load_sample_reviews(split).texts]
     return texts[:limit]
 
 

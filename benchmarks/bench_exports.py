@@ -13,7 +13,6 @@ timed pass each after one untimed warm-up batch::
 The Hugging Face export is compared where transformers (with torch) is installed.
 """
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -27,16 +26,12 @@ from gluonbert.cli.export import export_main
 from gluonbert.hardware import cpu_info
 from gluonbert.hf_export import encode_inputs, softmax, transformers_available
 from gluonbert.model_dir import load_classifier
+from gluonbert.data import load_sample_reviews
 from gluonbert.sysinfo import fastest_path
 
-REVIEWS = os.path.join(os.path.dirname(gluonbert.__file__), 'resources', 'reviews')
-
-
 def review_texts(limit):
-    texts = []
-    for name in ('train.jsonl', 'test.jsonl'):
-        with open(os.path.join(REVIEWS, name), encoding='utf-8') as f:
-            texts += [json.loads(line)['text'] for line in f if line.strip()]
+    """The first ``limit`` bundled reviews, the train file first."""
+    texts = [text for split in ('train', 'test') for text in load_sample_reviews(split).texts]
     return texts[:limit]
 
 

@@ -57,3 +57,18 @@ def assert_close(actual, reference, *, rtol, atol=0.0, name='values'):
     assert difference <= bound, (f'{name} differ by {difference:.3g} > {bound:.3g} '
                                  f'({rtol:g} x max|reference| {scale:.3g} + {atol:g}); that is '
                                  f'{difference / max(scale, 1e-30) / FLOAT32_EPS:.1f} eps of it')
+
+
+# The exporters' and backends' tests share one tiny classifier (tests/export_models.py).
+@pytest.fixture(scope='module')
+def vocabulary():
+    """The embedded model's vocabulary and tokenizer."""
+    from export_models import minilm_vocabulary
+    return minilm_vocabulary()
+
+
+@pytest.fixture(scope='module')
+def classifier(vocabulary):
+    """A tiny seeded classifier on that vocabulary."""
+    from export_models import tiny_classifier
+    return tiny_classifier(*vocabulary)

@@ -73,6 +73,25 @@ def write_review_csv(path, rows):
     return str(path)
 
 
+def review_rows():
+    """The :data:`POSITIVE` and :data:`NEGATIVE` reviews as ``(text, label)`` rows."""
+    return [(t, 'positive') for t in POSITIVE] + [(t, 'negative') for t in NEGATIVE]
+
+
+def save_review_encoder(directory):
+    """A tiny seeded BERT encoder, saved with a vocabulary of the reviews' words, for the
+    command-line tests to fine-tune: returns ``(model directory, words)``."""
+    import mxnet as mx
+    import gluonbert
+    from gluonbert.tokenizer import BERTTokenizer, Vocab
+    words = sorted({w for text, _ in review_rows() for w in text.replace(',', ' ').split()})
+    vocab = Vocab(['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', ','] + words)
+    mx.random.seed(0)
+    bert = gluonbert.BERTModel(gluonbert.BERTConfig.from_preset('tiny', vocab_size=len(vocab)))
+    bert.initialize(mx.init.Normal(0.2))
+    return gluonbert.save_pretrained(bert, vocab, BERTTokenizer(vocab), str(directory)), words
+
+
 def needs_native_bf16():
     """A pytest mark: skip where this CPU has no native bfloat16, saying why (the refusal
     itself is tested on every machine, in test_hardware.py)."""

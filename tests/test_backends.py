@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from export_models import LABELS, TEXTS, minilm_vocabulary, save_classifier, tiny_classifier
+from export_models import LABELS, TEXTS, save_classifier, tiny_classifier
 from gluonbert import backends
 from gluonbert import onnx_export
 from gluonbert.backends import choice as choice_module
@@ -29,11 +29,6 @@ JSON_ROUNDING = 5e-7  # Prediction.to_dict rounds probabilities to 6 decimals
 def openvino_or_skip():
     return pytest.importorskip('openvino', reason="the openvino extra is not installed "
                                                   "(pip install 'gluonbert[openvino]')")
-
-
-@pytest.fixture(scope='module')
-def vocabulary():
-    return minilm_vocabulary()
 
 
 @pytest.fixture(scope='module')

@@ -18,10 +18,9 @@ import gluonbert._io
 from gluonbert.cli import finetune as cli
 from gluonbert.cli import finetune_main
 from gluonbert.errors import CheckpointError, ModelError, UsageError
-from gluonbert.pretrained import load_pretrained, save_pretrained
-from gluonbert.tokenizer import BERTTokenizer, Vocab
+from gluonbert.pretrained import load_pretrained
 from gluonbert.train import load_trainer_states, make_trainer, train_loop
-from stand_ins import NEGATIVE, POSITIVE, crash_snapshots, write_review_csv
+from stand_ins import crash_snapshots, review_rows, save_review_encoder, write_review_csv
 from test_train import synthetic, tiny_classifier
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -210,14 +209,8 @@ def test_nothing_is_unpickled(tmp_path):
 def files(tmp_path_factory):
     """Review CSVs and a tiny saved encoder with a vocabulary of their words."""
     root = tmp_path_factory.mktemp('data')
-    rows = [(t, 'positive') for t in POSITIVE] + [(t, 'negative') for t in NEGATIVE]
-    words = sorted({w for text, _ in rows for w in text.replace(',', ' ').split()})
-    vocab = Vocab(['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', ','] + words)
-    mx.random.seed(0)
-    bert = gluonbert.BERTModel(gluonbert.BERTConfig.from_preset('tiny',
-                                                                vocab_size=len(vocab)))
-    bert.initialize(mx.init.Normal(0.2))
-    model = save_pretrained(bert, vocab, BERTTokenizer(vocab), str(root / 'encoder'))
+    rows = review_rows()
+    model, _ = save_review_encoder(root / 'encoder')
     relabelled = [(t, ['bad', 'good', 'meh'][i % 3]) for i, (t, _) in enumerate(rows)]
     edited = [('a changed review', 'positive')] + rows[1:]
     return {'model': model, 'train': write_review_csv(root / 'train.csv', rows * 2),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_close
-from export_models import LABELS, MAX_LEN, PAIRS, TEXTS, minilm_vocabulary, other_heads, \
+from export_models import LABELS, MAX_LEN, PAIRS, TEXTS, other_heads, \
     save_classifier, tiny_classifier
 from gluonbert.cli.export import export_main
 from gluonbert.hf_export import encode_inputs, gluonbert_logits, softmax, transformers_available
@@ -17,16 +17,6 @@ from gluonbert.hf_export import encode_inputs, gluonbert_logits, softmax, transf
 needs_transformers = pytest.mark.skipif(
     not transformers_available(), reason='transformers and torch are not installed: the '
     'export is checked with gluonbert\'s reader only')
-
-
-@pytest.fixture(scope='module')
-def vocabulary():
-    return minilm_vocabulary()
-
-
-@pytest.fixture(scope='module')
-def classifier(vocabulary):
-    return tiny_classifier(*vocabulary)
 
 
 @pytest.fixture(scope='module')

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_close
-from export_models import LABELS, MAX_LEN, TEXTS, minilm_vocabulary, other_heads, \
+from export_models import LABELS, MAX_LEN, TEXTS, other_heads, \
     save_classifier, tiny_classifier
 from gluonbert.cli.export import export_main
 from gluonbert.hf_export import encode_inputs, gluonbert_logits, softmax
@@ -18,16 +18,6 @@ from gluonbert.hf_export import encode_inputs, gluonbert_logits, softmax
 onnx = pytest.importorskip('onnx', reason="the onnx extra is not installed "
                                           "(pip install 'gluonbert[onnx]')")
 ort = pytest.importorskip('onnxruntime', reason='the onnx extra is not installed')
-
-
-@pytest.fixture(scope='module')
-def vocabulary():
-    return minilm_vocabulary()
-
-
-@pytest.fixture(scope='module')
-def classifier(vocabulary):
-    return tiny_classifier(*vocabulary)
 
 
 @pytest.fixture(scope='module')

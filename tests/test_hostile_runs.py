@@ -22,9 +22,7 @@ from gluonbert.cli.pretrain_data import pretrain_data_main
 from gluonbert.errors import CheckpointError
 from gluonbert.engine.checkpoint import checkpoint_paths, read_state
 from gluonbert.engine.loop import DivergedError, check_weights
-from gluonbert.pretrained import save_pretrained
-from gluonbert.tokenizer import BERTTokenizer, Vocab
-from stand_ins import NEGATIVE, POSITIVE, write_review_csv
+from stand_ins import review_rows, save_review_encoder, write_review_csv
 
 FINETUNE, PRETRAIN = 'gluonbert-finetune: error: ', 'gluonbert-pretrain: error: '
 DEEP = 70  # nesting levels: past schema.MAX_JSON_DEPTH
@@ -36,19 +34,13 @@ CASES = {}  # file kind -> generated cases run (printed by the tests that run th
 def files(tmp_path_factory):
     """Review CSVs, a corpus, and a tiny saved encoder with a vocabulary of their words."""
     root = tmp_path_factory.mktemp('hostile')
-    rows = [(t, 'positive') for t in POSITIVE] + [(t, 'negative') for t in NEGATIVE]
-    words = sorted({w for text, _ in rows for w in text.replace(',', ' ').split()})
-    vocab = Vocab(['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', ','] + words)
-    mx.random.seed(0)
-    bert = gluonbert.BERTModel(gluonbert.BERTConfig.from_preset('tiny',
-                                                                vocab_size=len(vocab)))
-    bert.initialize(mx.init.Normal(0.2))
+    rows = review_rows()
+    model, words = save_review_encoder(root / 'encoder')
     corpus = root / 'corpus.txt'
     rng = np.random.RandomState(0)
     corpus.write_text(''.join(' '.join(rng.choice(words, 8)) + '.\n' +
                               ('\n' if line % 4 == 3 else '') for line in range(96)))
-    return {'model': save_pretrained(bert, vocab, BERTTokenizer(vocab), str(root / 'encoder')),
-            'train': write_review_csv(root / 'train.csv', rows * 2),
+    return {'model': model, 'train': write_review_csv(root / 'train.csv', rows * 2),
             'test': write_review_csv(root / 'test.csv', rows), 'corpus': str(corpus),
             'root': root}
 

@@ -37,7 +37,8 @@ def build_predict_parser():
                     'one text per line from stdin when no TEXT is given.')
     parser.add_argument('--model-dir', required=True,
                         help='directory written by gluonbert-finetune: OUTPUT_DIR/model, or '
-                             'OUTPUT_DIR/adapter for a LoRA adapter (its base is loaded too)')
+                             'OUTPUT_DIR/adapter for a LoRA adapter (its base is loaded too), '
+                             'or a Hugging Face BertForSequenceClassification directory')
     parser.add_argument('texts', nargs='*', metavar='TEXT')
     parser.add_argument('--batch-size', type=int, default=32)
     parser.add_argument('--max-len', type=int, default=None)

@@ -34,12 +34,12 @@ def _env():
     return env
 
 
-def _launch(tmp_path, *options, command, timeout=80, popen=False):
+def _launch(tmp_path, *options, command, timeout=80, popen=False, preexec_fn=None):
     argv = [sys.executable, '-m', 'gluonbert.cli.launch', *options,
             '--pid-file', str(tmp_path / 'pids.json'), '--', *command]
     if popen:
         return subprocess.Popen(argv, env=_env(), cwd=ROOT, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
     return subprocess.run(argv, env=_env(), cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -299,6 +299,25 @@ def test_timeout_interrupt_and_a_killed_launcher_leave_no_process(tmp_path):
             launcher.kill()
         assert launcher.returncode == status
         assert not _left_over(pids), signum
+
+
+def test_ctrl_c_stops_a_launcher_that_inherited_sigint_ignored(tmp_path):
+    """A background job of a shell without job control starts with SIGINT ignored, and
+    Python then installs no KeyboardInterrupt handler: the launcher installs its own."""
+    sleeper = [sys.executable, '-c', 'import time; time.sleep(120)']
+    launcher = _launch(tmp_path, '-n', '1', '-s', '1', command=sleeper, popen=True,
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / 'pids.json').exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pids = _job_pids(tmp_path)
+        launcher.send_signal(signal.SIGINT)
+        _, err = launcher.communicate(timeout=30)
+    finally:
+        launcher.kill()
+    assert launcher.returncode == 130 and 'error: interrupted' in err, err
+    assert not _left_over(pids)
 
 
 class TwoRankHorovod:

@@ -369,6 +369,9 @@ def launch(args):
     def on_signal(signum, _frame):
         raise _Stop(signum)
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
+    # Ctrl-C stops the job even where SIGINT came ignored (a shell's background job without
+    # job control passes SIG_IGN on, and Python then installs no KeyboardInterrupt handler)
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         try:
             job.start(port, extra_env)

@@ -445,3 +445,12 @@ def test_a_client_gone_mid_body_costs_nothing(main_url):
     assert httpx.get(main_url + '/health').status_code == 200
     assert _metrics(main_url)[('gluonbert_inputs_total', ())] == \
         before[('gluonbert_inputs_total', ())]
+
+
+def test_without_the_serve_extra_the_command_says_what_to_install(monkeypatch, capsys):
+    from gluonbert.cli.serve import serve_main
+    monkeypatch.setitem(sys.modules, 'fastapi', None)  # as if not installed
+    assert serve_main(['--model-dir', '.', '--port', '0']) == 2
+    assert capsys.readouterr().err == ("gluonbert-serve: error: gluonbert-serve needs the "
+                                       "fastapi package, which is not installed: pip install "
+                                       "'gluonbert[serve]'\n")

@@ -22,7 +22,7 @@ import socket
 import sys
 import time
 
-from ..errors import UsageError
+from ..errors import EnvironmentProblem, UsageError
 from ..hardware import require_bf16
 from .runner import console_entry, exit_now, run_command
 
@@ -241,9 +241,25 @@ def _supervise(args, sock, dtype, quantize):
             signal.signal(sig, handler)
 
 
+SERVE_PACKAGES = ('fastapi', 'uvicorn', 'prometheus_client')
+
+
+def require_serve_extra():
+    """Raise a one-line EnvironmentProblem naming the ``serve`` extra where one of the
+    packages the server is built on does not import."""
+    import importlib
+    for name in SERVE_PACKAGES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise EnvironmentProblem(f"{PROG_SERVE} needs the {name} package, which is not "
+                                     f"installed: pip install 'gluonbert[serve]'") from None
+
+
 def serve_cli(args):
     """``gluonbert-serve``: returns the exit status of the worker processes (0 when they
     drained after a signal); user errors raise (one line and exit 2 in :func:`serve_main`)."""
+    require_serve_extra()
     _settings(args)
     dtype, quantize = _path(args)
     if not os.path.isdir(args.model_dir):

@@ -19,7 +19,6 @@ the hook point that tests use to stop a run between two writes of a transaction.
 import contextlib
 import errno
 import hashlib
-import json
 import os
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from .errors import StorageError, UsageError
 
 __all__ = ['DirectoryLock', 'append_text', 'atomic_write', 'boundary', 'check_format_version',
            'check_space', 'file_digest', 'file_sha1', 'format_bytes', 'fsync_directory',
-           'fsync_file', 'make_public', 'ndarray_file_bytes', 'read_json_object',
+           'fsync_file', 'make_public', 'ndarray_file_bytes',
            'save_ndarrays', 'storage_error', 'write_text', 'writing']
 
 # Tests set this to a callable ``hook(name, path)``; :func:`boundary` calls it between two
@@ -472,18 +471,3 @@ def check_format_version(manifest, path, version, what, redo, error):
         raise error(f'{path}: written by another gluonbert ({what} format version '
                     f'{manifest.get("version")!r}; this one reads version {version}); '
                     f'{redo} with this version')
-
-
-def read_json_object(path, what, error):
-    """The JSON object in ``path``; a missing file, invalid JSON or another JSON value raise
-    ``error`` (a GluonbertError subclass) with one line naming the file and ``what`` it is."""
-    try:
-        with open(path, encoding='utf-8') as f:
-            value = json.load(f)
-    except FileNotFoundError:
-        raise error(f'{path} is missing') from None
-    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
-        raise error(f'{path}: damaged {what} (not valid JSON: {err})') from err
-    if not isinstance(value, dict):
-        raise error(f'{path}: damaged {what} (not a JSON object)')
-    return value
